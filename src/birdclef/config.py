@@ -1,0 +1,371 @@
+"""Typed configuration: nested frozen dataclasses are the source of truth (DESIGN numbers as defaults).
+
+YAML files in ``configs/`` hold only overrides; ``--set train.lr=3e-4`` style overrides merge on
+top, each value converted to its field's type. Unknown keys raise a :class:`ConfigError` that
+lists the known ones.
+
+Example:
+    >>> cfg = load_config(None, ["train.epochs=3", "model.head=sed"])
+    >>> cfg.train.epochs, cfg.model.head
+    (3, 'sed')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from birdclef.errors import ConfigError
+
+SELECTION_STRATEGIES = ("center", "first", "random", "energy", "reference")
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {message}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    sample_rate: int = 32_000
+    """Rate (Hz) every waveform is resampled to."""
+    window_s: float = 5.0
+    """Length of one training / inference window in seconds (the competition scores 5 s)."""
+    strategy: str = "reference"
+    """Training-window choice for weakly labelled clips: center, first, random, energy, reference (DESIGN §2)."""
+    max_clip_s: float = 60.0
+    """With strategy=random the cache keeps up to this many seconds of each clip to crop from."""
+    secondary_label_weight: float = 1.0
+    """Target value given to secondary labels (primary labels get 1.0)."""
+    rating_weight: bool = False
+    """Weight each training clip's loss by its xeno-canto rating (0 = unrated counts as 1)."""
+    max_files: int | None = None
+    """Use only the first N rows of train.csv (quick experiments and tests); None uses all."""
+    n_folds: int = 5
+    """StratifiedKFold splits on primary_label."""
+    fold_seed: int = 42
+    """Shuffle seed of the fold split."""
+
+    def __post_init__(self) -> None:
+        _check(self.strategy in SELECTION_STRATEGIES, "data.strategy", f"must be one of {SELECTION_STRATEGIES}, got {self.strategy!r}")
+        _check(self.sample_rate > 0, "data.sample_rate", f"must be positive, got {self.sample_rate}")
+        _check(self.window_s > 0, "data.window_s", f"must be positive, got {self.window_s}")
+        _check(self.n_folds >= 2, "data.n_folds", f"must be at least 2, got {self.n_folds}")
+        _check(self.max_files is None or self.max_files > 0, "data.max_files", f"must be positive, got {self.max_files}")
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Log-mel front end; names follow torch/librosa so values pass through with ``**asdict``."""
+
+    sample_rate: int = 32_000
+    n_fft: int = 1_024
+    hop_length: int = 512
+    """STFT hop in samples."""
+    n_mels: int = 128
+    f_min: float = 50.0
+    """Lowest mel band edge (Hz)."""
+    f_max: float = 14_000.0
+    """Highest mel band edge (Hz)."""
+    power: float = 2.0
+    """Exponent of the magnitude spectrogram (2: power)."""
+    htk: bool = True
+    """HTK mel scale (the reference used htk=True); False gives Slaney's scale."""
+    norm: str | None = "slaney"
+    """Filter normalisation: "slaney" (constant energy per band) or None."""
+    top_db: float | None = 80.0
+    """power_to_db floor below each example's peak (librosa's default)."""
+    normalize: bool = True
+    """Min-max scale each example's dB image to [0, 1]."""
+    image_size: int | None = None
+    """Resize the mel image to image_size x image_size (the reference used 256); None keeps it."""
+
+    def __post_init__(self) -> None:
+        _check(self.n_fft > 0 and self.hop_length > 0, "model.frontend.n_fft/hop_length", "must be positive")
+        _check(0 <= self.f_min < self.f_max <= self.sample_rate / 2, "model.frontend.f_min/f_max",
+               f"need 0 <= f_min < f_max <= {self.sample_rate / 2}, got {self.f_min}, {self.f_max}")
+        _check(self.norm in ("slaney", None), "model.frontend.norm", f"must be 'slaney' or null, got {self.norm!r}")
+
+    @classmethod
+    def preset(cls, name: str) -> FrontendConfig:
+        """The DESIGN §3 presets: ``baseline`` (1024/512/128 mels, 50-14000 Hz) and ``v3`` (2048/512/512, 20-16000 Hz)."""
+        if name not in FRONTEND_PRESETS:
+            raise ConfigError(f"unknown front-end preset {name!r}; choose from {sorted(FRONTEND_PRESETS)}")
+        return cls(**FRONTEND_PRESETS[name])
+
+
+FRONTEND_PRESETS: dict[str, dict[str, Any]] = {
+    "baseline": {"n_fft": 1_024, "hop_length": 512, "n_mels": 128, "f_min": 50.0, "f_max": 14_000.0},
+    "v3": {"n_fft": 2_048, "hop_length": 512, "n_mels": 512, "f_min": 20.0, "f_max": 16_000.0},
+}
+
+
+@dataclass(frozen=True)
+class SpecAugmentConfig:
+    """Train-time spectrogram augmentation (identity in eval)."""
+
+    time_mask_prob: float = 0.5
+    """Probability that an example gets time masks."""
+    time_masks: tuple[int, int] = (1, 3)
+    """Inclusive range of the number of time masks."""
+    time_mask_frames: tuple[int, int] = (5, 20)
+    """Inclusive range of one time mask's width in frames."""
+    freq_mask_prob: float = 0.5
+    freq_masks: tuple[int, int] = (1, 3)
+    freq_mask_bins: tuple[int, int] = (5, 20)
+    """Inclusive range of one frequency mask's width in mel bins."""
+    brightness_prob: float = 0.5
+    """Probability of a random contrast (gain) and brightness (bias) change, clamped to [0, 1]."""
+    gain: tuple[float, float] = (0.8, 1.2)
+    bias: tuple[float, float] = (-0.1, 0.1)
+
+    def __post_init__(self) -> None:
+        for name in ("time_mask_prob", "freq_mask_prob", "brightness_prob"):
+            value = getattr(self, name)
+            _check(0.0 <= value <= 1.0, f"model.spec_augment.{name}", f"must be in [0, 1], got {value}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "efficientnet_b0"
+    """timm model name (``timm.list_models()``), e.g. tf_efficientnetv2_s.in21k_ft_in1k, eca_nfnet_l0."""
+    head: str = "linear"
+    """Registered head: linear (baseline), conv (reference's best), sed (attention over time)."""
+    pretrained: bool = True
+    """Load pretrained backbone weights: from ``pretrained_path`` when set, else timm's hub (needs internet)."""
+    pretrained_path: str | None = None
+    """Local checkpoint file for the backbone (how offline Kaggle notebooks load weights)."""
+    drop_rate: float = 0.2
+    """Dropout before the classifier."""
+    drop_path_rate: float = 0.2
+    """Stochastic depth in the backbone."""
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.drop_rate < 1.0, "model.drop_rate", f"must be in [0, 1), got {self.drop_rate}")
+        _check(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 5e-4
+    """Peak AdamW learning rate; CosineAnnealingLR decays it to ``min_lr`` over the epochs."""
+    min_lr: float = 1e-6
+    weight_decay: float = 1e-5
+    loss: str = "bce"
+    """Registered loss: bce or focal_bce (0.6 BCE + 1.4 focal). Applies with and without mixup."""
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    mixup_alpha: float = 0.5
+    """Beta(alpha, alpha) mixing weight of waveform mixup; 0 disables mixup."""
+    mixup_prob: float = 1.0
+    """Probability that a batch is mixed."""
+    background_prob: float = 0.0
+    """Probability that a training window gets a random train_soundscapes excerpt added."""
+    background_gain: tuple[float, float] = (0.1, 0.5)
+    """Range of the background excerpt's gain relative to the clip's RMS."""
+    folds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    """Which folds to train (any subset of range(data.n_folds))."""
+    seed: int = 42
+    num_workers: int = 2
+    """DataLoader worker processes."""
+    accelerator: str = "auto"
+    """Lightning accelerator: auto, cpu, gpu, ..."""
+    devices: int = 1
+    """Devices per fold; more than 1 trains with DDP."""
+    precision: str = "auto"
+    """auto: bf16-mixed on GPU, 32-true on CPU; or any Lightning precision string."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, "train.epochs", f"must be positive, got {self.epochs}")
+        _check(self.batch_size > 0, "train.batch_size", f"must be positive, got {self.batch_size}")
+        _check(self.lr > 0 and self.min_lr >= 0, "train.lr/min_lr", f"must be positive, got {self.lr}, {self.min_lr}")
+        _check(self.mixup_alpha >= 0, "train.mixup_alpha", f"must be >= 0, got {self.mixup_alpha}")
+        for name in ("mixup_prob", "background_prob"):
+            value = getattr(self, name)
+            _check(0.0 <= value <= 1.0, f"train.{name}", f"must be in [0, 1], got {value}")
+        _check(len(self.folds) > 0, "train.folds", "must name at least one fold")
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    batch_size: int = 12
+    """Windows per forward pass; 12 = one 60 s soundscape."""
+    smoothing: bool = True
+    """Temporal smoothing of each class's probabilities over a file's windows."""
+    smoothing_middle: tuple[float, float, float] = (0.2, 0.6, 0.2)
+    """Weights of (previous, own, next) window for middle windows."""
+    smoothing_edge: tuple[float, float] = (0.9, 0.1)
+    """Weights of (own, neighbour) for the first and last window."""
+    power_adjust: bool = True
+    """Rank-tiered power adjustment per file (DESIGN §6)."""
+    power_keep_top: int = 30
+    """Classes ranked 1..power_keep_top by their max over the file stay unchanged."""
+    power_tiers: tuple[tuple[int, float], ...] = ((100, 2.0), (150, 3.0))
+    """(last rank, exponent) tiers after the kept top; ranks beyond the last tier get ``power_rest``."""
+    power_rest: float = 4.0
+    postprocess_stage: str = "per_model"
+    """Apply post-processing to each model before blending (the reference) or once after: per_model | blend."""
+
+    def __post_init__(self) -> None:
+        _check(self.postprocess_stage in ("per_model", "blend"), "infer.postprocess_stage",
+               f"must be per_model or blend, got {self.postprocess_stage!r}")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+
+# ---------------------------------------------------------------- dict <-> dataclass
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the annotated type `tp`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return _from_dict(tp, value, key)
+    if origin is tuple:
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key} must have {len(args)} items, got {list(value)}")
+        return tuple(_convert(v, a, key) for v, a in zip(value, args))
+    try:
+        if tp is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return value.lower() in ("true", "yes", "1")
+            if not isinstance(value, (bool, int)):
+                raise ValueError
+            return bool(value)
+        if tp is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be of type {getattr(tp, '__name__', tp)}, got {value!r}") from None
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    types_ = _field_types(cls)
+    unknown = set(data) - set(types_)
+    if unknown:
+        key = f"{prefix}.{sorted(unknown)[0]}" if prefix else sorted(unknown)[0]
+        known = sorted(types_)
+        raise ConfigError(f"unknown config key {key!r}; expected one of {known}")
+    kwargs = {name: _convert(value, types_[name], f"{prefix}.{name}" if prefix else name) for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{prefix or 'config'}: {exc}") from None
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build a Config from a (possibly partial) nested dict; missing keys keep their defaults."""
+    return _from_dict(Config, data or {})
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Nested plain dict (tuples become lists) suitable for YAML or a checkpoint."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(asdict(cfg))
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"train.lr=3e-4"`` -> ``{"train": {"lr": 3e-4}}`` (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {text!r} has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    nested: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        nested = {part: nested}
+    return nested
+
+
+def merge_config(cfg: Config, overrides: dict[str, Any] | list[str]) -> Config:
+    """Return `cfg` with nested-dict or dotted-string overrides applied (validated, typed)."""
+    if isinstance(overrides, list):
+        merged: dict[str, Any] = {}
+        for text in overrides:
+            merged = _merge(merged, parse_override(text))
+        overrides = merged
+    return config_from_dict(_merge(config_to_dict(cfg), overrides))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at `path` (overrides only), then dotted `overrides`."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    cfg = config_from_dict(data)
+    return merge_config(cfg, overrides or [])
+
+
+def dump_config(cfg: Any) -> str:
+    """The fully resolved config as YAML (what each run writes as config.yaml)."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
