@@ -169,10 +169,14 @@ class TrainConfig:
     """Beta(alpha, alpha) mixing weight of waveform mixup; 0 disables mixup."""
     mixup_prob: float = 1.0
     """Probability that a batch is mixed."""
+    mixup_target: str = "blend"
+    """Mixed targets: blend (lam-weighted, the usual rule) or max (both calls are present)."""
     background_prob: float = 0.0
     """Probability that a training window gets a random train_soundscapes excerpt added."""
     background_gain: tuple[float, float] = (0.1, 0.5)
     """Range of the background excerpt's gain relative to the clip's RMS."""
+    background_max_files: int = 64
+    """At most this many train_soundscapes are decoded (first 60 s each) into the background bank."""
     folds: tuple[int, ...] = (0, 1, 2, 3, 4)
     """Which folds to train (any subset of range(data.n_folds))."""
     seed: int = 42
@@ -194,6 +198,7 @@ class TrainConfig:
             value = getattr(self, name)
             _check(0.0 <= value <= 1.0, f"train.{name}", f"must be in [0, 1], got {value}")
         _check(len(self.folds) > 0, "train.folds", "must name at least one fold")
+        _check(self.mixup_target in ("blend", "max"), "train.mixup_target", f"must be blend or max, got {self.mixup_target!r}")
 
 
 @dataclass(frozen=True)

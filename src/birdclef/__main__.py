@@ -1,0 +1,7 @@
+"""``python -m birdclef`` is the ``birdclef`` command."""
+
+import sys
+
+from birdclef.cli import main
+
+sys.exit(main())

@@ -1,0 +1,160 @@
+"""``birdclef <verb>``: one thin function per verb (parse -> config -> library call -> say where outputs went).
+
+Library imports happen inside each verb so that light verbs (check, evaluate) never import torch.
+User errors (:class:`~birdclef.errors.BirdclefError`) end with a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from birdclef.errors import BirdclefError
+
+VERBS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def verb(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    def add(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        VERBS[name] = fn
+        return fn
+
+    return add
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", type=Path, help="YAML file of config overrides (configs/*.yaml)")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. train.epochs=3 model.backbone=eca_nfnet_l0")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="birdclef", description="Find which animals call in field recordings.")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("check", help="validate a BirdCLEF-layout dataset folder (or a train.csv)")
+    p.add_argument("data", type=Path, help="dataset folder, or a train.csv-like file for a metadata-only check")
+    p.add_argument("--no-audio", action="store_true", help="skip opening the audio files")
+    p.add_argument("--num-workers", type=int, default=4, help="threads reading audio headers")
+
+    p = sub.add_parser("prepare", help="decode training clips once into a memory-mapped cache")
+    p.add_argument("data", type=Path, help="dataset folder (train.csv, train_audio/)")
+    p.add_argument("--out", type=Path, required=True, help="cache folder (re-running resumes)")
+    p.add_argument("--strategy", default=None, help="center | first | random | energy | reference")
+    p.add_argument("--num-workers", type=int, default=2, help="decoding processes")
+    _add_config_flags(p)
+
+    p = sub.add_parser("evaluate", help="score a submission with the competition metric (macro ROC-AUC)")
+    p.add_argument("--submission", type=Path, required=True)
+    p.add_argument("--solution", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=None, help="JSON report (default: <submission>.eval.json)")
+
+    p = sub.add_parser("synth", help="write a synthetic BirdCLEF-layout dataset with known answers")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--species", type=int, default=8)
+    p.add_argument("--clips-per-species", type=int, default=8)
+    p.add_argument("--train-soundscapes", type=int, default=2)
+    p.add_argument("--test-soundscapes", type=int, default=6)
+    p.add_argument("--soundscape-s", type=float, default=60.0)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("train", help="k-fold training with the reference recipe (Lightning)")
+    p.add_argument("--data", type=Path, required=True, help="BirdCLEF-layout dataset folder")
+    p.add_argument("--out", type=Path, required=True, help="run folder (runs/NAME)")
+    p.add_argument("--cache", type=Path, default=None, help="prepared cache (made there if absent; default RUN/cache)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default=None, help="where to train (default: config)")
+    p.add_argument("--devices", type=int, default=None, help="devices per fold; more than 1 trains with DDP")
+    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: config)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (logs, CI)")
+    _add_config_flags(p)
+    return parser
+
+
+@verb("check")
+def _check(args: argparse.Namespace) -> int:
+    from birdclef.data.check import check_dataset
+
+    report = check_dataset(args.data, check_audio=not args.no_audio, num_workers=args.num_workers)
+    for line in report.lines():
+        print(line)
+    return 0 if report.ok else 1
+
+
+@verb("prepare")
+def _prepare(args: argparse.Namespace) -> int:
+    from birdclef.config import load_config
+    from birdclef.data.cache import prepare_cache
+
+    data = load_config(args.config, args.overrides).data
+    summary = prepare_cache(args.data, args.out, strategy=args.strategy or data.strategy, window_s=data.window_s,
+                            sample_rate=data.sample_rate, max_clip_s=data.max_clip_s, num_workers=args.num_workers,
+                            max_files=data.max_files)
+    print(f"cache: {summary.out} ({summary.n_clips} clips, {summary.seconds_of_audio:.0f} s of audio, "
+          f"{summary.bytes / 1e6:.1f} MB, {summary.elapsed_s:.1f} s)")
+    if summary.n_skipped:
+        print(f"skipped {summary.n_skipped} broken files: see {Path(summary.out) / 'skipped.csv'}")
+    return 0
+
+
+@verb("evaluate")
+def _evaluate(args: argparse.Namespace) -> int:
+    from birdclef.eval.metrics import evaluate_submission
+    from birdclef.utils.io import write_json_atomic
+
+    report = evaluate_submission(args.submission, args.solution)
+    print(report.format_table())
+    out = args.out or args.submission.with_suffix(".eval.json")
+    write_json_atomic(report.to_dict(), out)
+    print(f"report: {out}")
+    return 0
+
+
+@verb("synth")
+def _synth(args: argparse.Namespace) -> int:
+    from birdclef.data.synth import synthesize_dataset
+
+    summary = synthesize_dataset(args.out, n_species=args.species, clips_per_species=args.clips_per_species,
+                                 n_train_soundscapes=args.train_soundscapes, n_test_soundscapes=args.test_soundscapes,
+                                 soundscape_s=args.soundscape_s, seed=args.seed)
+    print(f"synthetic dataset: {summary.out} ({summary.n_species} species, {summary.n_train_clips} clips, "
+          f"{summary.n_test_soundscapes} test soundscapes, {summary.elapsed_s:.1f} s)")
+    return 0
+
+
+@verb("train")
+def _train(args: argparse.Namespace) -> int:
+    from birdclef.config import load_config
+
+    overrides = list(args.overrides)
+    overrides += [f"train.accelerator={args.device}"] if args.device else []
+    overrides += [f"train.devices={args.devices}"] if args.devices else []
+    overrides += [f"train.num_workers={args.num_workers}"] if args.num_workers is not None else []
+    saved = args.out / "config.yaml"
+    base = args.config if args.config or not (args.resume and saved.is_file()) else saved
+    config = load_config(base, overrides)
+    from birdclef.train.kfold import train_kfold  # imports torch and Lightning
+
+    summary = train_kfold(config, args.data, args.out, cache_dir=args.cache, resume=args.resume,
+                          progress=not args.no_progress)
+    for fold, score in sorted(summary.fold_scores.items()):
+        print(f"fold {fold}: best validation macro ROC-AUC {score:.4f}")
+    oof = "n/a" if summary.oof_auc is None else f"{summary.oof_auc:.4f}"
+    print(f"out-of-fold macro ROC-AUC: {oof} ({summary.n_clips} clips, {summary.elapsed_s:.0f} s)")
+    print(f"run: {summary.run_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``birdclef`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return VERBS[args.verb](args)
+    except BirdclefError as exc:
+        print(f"birdclef {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"birdclef {args.verb}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130

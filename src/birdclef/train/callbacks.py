@@ -1,0 +1,69 @@
+"""Callbacks that write the run folder: per-epoch metrics rows and the self-describing best.pt."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+
+from birdclef.config import Config
+from birdclef.models import save_checkpoint
+from birdclef.utils.io import write_csv_atomic
+
+
+def _metric(trainer: L.Trainer, name: str) -> float:
+    value = trainer.callback_metrics.get(name)
+    return math.nan if value is None else float(value)
+
+
+class FoldRecorder(L.Callback):
+    """After each epoch (validation has run): append a metrics.csv row and save best.pt on improvement.
+
+    The score is the validation macro ROC-AUC, or minus the validation loss when the fold's
+    validation set has no scoreable class. `best_score` travels in last.ckpt, so a resumed fold
+    keeps comparing against the best epoch before the interruption.
+    """
+
+    def __init__(self, fold_dir: Path, fold: int, config: Config, classes: list[str]):
+        self.fold_dir, self.fold, self.config, self.classes = Path(fold_dir), fold, config, classes
+        self.best_score = -math.inf
+        self.best_epoch = -1
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.fold_dir / "metrics.csv"
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        epoch = trainer.current_epoch
+        row = {
+            "fold": self.fold,
+            "epoch": epoch,
+            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "train_loss": _metric(trainer, "train_loss_epoch"),
+            "val_loss": _metric(trainer, "val_loss"),
+            "val_auc": _metric(trainer, "val_auc"),
+        }
+        self._append_row(row)
+        score = row["val_auc"] if not math.isnan(row["val_auc"]) else -row["val_loss"]
+        if score > self.best_score:
+            self.best_score, self.best_epoch = score, epoch
+            save_checkpoint(self.fold_dir / "best.pt", pl_module.model, self.config, self.classes, epoch, score,
+                            extra={"fold": self.fold})
+
+    def _append_row(self, row: dict[str, Any]) -> None:
+        old = pd.read_csv(self.metrics_path) if self.metrics_path.is_file() else pd.DataFrame()
+        if len(old):
+            old = old[old["epoch"] < row["epoch"]]  # a resumed epoch replaces its earlier row
+        write_csv_atomic(pd.concat([old, pd.DataFrame([row])], ignore_index=True), self.metrics_path)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_score = state_dict["best_score"]
+        self.best_epoch = state_dict["best_epoch"]

@@ -1,0 +1,248 @@
+"""k-fold training: run folder, cache, folds, one Lightning fit per fold, out-of-fold predictions.
+
+Run folder (STYLE §3.5)::
+
+    RUN/config.yaml  env.json  folds.csv  metrics.csv  oof.parquet  summary.json
+    RUN/fold{k}/best.pt  last.ckpt  metrics.csv  oof.parquet  done.json
+
+``best.pt`` is the self-describing checkpoint inference loads; ``last.ckpt`` is Lightning's full
+state (optimizer, scheduler, callbacks) for ``--resume``; ``done.json`` marks a finished fold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from birdclef.config import Config, config_to_dict, dump_config, load_config
+from birdclef.data.augment import BackgroundBank
+from birdclef.data.cache import WaveCache, prepare_cache
+from birdclef.data.dataset import EpochSampler, WindowDataset
+from birdclef.data.folds import assign_folds
+from birdclef.data.metadata import DatasetLayout, label_matrix, load_classes, parse_secondary_labels
+from birdclef.errors import ConfigError, DatasetError
+from birdclef.models import load_checkpoint
+from birdclef.train.callbacks import FoldRecorder
+from birdclef.train.module import BirdModule, validation_auc
+from birdclef.utils.device import autocast_for, resolve_device
+from birdclef.utils.io import write_csv_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
+
+RESUMABLE_KEYS = ("train.folds", "train.num_workers", "train.devices", "train.accelerator", "train.precision")
+"""Config keys that may change when a run is resumed (which folds, and where they run)."""
+
+
+@dataclass
+class TrainSummary:
+    run_dir: Path
+    fold_scores: dict[int, float] = field(default_factory=dict)
+    """Best validation score (macro ROC-AUC) of each finished fold."""
+    oof_auc: float | None = None
+    """Macro ROC-AUC of the out-of-fold predictions of all finished folds."""
+    n_clips: int = 0
+    elapsed_s: float = 0.0
+
+
+def build_targets(index: pd.DataFrame, classes: list[str], secondary_weight: float, rating_weight: bool):
+    """(targets (N, K) float32, weights (N,) float32) of the cache rows.
+
+    Secondary labels that are not classes are ignored (real train.csv files name species outside the
+    scored set); a primary label outside the class list is an error.
+    """
+    unknown = sorted(set(index["primary_label"].astype(str)) - set(classes))
+    if unknown:
+        raise DatasetError(f"{len(unknown)} primary labels are not in the class list "
+                           f"(sample_submission.csv / taxonomy.csv): {unknown[:5]}")
+    column = index["secondary_labels"] if "secondary_labels" in index else [None] * len(index)
+    secondary = [parse_secondary_labels(v) for v in column]
+    targets = label_matrix(index["primary_label"].astype(str).tolist(), secondary, classes, secondary_weight,
+                           ignore_unknown=True)
+    weights = np.ones(len(index), dtype=np.float32)
+    if rating_weight and "rating" in index:
+        rating = pd.to_numeric(index["rating"], errors="coerce").fillna(0.0).to_numpy(np.float32)
+        weights = np.where(rating > 0, np.clip(rating, 0.0, 5.0) / 5.0, 1.0).astype(np.float32)
+    return targets.astype(np.float32), weights
+
+
+def _config_diff(a: Config, b: Config) -> list[str]:
+    def flat(d: dict, prefix: str = "") -> dict[str, object]:
+        out: dict[str, object] = {}
+        for key, value in d.items():
+            name = f"{prefix}{key}"
+            out.update(flat(value, name + ".") if isinstance(value, dict) else {name: value})
+        return out
+
+    fa, fb = flat(config_to_dict(a)), flat(config_to_dict(b))
+    return [k for k in sorted(fa) if fa[k] != fb.get(k) and k not in RESUMABLE_KEYS]
+
+
+def init_run(run: Path, config: Config, resume: bool) -> None:
+    """Create or re-open the run folder; a resumed run must keep its config (except RESUMABLE_KEYS)."""
+    cfg_path = run / "config.yaml"
+    if cfg_path.is_file():
+        if not resume:
+            raise ConfigError(f"{run} already holds a run; pass --resume to continue it, or choose another --out")
+        changed = _config_diff(load_config(cfg_path), config)
+        if changed:
+            raise ConfigError(f"cannot resume {run} with a different config (changed: {', '.join(changed)}); "
+                              f"only {', '.join(RESUMABLE_KEYS)} may change")
+    run.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(dump_config(config), cfg_path)
+    write_json_atomic(_environment(), run / "env.json")
+
+
+def _environment() -> dict[str, object]:
+    import timm
+
+    return {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+            "timm": timm.__version__, "lightning": L.__version__, "cpu_threads": torch.get_num_threads(),
+            "accelerator": resolve_device("auto").type}
+
+
+def _precision(config: Config) -> str:
+    if config.train.precision != "auto":
+        return config.train.precision
+    on_gpu = config.train.accelerator != "cpu" and resolve_device("auto").type != "cpu"
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def _loaders(config: Config, cache: WaveCache, targets, weights, folds, fold, background):
+    train_rows, val_rows = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+    seed, bs, workers = config.train.seed + fold, config.train.batch_size, config.train.num_workers
+    train_set = WindowDataset(cache, train_rows, targets, weights, train=True, seed=seed, background=background,
+                              background_prob=config.train.background_prob, background_gain=config.train.background_gain)
+    val_set = WindowDataset(cache, val_rows, targets, weights, train=False, seed=seed)
+    # A last batch of one example would break BatchNorm in train mode; drop it, keep every other.
+    train_dl = DataLoader(train_set, batch_size=bs, sampler=EpochSampler(len(train_set), seed), num_workers=workers,
+                          drop_last=len(train_set) % bs == 1, persistent_workers=False)
+    val_dl = DataLoader(val_set, batch_size=bs, shuffle=False, num_workers=workers)
+    return train_dl, val_dl
+
+
+def _fit_fold(config, classes, cache, targets, weights, folds, fold, run, background, resume, progress, callbacks):
+    fold_dir = run / f"fold{fold}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(config.train.seed + fold, verbose=False)
+    module = BirdModule(config, classes)
+    train_dl, val_dl = _loaders(config, cache, targets, weights, folds, fold, background)
+    last = ModelCheckpoint(dirpath=fold_dir, filename="last", monitor=None, save_top_k=1,
+                           save_on_train_epoch_end=True, enable_version_counter=False)
+    trainer = L.Trainer(
+        max_epochs=config.train.epochs, accelerator=config.train.accelerator, devices=config.train.devices,
+        strategy="ddp" if config.train.devices > 1 else "auto", precision=_precision(config),
+        callbacks=[FoldRecorder(fold_dir, fold, config, classes), last, *(callbacks or [])], logger=False,
+        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+        use_distributed_sampler=False, default_root_dir=fold_dir, log_every_n_steps=1,
+    )
+    ckpt = fold_dir / "last.ckpt"
+    trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt if resume and ckpt.is_file() else None)
+    finished = trainer.current_epoch >= config.train.epochs and not trainer.interrupted
+    if finished and trainer.is_global_zero:
+        _write_oof(fold_dir, fold, val_dl, cache.index, classes, config)
+    return finished
+
+
+@torch.no_grad()
+def _write_oof(fold_dir: Path, fold: int, val_dl: DataLoader, index: pd.DataFrame, classes, config: Config) -> None:
+    """Predict the held-out fold with best.pt and mark the fold done."""
+    device = resolve_device("cpu" if config.train.accelerator == "cpu" else "auto")
+    best = load_checkpoint(fold_dir / "best.pt", map_location=device)
+    model = best.model.to(device).eval()
+    chunks = []
+    for wave, _, _ in val_dl:
+        with autocast_for(device):
+            chunks.append(torch.sigmoid(model(wave.to(device))["clip_logits"].float()).cpu().numpy())
+    rows = val_dl.dataset.rows
+    probs = np.concatenate(chunks) if chunks else np.zeros((0, len(classes)), np.float32)
+    oof = pd.DataFrame(probs, columns=classes)
+    oof.insert(0, "fold", fold)
+    oof.insert(0, "primary_label", index["primary_label"].to_numpy()[rows])
+    oof.insert(0, "filename", index["filename"].to_numpy()[rows])
+    oof.insert(0, "row", rows)
+    write_parquet_atomic(oof, fold_dir / "oof.parquet")
+    write_json_atomic({"fold": fold, "best_epoch": best.epoch, "best_score": best.score, "epochs": config.train.epochs},
+                      fold_dir / "done.json")
+
+
+def _collect(run: Path, folds: list[int], classes: list[str], targets: np.ndarray) -> TrainSummary:
+    """Concatenate fold metrics and OOF predictions; score the OOF predictions."""
+    summary = TrainSummary(run)
+    done = [f for f in folds if (run / f"fold{f}" / "done.json").is_file()]
+    metrics = [pd.read_csv(run / f"fold{f}" / "metrics.csv") for f in done if (run / f"fold{f}" / "metrics.csv").is_file()]
+    if metrics:
+        write_csv_atomic(pd.concat(metrics, ignore_index=True), run / "metrics.csv")
+    for f in done:
+        summary.fold_scores[f] = json.loads((run / f"fold{f}" / "done.json").read_text())["best_score"]
+    if done:
+        oof = pd.concat([pd.read_parquet(run / f"fold{f}" / "oof.parquet") for f in done], ignore_index=True)
+        write_parquet_atomic(oof, run / "oof.parquet")
+        auc = validation_auc(targets[oof["row"].to_numpy()], oof[classes].to_numpy())
+        summary.oof_auc = None if math.isnan(auc) else auc
+    return summary
+
+
+def train_kfold(
+    config: Config,
+    data_root: Path,
+    out: Path,
+    cache_dir: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    callbacks: list[L.Callback] | None = None,
+) -> TrainSummary:
+    """Train `config.train.folds` of a StratifiedKFold split of `data_root`'s train.csv into `out`.
+
+    Args:
+        config: the resolved config (written to ``out/config.yaml``).
+        data_root: BirdCLEF-layout folder.
+        out: run folder. An existing run needs `resume`; finished folds are skipped and an
+            interrupted fold continues from its ``last.ckpt``.
+        cache_dir: prepared cache (made there when absent); default ``out/cache``.
+        progress: show Lightning's progress bar.
+        callbacks: extra Lightning callbacks (tests use one to interrupt a run).
+
+    Returns:
+        Per-fold best scores and the out-of-fold macro ROC-AUC of the finished folds.
+    """
+    started = time.perf_counter()
+    run = Path(out)
+    bad = [f for f in config.train.folds if not 0 <= f < config.data.n_folds]
+    if bad:
+        raise ConfigError(f"train.folds {bad} outside range(data.n_folds={config.data.n_folds})")
+    init_run(run, config, resume)
+    layout = DatasetLayout.from_root(data_root)
+    classes = load_classes(layout)
+    data = config.data
+    prepare_cache(layout.root, cache_dir or run / "cache", strategy=data.strategy, window_s=data.window_s,
+                  sample_rate=data.sample_rate, max_clip_s=data.max_clip_s, num_workers=config.train.num_workers,
+                  max_files=data.max_files, progress=progress)
+    cache = WaveCache(cache_dir or run / "cache")
+    targets, weights = build_targets(cache.index, classes, data.secondary_label_weight, data.rating_weight)
+    folds = assign_folds(cache.index["primary_label"].astype(str).tolist(), data.n_folds, data.fold_seed)
+    write_csv_atomic(pd.DataFrame({"filename": cache.index["filename"], "primary_label": cache.index["primary_label"],
+                                   "fold": folds}), run / "folds.csv")
+    background = None
+    if config.train.background_prob > 0 and layout.train_soundscapes.is_dir():
+        background = BackgroundBank(sorted(layout.train_soundscapes.glob("*.ogg")), data.sample_rate,
+                                    config.train.background_max_files)
+    for fold in config.train.folds:
+        if (run / f"fold{fold}" / "done.json").is_file():
+            continue
+        if not _fit_fold(config, classes, cache, targets, weights, folds, fold, run, background, resume, progress,
+                         callbacks):
+            break  # interrupted: leave the remaining folds for --resume
+    summary = _collect(run, list(config.train.folds), classes, targets)
+    summary.n_clips, summary.elapsed_s = len(cache.index), time.perf_counter() - started
+    write_json_atomic({"fold_scores": summary.fold_scores, "oof_auc": summary.oof_auc, "n_clips": summary.n_clips,
+                       "classes": len(classes), "elapsed_s": summary.elapsed_s}, run / "summary.json")
+    return summary

@@ -1,0 +1,89 @@
+"""LightningModule: the reference recipe's training and validation steps.
+
+The Trainer owns the loop, devices, DDP, precision, checkpoints and the progress bar. Every random
+draw of a step (mixup, SpecAugment, dropout) is seeded from (seed, epoch, batch, rank), so a run
+resumed from ``last.ckpt`` repeats exactly what the uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import torch
+
+from birdclef.config import Config
+from birdclef.data.augment import mixup
+from birdclef.eval.metrics import macro_roc_auc
+from birdclef.models import create_model
+from birdclef.train.losses import create_loss
+
+
+def build_loss(config: Config) -> torch.nn.Module:
+    """The configured loss; the same one is used with and without mixup (the reference was not)."""
+    train = config.train
+    kwargs = {"alpha": train.focal_alpha, "gamma": train.focal_gamma} if train.loss == "focal_bce" else {}
+    return create_loss(train.loss, **kwargs)
+
+
+def validation_auc(target: np.ndarray, probs: np.ndarray) -> float:
+    """Macro ROC-AUC of a validation fold, NaN when no class has both positives and negatives."""
+    binary = (target > 0).astype(np.int64)
+    scoreable = (binary.sum(0) > 0) & (binary.sum(0) < len(binary))
+    if not scoreable.any():
+        return math.nan
+    return macro_roc_auc(binary[:, scoreable], probs[:, scoreable])
+
+
+class BirdModule(L.LightningModule):
+    """Wraps a :class:`~birdclef.models.BirdClassifier` with the configured loss, mixup and AdamW + cosine."""
+
+    def __init__(self, config: Config, classes: list[str]):
+        super().__init__()
+        self.config, self.classes = config, list(classes)
+        self.model = create_model(config.model, len(self.classes))
+        self.criterion = build_loss(config)
+        self._val_probs: list[torch.Tensor] = []
+        self._val_targets: list[torch.Tensor] = []
+
+    def forward(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model(wave)
+
+    def _step_rng(self, batch_idx: int) -> np.random.Generator:
+        key = [self.config.train.seed, self.current_epoch, batch_idx, self.global_rank]
+        torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))  # SpecAugment, dropout
+        return np.random.default_rng(key)
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        wave, target, weight = batch  # (B, T), (B, K), (B,)
+        rng = self._step_rng(batch_idx)
+        train = self.config.train
+        if train.mixup_alpha > 0 and len(wave) > 1 and rng.random() < train.mixup_prob:
+            wave, target, _ = mixup(wave, target, train.mixup_alpha, rng, train.mixup_target)
+        logits = self.model(wave)["clip_logits"]
+        loss = self.criterion(logits, target, weight)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(wave))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        wave, target, weight = batch
+        logits = self.model(wave)["clip_logits"]
+        self.log("val_loss", self.criterion(logits, target, weight), on_epoch=True, prog_bar=True, batch_size=len(wave))
+        self._val_probs.append(torch.sigmoid(logits.float()).cpu())
+        self._val_targets.append(target.float().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_probs:
+            return
+        probs = torch.cat(self._val_probs).numpy()
+        target = torch.cat(self._val_targets).numpy()
+        self._val_probs.clear()
+        self._val_targets.clear()
+        self.log("val_auc", validation_auc(target, probs), prog_bar=True)
+
+    def configure_optimizers(self):
+        train = self.config.train
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs, eta_min=train.min_lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
