@@ -1,0 +1,1 @@
+"""Dataset metadata: train tables, class lists, label targets, layout checks, folds and datasets."""
