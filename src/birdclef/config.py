@@ -46,7 +46,7 @@ class DataConfig:
     rating_weight: bool = False
     """Weight each training clip's loss by its xeno-canto rating (0 = unrated counts as 1)."""
     max_files: int | None = None
-    """Use only the first N rows of train.csv (quick experiments and tests); None uses all."""
+    """Use at most N rows of train.csv, taken round-robin over classes (quick experiments); None uses all."""
     n_folds: int = 5
     """StratifiedKFold splits on primary_label."""
     fold_seed: int = 42

@@ -22,3 +22,13 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path: Path):
             raise RuntimeError("killed")
     assert path.read_text().strip().endswith("}") and '"v": 1' in path.read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_atomic_files_get_umask_permissions(tmp_path: Path):
+    import os
+    import stat
+
+    path = write_json_atomic({"v": 1}, tmp_path / "p.json")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask

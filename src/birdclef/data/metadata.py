@@ -184,12 +184,17 @@ def load_train_table(path: str | Path, max_files: int | None = None) -> pd.DataF
     rating = df["rating"] if "rating" in df.columns else pd.Series(0.0, index=df.index)
     df["rating"] = pd.to_numeric(rating, errors="coerce").fillna(0.0).astype(float)
     if max_files is not None:
-        df = _round_robin_subset(df, max_files)
+        df = subset_round_robin(df, max_files)
     return df.reset_index(drop=True)
 
 
-def _round_robin_subset(df: pd.DataFrame, max_files: int) -> pd.DataFrame:
-    """The first `max_files` rows in the order (k-th clip of its class, file order)."""
+def subset_round_robin(df: pd.DataFrame, max_files: int) -> pd.DataFrame:
+    """At most `max_files` rows taken round-robin over the classes, kept in file order.
+
+    Rows are ranked by (k-th clip of its class, file order): a small subset covers as many classes as
+    it can, which is what a quick experiment on the first N files needs. `prepare_cache` and
+    `load_train_table` both use this rule, so `data.max_files` means the same rows everywhere.
+    """
     if max_files < 1:
         raise ValueError(f"max_files must be >= 1, got {max_files}")
     rank = df.groupby("primary_label", sort=False).cumcount().to_numpy()

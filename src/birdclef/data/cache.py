@@ -1,0 +1,391 @@
+"""The training cache: every training clip decoded once, so training never touches OGG again.
+
+``birdclef prepare DATA --out CACHE`` (:func:`prepare_cache`) decodes each row of
+``DATA/train.csv`` (``DATA/train_audio/<filename>``), keeps its training window (DESIGN §2) as
+float16 samples and writes::
+
+    CACHE/cache.json                 the config that made it (a re-run must match it)
+    CACHE/shards/part-00000.npy      (samples,) float16: the shard's clips end to end
+    CACHE/shards/part-00000.parquet  one row per train.csv row of the shard: where its samples
+                                     are (offset, length), its window, or why it was skipped
+    CACHE/index.parquet              the decoded clips with their train.csv columns
+    CACHE/skipped.csv                filename, reason of every file that could not be used
+
+Fixed strategies (center, first, energy, reference) store exactly the chosen window, tiled when the
+clip is short; ``random`` stores the first `max_clip_s` seconds so that training draws a new crop
+each epoch. Shards are independent and written atomically (the .parquet last, so its presence marks
+a finished shard): an interrupted run resumes where it stopped and gives the same files.
+:class:`WaveCache` reads the result through memory maps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
+
+from birdclef.audio.io import audio_info, load_audio, tile_to_length
+from birdclef.audio.segments import Window, crop, select_window
+from birdclef.config import SELECTION_STRATEGIES
+from birdclef.data.metadata import REQUIRED_TRAIN_COLUMNS, read_train_csv, subset_round_robin
+from birdclef.errors import AudioError, ConfigError, DatasetError
+from birdclef.utils.io import write_atomic, write_csv_atomic, write_json_atomic, write_parquet_atomic
+
+CACHE_FORMAT = 1
+"""Version of the folder layout, stored in cache.json."""
+
+CACHE_COLUMNS = ("row", "filename", "shard", "offset", "length", "start_s", "end_s", "duration_s")
+"""Per-clip columns of the shard tables and index.parquet: row in train.csv, shard number, sample
+offset and length in the shard, stored span [start_s, end_s) in clip seconds, clip duration_s."""
+
+_CSV_PREFIX = "csv_"
+"""A train.csv column named like a cache column (other than filename) is kept with this prefix."""
+
+
+@dataclass(frozen=True)
+class CacheSummary:
+    """What :func:`prepare_cache` produced."""
+
+    n_clips: int
+    n_skipped: int
+    seconds_of_audio: float
+    """Seconds of audio stored (at the cache's sample rate)."""
+    bytes: int
+    """Size of the cache folder on disk."""
+    out: Path
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class _ShardJob:
+    """Everything a worker process needs to write one shard (picklable)."""
+
+    shard: int
+    rows: tuple[int, ...]
+    filenames: tuple[str, ...]
+    audio_dir: Path
+    shard_dir: Path
+    strategy: str
+    window_s: float
+    sample_rate: int
+    max_clip_s: float
+
+
+def prepare_cache(
+    data_root: Path,
+    out: Path,
+    strategy: str = "reference",
+    window_s: float = 5.0,
+    sample_rate: int = 32_000,
+    max_clip_s: float = 60.0,
+    num_workers: int = 2,
+    max_files: int | None = None,
+    shard_size: int = 256,
+    progress: bool = True,
+) -> CacheSummary:
+    """Decode every training clip of `data_root` once into a cache folder `out`.
+
+    Re-running into the same folder skips finished shards (resume) and rewrites index.parquet and
+    skipped.csv; the result is the same whatever `num_workers` is and however often it stopped.
+
+    Args:
+        data_root: BirdCLEF-layout folder holding train.csv and train_audio/.
+        out: cache folder (created).
+        strategy: window strategy (DESIGN §2): center, first, random, energy or reference.
+        window_s: training window length in seconds.
+        sample_rate: rate (Hz) the audio is resampled to.
+        max_clip_s: with ``random``, seconds kept from the start of each clip (ignored otherwise,
+            and stored as null in cache.json).
+        num_workers: shard-writing processes (the platform's default start method); <= 1, or a
+            single shard to write, works in this process.
+        max_files: use at most this many rows of train.csv, round-robin over classes (metadata.subset_round_robin).
+        shard_size: train.csv rows per shard.
+        progress: show a tqdm bar over the clips.
+
+    Returns:
+        Counts, size and time of the cache.
+
+    Raises:
+        ConfigError: unknown strategy or a non-positive number.
+        DatasetError: train.csv missing or lacking primary_label/filename; `out` holds a cache made
+            with another config (the message lists the differences); no clip could be decoded.
+    """
+    started = time.perf_counter()
+    data_root, out = Path(data_root), Path(out)
+    _check_args(strategy, window_s, sample_rate, max_clip_s, shard_size, max_files)
+    table = _read_train_table(data_root / "train.csv", max_files)
+    config = {"format": CACHE_FORMAT, "strategy": strategy, "window_s": float(window_s),
+              "sample_rate": int(sample_rate), "max_clip_s": float(max_clip_s) if strategy == "random" else None,
+              "max_files": max_files, "shard_size": int(shard_size),
+              "train_csv_sha256": _sha256(data_root / "train.csv")}
+    _claim(out, config)
+    jobs = _plan_shards(table, data_root / "train_audio", out / "shards", config, shard_size)
+    _run_jobs([job for job in jobs if not _shard_done(job)], len(table), num_workers, progress)
+    index, skipped = _collect(jobs, table)
+    write_csv_atomic(skipped, out / "skipped.csv")
+    if index.empty:
+        raise DatasetError(f"{data_root / 'train.csv'}: none of its {len(table)} files could be decoded; "
+                           f"see {out / 'skipped.csv'}")
+    write_parquet_atomic(index, out / "index.parquet")
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return CacheSummary(len(index), len(skipped), float(index["length"].sum()) / sample_rate, size, out,
+                        time.perf_counter() - started)
+
+
+def _check_args(strategy: str, window_s: float, sample_rate: int, max_clip_s: float, shard_size: int,
+                max_files: int | None) -> None:
+    if strategy not in SELECTION_STRATEGIES:
+        raise ConfigError(f"unknown window strategy {strategy!r}; choose from {list(SELECTION_STRATEGIES)}")
+    for name, value in (("window_s", window_s), ("sample_rate", sample_rate), ("max_clip_s", max_clip_s),
+                        ("shard_size", shard_size)):
+        if value <= 0:
+            raise ConfigError(f"prepare_cache: {name} must be positive, got {value}")
+    if max_files is not None and max_files < 1:
+        raise ConfigError(f"prepare_cache: max_files must be positive, got {max_files}")
+
+
+def _read_train_table(path: Path, max_files: int | None) -> pd.DataFrame:
+    """train.csv as is (labels as strings), `max_files` rows round-robin over classes; object columns as strings."""
+    table = read_train_csv(path)
+    missing = [col for col in REQUIRED_TRAIN_COLUMNS if col not in table.columns]
+    if missing:
+        raise DatasetError(f"{path}: missing required column(s) {missing}; found {list(table.columns)}")
+    if table.empty:
+        raise DatasetError(f"{path}: no rows")
+    table = subset_round_robin(table, max_files) if max_files is not None else table
+    table["filename"] = table["filename"].fillna("").astype(str)
+    for col in table.columns[table.dtypes == object]:  # mixed cells would not fit a Parquet column
+        table[col] = table[col].map(lambda v: v if pd.isna(v) else str(v))
+    return table.reset_index(drop=True)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _claim(out: Path, config: dict[str, Any]) -> None:
+    """Record `config` in out/cache.json, or check that the cache already there was made with it."""
+    path = out / "cache.json"
+    if not path.is_file():
+        write_json_atomic(config, path)
+        return
+    old = _read_config(path)
+    diff = [f"{key}={old.get(key)!r} there, {value!r} now" for key, value in config.items() if old.get(key) != value]
+    if diff:
+        raise DatasetError(f"{out} holds a cache prepared with another config ({'; '.join(diff)}); "
+                           f"use another --out folder or delete this one")
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The settings stored in a cache's cache.json."""
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: unreadable cache config ({exc}); delete {path.parent} and prepare again"
+                           ) from None
+    missing = [key for key in ("strategy", "window_s", "sample_rate") if key not in config]
+    if missing:
+        raise DatasetError(f"{path}: not a birdclef cache config (no {missing}); "
+                           f"delete {path.parent} and prepare again")
+    return config
+
+
+def _plan_shards(table: pd.DataFrame, audio_dir: Path, shard_dir: Path, config: dict[str, Any],
+                 shard_size: int) -> list[_ShardJob]:
+    filenames = table["filename"].tolist()
+    return [_ShardJob(k, tuple(range(begin, min(begin + shard_size, len(table)))),
+                      tuple(filenames[begin : begin + shard_size]), audio_dir, shard_dir, config["strategy"],
+                      config["window_s"], config["sample_rate"], config["max_clip_s"] or 0.0)
+            for k, begin in enumerate(range(0, len(table), shard_size))]
+
+
+def _shard_paths(shard_dir: Path, shard: int) -> tuple[Path, Path]:
+    """(samples .npy, table .parquet) of shard number `shard`."""
+    stem = f"part-{shard:05d}"
+    return shard_dir / f"{stem}.npy", shard_dir / f"{stem}.parquet"
+
+
+def _shard_done(job: _ShardJob) -> bool:
+    return all(path.is_file() for path in _shard_paths(job.shard_dir, job.shard))
+
+
+def _run_jobs(jobs: list[_ShardJob], n_rows: int, num_workers: int, progress: bool) -> None:
+    """Write the shards of `jobs`, in this process or in `num_workers` worker processes."""
+    pending = sum(len(job.rows) for job in jobs)
+    with tqdm(total=n_rows, initial=n_rows - pending, unit="clip", desc="prepare", disable=not progress) as bar:
+        if num_workers <= 1 or len(jobs) <= 1:
+            with threadpool_limits(limits=1, user_api="blas"):
+                for job in jobs:
+                    _write_shard(job, on_clip=lambda: bar.update(1))
+            return
+        # The platform's default start method, as torch's DataLoader uses: fork on Linux works from
+        # notebooks, stdin and unguarded scripts; where it is spawn (macOS, Windows) callers need the
+        # usual `if __name__ == "__main__":` guard. Workers run numpy, libsndfile and soxr only.
+        with ProcessPoolExecutor(min(num_workers, len(jobs)), initializer=_single_blas_thread) as pool:
+            futures = {pool.submit(_write_shard, job): job for job in jobs}
+            for future in as_completed(futures):
+                future.result()
+                bar.update(len(futures[future].rows))
+
+
+def _single_blas_thread() -> None:
+    """One BLAS thread per worker: the energy rule's small mel matmul runs about 3x slower on a
+    loaded 2-core machine when OpenBLAS spreads it over threads that the other workers need."""
+    threadpool_limits(limits=1, user_api="blas")
+
+
+def _write_shard(job: _ShardJob, on_clip: Callable[[], object] | None = None) -> int:
+    """Decode the shard's clips, write its .npy then its .parquet; return the number decoded."""
+    records, chunks, offset = [], [], 0
+    for row, filename in zip(job.rows, job.filenames):
+        record: dict[str, Any] = {"row": row, "filename": filename, "shard": job.shard, "offset": offset,
+                                  "length": 0, "start_s": np.nan, "end_s": np.nan, "duration_s": np.nan,
+                                  "skip_reason": ""}
+        try:
+            samples, window, duration_s = _clip_samples(job, filename)
+        except AudioError as exc:  # a broken file is reported, never fatal
+            record["skip_reason"] = exc.reason
+        else:
+            record.update(length=len(samples), start_s=window.start_s, end_s=window.end_s, duration_s=duration_s)
+            chunks.append(samples)
+            offset += len(samples)
+        records.append(record)
+        if on_clip is not None:
+            on_clip()
+    npy_path, table_path = _shard_paths(job.shard_dir, job.shard)
+    write_atomic(npy_path, lambda tmp: _write_npy(tmp, chunks, offset))
+    write_parquet_atomic(pd.DataFrame(records), table_path)
+    return len(chunks)
+
+
+def _clip_samples(job: _ShardJob, filename: str) -> tuple[np.ndarray, Window, float]:
+    """(float16 samples to store, their span in clip seconds, clip duration_s) of one clip."""
+    path = job.audio_dir / filename
+    if job.strategy == "random":
+        duration_s = audio_info(path).duration_s
+        wave = load_audio(path, job.sample_rate, duration_s=job.max_clip_s)
+        return wave.astype(np.float16), Window(0.0, len(wave) / job.sample_rate), duration_s
+    wave = load_audio(path, job.sample_rate)
+    window = select_window(wave, job.sample_rate, job.strategy, filename, job.window_s)
+    samples = crop(wave, job.sample_rate, window, job.window_s)
+    return samples.astype(np.float16), window, len(wave) / job.sample_rate
+
+
+def _write_npy(path: Path, chunks: list[np.ndarray], total: int) -> None:
+    """One (total,) float16 .npy from `chunks`, without concatenating them in memory first."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f2", "fortran_order": False, "shape": (total,)})
+        for chunk in chunks:
+            f.write(np.ascontiguousarray(chunk, dtype="<f2").tobytes())
+
+
+def _collect(jobs: list[_ShardJob], table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(index of decoded clips joined with train.csv columns, skipped files with reasons)."""
+    parts = pd.concat([pd.read_parquet(_shard_paths(job.shard_dir, job.shard)[1]) for job in jobs],
+                      ignore_index=True)
+    bad = parts["skip_reason"] != ""
+    skipped = parts.loc[bad, ["filename", "skip_reason"]].rename(columns={"skip_reason": "reason"})
+    good = parts.loc[~bad, list(CACHE_COLUMNS)].reset_index(drop=True)
+    meta = table.iloc[good["row"].to_numpy()].drop(columns=["filename"]).reset_index(drop=True)
+    meta = meta.rename(columns={col: _CSV_PREFIX + col for col in meta.columns if col in CACHE_COLUMNS})
+    return pd.concat([good, meta], axis=1), skipped.reset_index(drop=True)
+
+
+class WaveCache:
+    """Read access to a prepared cache: one training window per clip, from memory-mapped shards.
+
+    Pickling (DataLoader workers) carries the index and settings only; each process maps the
+    shard files again on first use.
+
+    Attributes:
+        path: the cache folder.
+        index: one row per decoded clip: :data:`CACHE_COLUMNS` then the train.csv columns.
+        strategy: window strategy the cache was made with.
+        window_s: window length in seconds.
+        sample_rate: rate of the stored samples (Hz).
+
+    Raises:
+        DatasetError: `path` is not a complete cache (run ``birdclef prepare`` first) or a shard
+            file is missing or shorter than the index says.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        config_path, index_path = self.path / "cache.json", self.path / "index.parquet"
+        if not (config_path.is_file() and index_path.is_file()):
+            raise DatasetError(f"{self.path}: not a complete wave cache (no cache.json or index.parquet); "
+                               f"run `birdclef prepare DATA --out {self.path}` first")
+        config = _read_config(config_path)
+        self.strategy: str = config["strategy"]
+        self.window_s = float(config["window_s"])
+        self.sample_rate = int(config["sample_rate"])
+        self.index = pd.read_parquet(index_path)
+        self._locations = self.index[["shard", "offset", "length"]].to_numpy(np.int64)  # (N, 3)
+        missing = [p for k in np.unique(self._locations[:, 0]) if not (p := self._shard_path(int(k))).is_file()]
+        if missing:
+            raise DatasetError(f"{self.path}: shard file(s) missing: {[p.name for p in missing]}; "
+                               f"run `birdclef prepare DATA --out {self.path}` again to rebuild them")
+        self._shards: dict[int, np.ndarray] = {}
+
+    @property
+    def window_length(self) -> int:
+        """Samples in one window: round(window_s * sample_rate)."""
+        return int(round(self.window_s * self.sample_rate))
+
+    def __len__(self) -> int:
+        return len(self._locations)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_shards"] = {}  # memory maps are reopened lazily in the receiving process
+        return state
+
+    def segment(self, i: int) -> np.ndarray:
+        """(length,) float32: the samples stored for clip `i` (a window, or the clip's head for random)."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"clip {i} out of range for a cache of {len(self)} clips ({self.path})")
+        shard, offset, length = (int(v) for v in self._locations[i])
+        return np.asarray(self._shard(shard)[offset : offset + length], dtype=np.float32)
+
+    def window(self, i: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """(window_length,) float32: one training window of clip `i`.
+
+        A random-strategy cache holds more than a window: `rng` draws a crop start uniformly (in
+        samples), and `rng` None takes the centre crop (deterministic validation). Stored audio
+        shorter than a window is tiled; fixed-strategy windows are returned as stored.
+        """
+        wave, length = self.segment(i), self.window_length
+        if len(wave) > length:
+            start = int(rng.integers(0, len(wave) - length + 1)) if rng is not None else (len(wave) - length) // 2
+            wave = wave[start : start + length]
+        return tile_to_length(wave, length)
+
+    def _shard_path(self, shard: int) -> Path:
+        return _shard_paths(self.path / "shards", shard)[0]
+
+    def _shard(self, shard: int) -> np.ndarray:
+        if shard not in self._shards:
+            path = self._shard_path(shard)
+            try:
+                data = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise DatasetError(f"{path}: unreadable cache shard ({exc}); delete it and prepare again") from None
+            rows = self._locations[self._locations[:, 0] == shard]
+            if len(data) < int((rows[:, 1] + rows[:, 2]).max()):
+                raise DatasetError(f"{path}: holds {len(data)} samples, fewer than the index needs; "
+                                   f"delete it and prepare again")
+            self._shards[shard] = data
+        return self._shards[shard]
+
+    def __repr__(self) -> str:
+        return f"WaveCache({str(self.path)!r}, clips={len(self)}, strategy={self.strategy!r}, window_s={self.window_s})"
