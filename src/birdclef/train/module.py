@@ -17,14 +17,7 @@ from birdclef.config import Config
 from birdclef.data.augment import mixup
 from birdclef.eval.metrics import macro_roc_auc
 from birdclef.models import create_model
-from birdclef.train.losses import create_loss
-
-
-def build_loss(config: Config) -> torch.nn.Module:
-    """The configured loss; the same one is used with and without mixup (the reference was not)."""
-    train = config.train
-    kwargs = {"alpha": train.focal_alpha, "gamma": train.focal_gamma} if train.loss == "focal_bce" else {}
-    return create_loss(train.loss, **kwargs)
+from birdclef.train.losses import loss_from_config
 
 
 def validation_auc(target: np.ndarray, probs: np.ndarray) -> float:
@@ -43,7 +36,7 @@ class BirdModule(L.LightningModule):
         super().__init__()
         self.config, self.classes = config, list(classes)
         self.model = create_model(config.model, len(self.classes))
-        self.criterion = build_loss(config)
+        self.criterion = loss_from_config(config.train)  # used with and without mixup (the reference was not)
         self._val_probs: list[torch.Tensor] = []
         self._val_targets: list[torch.Tensor] = []
 

@@ -1,0 +1,206 @@
+"""Ensembling: soft voting of folds and a weighted blend of models' prediction tables (DESIGN §6).
+
+A prediction table is ``row_id`` plus one probability column per class. Tables from different
+models are aligned on ``row_id`` (any row order) and on class names (any column order) before
+they are averaged; anything that does not line up is a :class:`SubmissionError` naming the input.
+
+Example:
+    >>> blended = blend([effnet_df, nfnet_df], weights=[0.75, 0.25], names=["effnet", "nfnet"])
+    >>> blend_csvs([Path("a.csv"), Path("b.csv")], [3, 1], Path("submission.csv"))  # = 0.75 / 0.25
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from birdclef.errors import SubmissionError
+from birdclef.utils.io import write_csv_atomic
+
+_EXAMPLES = 3
+"""How many offending row_ids / columns an error message shows."""
+
+
+def average_folds(probs: Sequence[np.ndarray]) -> np.ndarray:
+    """Soft voting: the element-wise mean of the folds' probability arrays.
+
+    Args:
+        probs: one array per fold, all of the same shape, e.g. (N, K) windows x classes.
+
+    Returns:
+        The mean over folds, of that same shape.
+
+    Raises:
+        ValueError: `probs` is empty or the shapes differ (the message names the fold).
+    """
+    arrays = [np.asarray(fold_probs) for fold_probs in probs]
+    if not arrays:
+        raise ValueError("average_folds needs at least one fold's probabilities, got none")
+    for index, array in enumerate(arrays[1:], start=1):
+        if array.shape != arrays[0].shape:
+            raise ValueError(f"fold {index} probabilities have shape {array.shape}, "
+                             f"but fold 0 has {arrays[0].shape}")
+    return np.mean(np.stack(arrays), axis=0)
+
+
+def _examples(values: set | list) -> str:
+    shown = sorted(values, key=str)[:_EXAMPLES]
+    return f"{len(values)} (e.g. {shown})"
+
+
+def _check_own_columns(frame: pd.DataFrame, name: str) -> None:
+    """Checks of one table on its own: a row_id column, unique column names and row_ids."""
+    if "row_id" not in frame.columns:
+        raise SubmissionError(f"{name}: no 'row_id' column; columns start {list(frame.columns)[:5]}")
+    duplicated_cols = frame.columns[frame.columns.duplicated()]
+    if len(duplicated_cols):
+        raise SubmissionError(f"{name}: duplicated columns {_examples(list(duplicated_cols))}")
+    duplicated_ids = frame["row_id"][frame["row_id"].duplicated()]
+    if len(duplicated_ids):
+        raise SubmissionError(f"{name}: duplicated row_ids {_examples(set(duplicated_ids))}")
+
+
+def _check_against(frame: pd.DataFrame, name: str, ref: pd.DataFrame, ref_name: str) -> None:
+    """Raise if `frame`'s class columns or row_id set differ from the reference table's."""
+    cols, ref_cols = set(frame.columns), set(ref.columns)
+    if cols != ref_cols:
+        raise SubmissionError(f"{name}: class columns differ from {ref_name}: "
+                              f"missing {_examples(ref_cols - cols)}, extra {_examples(cols - ref_cols)}")
+    ids, ref_ids = set(frame["row_id"]), set(ref["row_id"])
+    if ids != ref_ids:
+        raise SubmissionError(f"{name}: row_ids differ from {ref_name}: "
+                              f"missing {_examples(ref_ids - ids)}, extra {_examples(ids - ref_ids)}")
+
+
+def _resolve_names(count: int, names: Sequence[str] | None) -> list[str]:
+    if names is None:
+        return [f"prediction table {index}" for index in range(count)]
+    if len(names) != count:
+        raise SubmissionError(f"got {len(names)} names for {count} prediction tables")
+    return [str(name) for name in names]
+
+
+def align_frames(frames: Sequence[pd.DataFrame], names: Sequence[str] | None = None) -> list[pd.DataFrame]:
+    """Check that prediction tables describe the same rows and classes, and line them up.
+
+    Args:
+        frames: tables with a ``row_id`` column and one column per class.
+        names: one label per table for error messages (model names, file paths); defaults to
+            ``"prediction table <i>"``.
+
+    Returns:
+        New tables with the first table's column order and row order and a fresh RangeIndex, so
+        their rows and columns correspond one to one.
+
+    Raises:
+        SubmissionError: no tables; a table lacks ``row_id``, repeats a column or a row_id; its
+            class columns or row_id set differ from the first's (missing / extra ones are counted
+            and a few shown); or `names` has the wrong length.
+    """
+    if not frames:
+        raise SubmissionError("no prediction tables to align")
+    labels = _resolve_names(len(frames), names)
+    for frame, label in zip(frames, labels):
+        _check_own_columns(frame, label)
+    ref = frames[0]
+    for frame, label in zip(frames[1:], labels[1:]):
+        _check_against(frame, label, ref, labels[0])
+    columns, row_ids = list(ref.columns), pd.Index(ref["row_id"])
+    return [frame.set_index("row_id").reindex(row_ids).reset_index()[columns] for frame in frames]
+
+
+def normalise_weights(weights: Sequence[float] | None, count: int) -> np.ndarray:
+    """Blend weights scaled to sum 1: 0.75 / 0.25 stays 0.75 / 0.25, 3 / 1 becomes 0.75 / 0.25.
+
+    Args:
+        weights: one non-negative weight per table, or None for equal weights.
+        count: number of tables.
+
+    Returns:
+        (count,) float64 weights summing to 1.
+
+    Raises:
+        SubmissionError: wrong number of weights, a negative or non-finite one, or a zero sum.
+    """
+    if weights is None:
+        return np.full(count, 1.0 / count)
+    array = np.asarray(weights, dtype=np.float64)
+    if array.shape != (count,):
+        raise SubmissionError(f"got {array.size} blend weights for {count} prediction tables")
+    if not np.isfinite(array).all() or (array < 0).any():
+        raise SubmissionError(f"blend weights must be finite and non-negative, got {array.tolist()}")
+    if array.sum() <= 0:
+        raise SubmissionError(f"blend weights must have a positive sum, got {array.tolist()}")
+    return array / array.sum()
+
+
+def blend(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = None,
+          names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Weighted mean of prediction tables, aligned on ``row_id`` and on class names.
+
+    Weights are normalised to sum 1 (see :func:`normalise_weights`), so ``[3, 1]`` and
+    ``[0.75, 0.25]`` give the same blend; None means equal weights.
+
+    Args:
+        frames: prediction tables of the same rows and classes, in any row / column order.
+        weights: one non-negative weight per table.
+        names: labels for error messages (see :func:`align_frames`).
+
+    Returns:
+        Table with the first table's row order and columns (``row_id`` first if it was first),
+        class columns float64, and a RangeIndex.
+
+    Raises:
+        SubmissionError: the tables do not line up (see :func:`align_frames`), a class column is
+            not numeric, or the weights are invalid.
+    """
+    if not frames:
+        raise SubmissionError("no prediction tables to blend")
+    scale = normalise_weights(weights, len(frames))
+    aligned = align_frames(frames, names)
+    labels = _resolve_names(len(frames), names)
+    class_cols = [col for col in aligned[0].columns if col != "row_id"]
+    total = np.zeros((len(aligned[0]), len(class_cols)))  # (N, K)
+    for frame, label, weight in zip(aligned, labels, scale):
+        non_numeric = [col for col in class_cols if not pd.api.types.is_numeric_dtype(frame[col])]
+        if non_numeric:
+            raise SubmissionError(f"{label}: non-numeric class columns {_examples(non_numeric)}")
+        total += weight * frame[class_cols].to_numpy(dtype=np.float64)
+    out = aligned[0].copy()
+    out[class_cols] = total
+    return out
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    """Read one prediction CSV, turning a missing or unreadable file into a SubmissionError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"{path}: prediction file not found")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise SubmissionError(f"{path}: cannot be read as a CSV prediction table ({exc})") from exc
+
+
+def blend_csvs(paths: Sequence[Path], weights: Sequence[float] | None, out: Path) -> pd.DataFrame:
+    """Blend prediction CSVs and write the result to `out` atomically.
+
+    Args:
+        paths: prediction CSVs (``row_id`` plus class columns); error messages name them.
+        weights: one non-negative weight per file, normalised to sum 1; None for equal weights.
+        out: where the blended CSV goes; parent folders are created.
+
+    Returns:
+        The blended table, as written (first file's row and column order).
+
+    Raises:
+        SubmissionError: a file is missing or unreadable, the files do not line up, or the
+            weights are invalid. `out` is not touched then.
+    """
+    frames = [read_predictions(Path(path)) for path in paths]
+    blended = blend(frames, weights, names=[str(path) for path in paths])
+    write_csv_atomic(blended, out)
+    return blended

@@ -1,0 +1,263 @@
+"""BirdClassifier: waveform -> log-mel -> SpecAugment -> timm backbone (unpooled) -> head.
+
+The front end lives inside the model, so a checkpoint or an exported graph takes raw 32 kHz audio.
+Backbone weights come from a local file (``model.pretrained_path``; how offline Kaggle notebooks
+load them), from timm's hub (``model.pretrained`` without a path; needs internet or a filled
+cache), or nowhere (``model.pretrained=false``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import safetensors.torch
+import timm
+import torch
+from timm.models import adapt_input_conv, get_pretrained_cfg
+from torch import nn
+
+from birdclef.config import ModelConfig
+from birdclef.errors import BirdclefError, ConfigError
+from birdclef.features.mel import LogMel
+from birdclef.features.specaugment import SpecAugment
+from birdclef.models.heads import create_head, head_uses_last_stage
+
+MIN_MATCHED_FRACTION = 0.9
+"""A local backbone checkpoint must fill at least this share of the backbone's tensors."""
+
+_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+"""Checkpoint dict keys that hold the state dict (timm's train.py, Lightning, ours); EMA first, as timm."""
+
+_KEY_PREFIXES = ("module.", "_orig_mod.", "model.", "backbone.")
+"""Prefixes added by DDP, torch.compile, Lightning modules and our BirdClassifier."""
+
+
+class PretrainedWeightsError(BirdclefError):
+    """Pretrained backbone weights could not be downloaded, read or matched to the backbone."""
+
+
+class BirdClassifier(nn.Module):
+    """Waveform in, ``{"clip_logits", ...}`` out; front end, backbone and head are independent parts.
+
+    Args:
+        cfg: the model section of the config (backbone, head, pretrained, front end, ...).
+        num_classes: K, the number of output classes.
+
+    Raises:
+        ConfigError: unknown backbone or head, or a backbone the head cannot use.
+        PretrainedWeightsError: pretrained weights were requested and cannot be loaded.
+
+    Example:
+        >>> cfg = ModelConfig(backbone="test_efficientnet", head="sed", pretrained=False)
+        >>> model = BirdClassifier(cfg, num_classes=5).eval()
+        >>> model(torch.zeros(2, 32_000))["frame_logits"].shape[:2]
+        torch.Size([2, 5])
+    """
+
+    def __init__(self, cfg: ModelConfig, num_classes: int):
+        super().__init__()
+        self.cfg, self.num_classes = cfg, num_classes
+        self.frontend = LogMel(cfg.frontend)
+        self.spec_augment = SpecAugment(cfg.spec_augment)  # identity in eval()
+        self.backbone = create_backbone(cfg)
+        self.uses_last_stage = head_uses_last_stage(cfg.head)
+        if self.uses_last_stage:
+            _prune_to_last_stage(self.backbone, cfg.backbone)
+        in_features = self.backbone.feature_info[-1]["num_chs"] if self.uses_last_stage else self.backbone.num_features
+        self.head = create_head(cfg.head, in_features, num_classes, drop_rate=cfg.drop_rate)
+
+    def forward_mel(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, T) waveform -> (B, 1, F, frames) mel image, SpecAugment applied in train mode only."""
+        return self.spec_augment(self.frontend(wave))
+
+    def forward_backbone(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B, 1, F, frames) mel image -> (B, C, F', T') unpooled feature map.
+
+        Uses ``forward_features`` (timm's unpooled features, no dropout), or the last stage map
+        from ``forward_intermediates`` for heads that replace the backbone's final layers.
+        """
+        if self.uses_last_stage:
+            return self.backbone.forward_intermediates(mel, indices=1, intermediates_only=True)[-1]
+        feats = self.backbone.forward_features(mel)
+        if getattr(self.backbone, "output_fmt", "NCHW") == "NHWC":
+            feats = feats.permute(0, 3, 1, 2)  # (B, C, F', T')
+        if feats.dim() != 4:
+            raise ConfigError(f"backbone {self.cfg.backbone!r} returns {feats.dim()}-D features (tokens?), "
+                              "not a (batch, channels, freq, time) map; use model.head=conv with it")
+        return feats
+
+    def forward_features(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, T) waveform -> (B, C, F', T') feature map."""
+        return self.forward_backbone(self.forward_mel(wave))
+
+    def forward_head(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, C, F', T') -> ``{"clip_logits": (B, K)}`` plus ``"frame_logits": (B, K, T')`` for sed."""
+        return self.head(feats)
+
+    def forward(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, T) waveform at ``cfg.frontend.sample_rate`` -> head outputs (see :meth:`forward_head`)."""
+        return self.forward_head(self.forward_features(wave))
+
+    @torch.no_grad()
+    def predict_proba(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, T) waveform -> (B, K) sigmoid probabilities, in eval mode without gradients.
+
+        The previous train/eval mode is restored afterwards.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            return torch.sigmoid(self(wave)["clip_logits"].float())
+        finally:
+            self.train(was_training)
+
+
+def create_backbone(cfg: ModelConfig) -> nn.Module:
+    """A headless 1-channel timm backbone, with pretrained weights as `cfg` asks.
+
+    ``drop_rate`` is not passed: timm applies it only in ``forward_head``, which is bypassed here;
+    dropout lives in our head. ``pretrained`` without ``pretrained_path`` downloads from timm's hub.
+
+    Raises:
+        ConfigError: `cfg.backbone` is not a timm model name (close matches are suggested).
+        PretrainedWeightsError: the download or the local file failed.
+    """
+    _check_backbone_name(cfg.backbone)
+    from_hub = cfg.pretrained and not cfg.pretrained_path
+    backbone = _timm_create(cfg.backbone, from_hub, cfg.drop_path_rate)
+    if cfg.pretrained and cfg.pretrained_path:
+        load_backbone_weights(backbone, cfg.pretrained_path)
+    return backbone
+
+
+def _check_backbone_name(name: str) -> None:
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=5)
+        raise ConfigError(f"model.backbone {name!r} is not a timm model; close matches: {close} "
+                          "(see timm.list_models('*pattern*'))")
+    try:
+        get_pretrained_cfg(name)
+    except RuntimeError:  # an unknown pretrained tag, as in "efficientnet_b0.nope"
+        tags = timm.list_pretrained(f"{name.split('.')[0]}.*")
+        raise ConfigError(f"model.backbone {name!r} names an unknown pretrained tag; choose from {tags}") from None
+
+
+def _timm_create(name: str, pretrained: bool, drop_path_rate: float) -> nn.Module:
+    """timm.create_model with 1 input channel, no classifier and no pooling; wraps hub failures."""
+    if pretrained and not _has_hub_weights(name):
+        raise PretrainedWeightsError(f"timm has no pretrained weights for backbone {name!r}; "
+                                     "set model.pretrained=false or model.pretrained_path=/path/to/weights")
+    kwargs = {"pretrained": pretrained, "in_chans": 1, "num_classes": 0, "global_pool": ""}
+    try:
+        try:
+            model = timm.create_model(name, drop_path_rate=drop_path_rate, **kwargs)
+        except TypeError:  # architectures without stochastic depth reject drop_path_rate
+            model = timm.create_model(name, **kwargs)
+    except OSError as exc:  # hub/HTTP/offline-cache errors are all OSError subclasses
+        if not pretrained:
+            raise
+        raise PretrainedWeightsError(_download_help(name, exc)) from exc
+    return model
+
+
+def _has_hub_weights(name: str) -> bool:
+    """Whether timm knows a download source for `name` (``name.tag`` picks the tag's weights)."""
+    pcfg = get_pretrained_cfg(name)
+    return pcfg is not None and bool(pcfg.hf_hub_id or pcfg.url or pcfg.file or pcfg.state_dict is not None)
+
+
+def _download_help(name: str, exc: Exception) -> str:
+    return (f"pretrained weights for backbone {name!r} could not be downloaded from the timm / Hugging Face hub "
+            f"({type(exc).__name__}: {exc}). Offline, either set model.pretrained_path=/path/to/weights "
+            "(a timm state_dict .pth/.bin/.safetensors), or model.pretrained=false to train from scratch, "
+            "or pre-fill the Hugging Face cache (HF_HOME) on a machine with internet: "
+            f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\"")
+
+
+def _prune_to_last_stage(backbone: nn.Module, name: str) -> None:
+    """Drop the layers after the last stage (e.g. EfficientNet's conv_head/bn2) for last-stage heads."""
+    if not hasattr(backbone, "prune_intermediate_layers"):
+        raise ConfigError(f"model.head=conv needs a backbone with timm's forward_intermediates API; "
+                          f"{name!r} has none; use model.head=linear or sed")
+    backbone.prune_intermediate_layers(indices=1, prune_norm=True, prune_head=True)
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> float:
+    """Load a local (3-channel, with-classifier) timm checkpoint into a 1-channel headless backbone.
+
+    The file may be a plain state dict or wrap one under ``state_dict``/``model`` (EMA copies are
+    preferred, as in timm); ``module.``, ``_orig_mod.``, ``model.`` and ``backbone.`` prefixes are
+    stripped where needed; the first conv is summed over its input channels (timm's
+    ``adapt_input_conv``); tensors the backbone lacks (the classifier) or whose shape differs are
+    skipped, then loaded with ``strict=False``.
+
+    Args:
+        backbone: the timm model, created with ``in_chans=1, num_classes=0``.
+        path: a ``.pth``/``.pt``/``.bin`` (torch) or ``.safetensors`` file.
+
+    Returns:
+        The fraction of the backbone's tensors that were filled from the file.
+
+    Raises:
+        PretrainedWeightsError: the file is missing or unreadable, or fills fewer than
+            ``MIN_MATCHED_FRACTION`` of the backbone's tensors (a checkpoint of another architecture).
+    """
+    path = Path(path).expanduser()
+    own = backbone.state_dict()
+    state = _adapt_first_conv(backbone.pretrained_cfg, _rename_keys(read_state_dict(path), own), own)
+    usable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    fraction = len(usable) / max(len(own), 1)
+    if fraction < MIN_MATCHED_FRACTION:
+        missing = sorted(set(own) - set(usable))[:5]
+        raise PretrainedWeightsError(
+            f"{path}: only {len(usable)} of {len(own)} backbone tensors ({fraction:.0%}) match "
+            f"{backbone.pretrained_cfg.get('architecture')!r}; is it a checkpoint of another model? "
+            f"first missing: {missing}")
+    backbone.load_state_dict(usable, strict=False)
+    return fraction
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a torch (``weights_only``) or safetensors file, unwrapped from checkpoint dicts.
+
+    Raises:
+        PretrainedWeightsError: the file does not exist, cannot be read, or holds no tensors.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PretrainedWeightsError(f"{path}: pretrained weights file not found (model.pretrained_path)")
+    try:
+        if path.suffix == ".safetensors":
+            obj = safetensors.torch.load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any failure here means "not a readable weights file"; keep the cause
+        raise PretrainedWeightsError(f"{path}: cannot read pretrained weights ({type(exc).__name__}: {exc})") from exc
+    while isinstance(obj, dict) and (key := next((k for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)):
+        obj = obj[key]
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
+    if not tensors:
+        raise PretrainedWeightsError(f"{path}: holds no state dict of tensors")
+    return tensors
+
+
+def _rename_keys(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip wrapper prefixes from keys the backbone does not know as they are."""
+    renamed = {}
+    for key, value in state.items():
+        while key not in own and (prefix := next((p for p in _KEY_PREFIXES if key.startswith(p)), None)):
+            key = key[len(prefix):]
+        renamed[key] = value
+    return renamed
+
+
+def _adapt_first_conv(pretrained_cfg: dict, state: dict[str, torch.Tensor],
+                      own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sum RGB first-conv weights to the backbone's input channels (``pretrained_cfg["first_conv"]``)."""
+    first = pretrained_cfg.get("first_conv") or ()
+    for name in (first,) if isinstance(first, str) else first:
+        key = f"{name}.weight"
+        if key in state and key in own and state[key].dim() == 4 and state[key].shape[1] != own[key].shape[1]:
+            state[key] = adapt_input_conv(own[key].shape[1], state[key])
+    return state

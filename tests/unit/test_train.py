@@ -1,0 +1,163 @@
+"""Training: folds, mixup, the configured loss under mixup, eval determinism, exact resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from birdclef.config import load_config
+from birdclef.data.augment import add_background, mixup
+from birdclef.data.folds import assign_folds
+from birdclef.models import load_checkpoint
+from birdclef.train.kfold import train_kfold
+from birdclef.train.losses import create_loss
+from birdclef.train.module import BirdModule
+
+TINY = [
+    "model.backbone=test_efficientnet", "model.pretrained=false", "model.frontend.n_mels=32",
+    "model.frontend.n_fft=512", "model.frontend.hop_length=256", "model.frontend.image_size=null",
+    "data.window_s=1.0", "train.batch_size=4", "train.num_workers=0", "train.folds=[0]", "data.n_folds=3",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from birdclef.data.synth import synthesize_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    synthesize_dataset(out, n_species=3, clips_per_species=4, n_train_soundscapes=1, n_test_soundscapes=1,
+                       soundscape_s=10.0, seed=3, progress=False)
+    return out
+
+
+def test_folds_are_stratified_and_seeded():
+    labels = ["a"] * 10 + ["b"] * 5 + ["c"] * 2
+    folds = assign_folds(labels, n_folds=5, seed=42)
+    assert folds.min() == 0 and folds.max() == 4
+    assert all(np.bincount(folds[:10], minlength=5) == 2)  # 10 clips of "a": two per fold
+    assert len(set(folds[10:15])) == 5 and len(set(folds[15:])) == 2
+    assert (assign_folds(labels, 5, 42) == folds).all() and not (assign_folds(labels, 5, 7) == folds).all()
+
+
+def test_mixup_blend_and_max_rules():
+    wave = torch.tensor([[1.0, 2.0], [3.0, 5.0], [7.0, 11.0]])
+    target = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    mixed, mixed_target, lam = mixup(wave, target, 0.5, np.random.default_rng(0), "blend")
+    expect = np.random.default_rng(0)
+    lam_expected, perm = expect.beta(0.5, 0.5), expect.permutation(3)
+    assert lam == pytest.approx(lam_expected)
+    assert torch.allclose(mixed, lam * wave + (1 - lam) * wave[perm])
+    assert torch.allclose(mixed_target, lam * target + (1 - lam) * target[perm])
+    _, max_target, _ = mixup(wave, target, 0.5, np.random.default_rng(0), "max")
+    assert torch.equal(max_target, torch.maximum(target, target[perm]))
+    with pytest.raises(ValueError, match="blend"):
+        mixup(wave, target, 0.5, np.random.default_rng(0), "sum")
+
+
+def test_background_is_scaled_to_the_requested_gain():
+    rng = np.random.default_rng(0)
+    clip = rng.normal(0, 0.2, 8000).astype(np.float32)
+    bg = rng.normal(0, 0.05, 8000).astype(np.float32)
+    mixed = add_background(clip, bg, 0.5)
+    added = mixed - clip
+    assert np.sqrt(np.mean(added**2)) == pytest.approx(0.5 * np.sqrt(np.mean(clip**2)), rel=1e-3)
+
+
+def test_configured_focal_loss_is_used_under_mixup(monkeypatch: pytest.MonkeyPatch):
+    """The reference fell back to plain BCE when mixup was on; here the configured loss must apply."""
+    config = load_config(None, TINY + ["train.loss=focal_bce", "train.mixup_prob=1.0"])
+    module = BirdModule(config, ["a", "b", "c"])
+    seen = []
+    real_forward = module.criterion.forward
+
+    def spy(logits, target, weight=None):
+        seen.append((logits.detach().clone(), target.clone()))
+        return real_forward(logits, target, weight)
+
+    monkeypatch.setattr(module.criterion, "forward", spy)
+    target = torch.eye(3)[[0, 1, 2, 0]]
+    loss = module.training_step((torch.randn(4, 32_000), target, torch.ones(4)), 0)
+    assert len(seen) == 1
+    logits, mixed_target = seen[0]
+    assert not torch.equal(mixed_target, target)  # the loss saw mixed (soft) targets
+    focal = create_loss("focal_bce")(logits, mixed_target)
+    bce = create_loss("bce")(logits, mixed_target)
+    assert loss.item() == pytest.approx(focal.item(), rel=1e-6)
+    assert abs(loss.item() - bce.item()) > 1e-4
+
+
+def test_model_is_deterministic_in_eval():
+    config = load_config(None, TINY)
+    module = BirdModule(config, ["a", "b"]).eval()
+    wave = torch.randn(2, 32_000)
+    with torch.no_grad():
+        assert torch.equal(module(wave)["clip_logits"], module(wave)["clip_logits"])
+
+
+class StopAfterEpochs(L.Callback):
+    """Stops training after `n` epochs, as a kill between epochs would."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.n:
+            trainer.should_stop = True
+
+
+class EpochLog(L.Callback):
+    """Records the epochs a fit actually runs."""
+
+    def __init__(self):
+        self.epochs: list[int] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epochs.append(trainer.current_epoch)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path).model.state_dict()
+
+
+def test_resumed_run_equals_uninterrupted_run(tiny_dataset: Path, tmp_path: Path):
+    config = load_config(None, TINY + ["train.epochs=3", "train.background_prob=0.5"])
+    cache = tmp_path / "cache"
+    full = train_kfold(config, tiny_dataset, tmp_path / "full", cache_dir=cache, progress=False)
+
+    part = tmp_path / "part"
+    first = train_kfold(config, tiny_dataset, part, cache_dir=cache, progress=False, callbacks=[StopAfterEpochs(1)])
+    assert first.fold_scores == {} and not (part / "fold0" / "done.json").exists()
+    assert (part / "fold0" / "last.ckpt").is_file()
+    with pytest.raises(Exception, match="--resume"):
+        train_kfold(config, tiny_dataset, part, cache_dir=cache, progress=False)
+    log = EpochLog()
+    resumed = train_kfold(config, tiny_dataset, part, cache_dir=cache, resume=True, progress=False, callbacks=[log])
+    assert log.epochs == [1, 2]  # continued from last.ckpt, not retrained from scratch
+
+    assert resumed.fold_scores == pytest.approx(full.fold_scores)
+    a, b = _weights(tmp_path / "full" / "fold0" / "best.pt"), _weights(part / "fold0" / "best.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = pd.read_csv(tmp_path / "full" / "metrics.csv"), pd.read_csv(part / "metrics.csv")
+    assert len(ma) == 3 and ma["epoch"].tolist() == [0, 1, 2]
+    pd.testing.assert_frame_equal(ma, mb)
+
+
+def test_run_folder_contents_and_checkpoint_reload(tiny_dataset: Path, tmp_path: Path):
+    config = load_config(None, TINY + ["train.epochs=1", "model.head=sed", "train.loss=focal_bce"])
+    run = tmp_path / "run"
+    summary = train_kfold(config, tiny_dataset, run, progress=False)
+    names = {p.name for p in run.iterdir()}
+    assert {"config.yaml", "env.json", "folds.csv", "metrics.csv", "oof.parquet", "summary.json", "fold0"} <= names
+    assert {"best.pt", "last.ckpt", "oof.parquet", "done.json", "metrics.csv"} <= {p.name for p in (run / "fold0").iterdir()}
+    oof = pd.read_parquet(run / "oof.parquet")
+    folds = pd.read_csv(run / "folds.csv")
+    assert len(oof) == (folds["fold"] == 0).sum() and oof[["fold"]].eq(0).all().all()
+    loaded = load_checkpoint(run / "fold0" / "best.pt")
+    classes = pd.read_csv(tiny_dataset / "sample_submission.csv").columns[1:].tolist()
+    assert loaded.classes == classes and loaded.config.model.head == "sed"
+    assert summary.oof_auc is None or 0.0 <= summary.oof_auc <= 1.0
