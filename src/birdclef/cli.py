@@ -70,6 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: config)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (logs, CI)")
     _add_config_flags(p)
+
+    p = sub.add_parser("predict", help="score soundscapes with trained runs into a submission CSV (resumable)")
+    p.add_argument("--run", dest="runs", type=Path, action="append", required=True,
+                   help="run folder (its finished folds are soft-voted) or a best.pt; repeat to blend runs")
+    p.add_argument("--weights", type=float, nargs="+", default=None, help="blend weights of the runs, e.g. 0.75 0.25")
+    p.add_argument("--soundscapes", type=Path, required=True, help="folder of soundscapes (ogg, flac, wav, mp3)")
+    p.add_argument("--sample-submission", type=Path, default=None, help="match its columns and row order")
+    p.add_argument("--out", type=Path, required=True, help="submission CSV")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--num-workers", type=int, default=2, help="processes decoding the next files during compute")
+    p.add_argument("--no-progress", action="store_true")
+    _add_config_flags(p)
+
+    p = sub.add_parser("blend", help="weighted blend of submission CSVs aligned on row_id")
+    p.add_argument("csvs", type=Path, nargs="+")
+    p.add_argument("--weights", type=float, nargs="+", default=None, help="one per CSV (normalised to sum 1)")
+    p.add_argument("--out", type=Path, required=True)
     return parser
 
 
@@ -144,6 +161,33 @@ def _train(args: argparse.Namespace) -> int:
     oof = "n/a" if summary.oof_auc is None else f"{summary.oof_auc:.4f}"
     print(f"out-of-fold macro ROC-AUC: {oof} ({summary.n_clips} clips, {summary.elapsed_s:.0f} s)")
     print(f"run: {summary.run_dir}")
+    return 0
+
+
+@verb("predict")
+def _predict(args: argparse.Namespace) -> int:
+    from birdclef.config import load_config
+    from birdclef.infer.job import predict_to_csv
+
+    infer = load_config(args.config, args.overrides).infer
+    summary = predict_to_csv(args.soundscapes, args.runs, args.out, weights=args.weights,
+                             sample_submission=args.sample_submission, config=infer, device=args.device,
+                             num_workers=args.num_workers, progress=not args.no_progress)
+    resumed = f", {summary.resumed_files} resumed" if summary.resumed_files else ""
+    print(f"submission: {summary.out} ({summary.n_rows} rows from {summary.n_files} soundscapes{resumed}, "
+          f"{summary.elapsed_s:.1f} s)")
+    if summary.skipped:
+        print(f"skipped {len(summary.skipped)} broken soundscapes ({summary.n_fallback_rows} rows got the "
+              f"fallback): see {summary.skipped_path}")
+    return 0
+
+
+@verb("blend")
+def _blend(args: argparse.Namespace) -> int:
+    from birdclef.infer.ensemble import blend_csvs
+
+    frame = blend_csvs(args.csvs, args.weights, args.out)
+    print(f"blend: {args.out} ({len(frame)} rows from {len(args.csvs)} files)")
     return 0
 
 

@@ -12,9 +12,12 @@ state (optimizer, scheduler, callbacks) for ``--resume``; ``done.json`` marks a 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import platform
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,6 +112,22 @@ def _environment() -> dict[str, object]:
             "accelerator": resolve_device("auto").type}
 
 
+@contextmanager
+def _quiet_lightning():
+    """Hide Lightning's start-up chatter (device lines, adverts) and warnings that are expected here."""
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own use of a torch API
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")  # resume
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # num_workers is the user's choice
+        try:
+            yield
+        finally:
+            log.setLevel(level)
+
+
 def _precision(config: Config) -> str:
     if config.train.precision != "auto":
         return config.train.precision
@@ -137,15 +156,16 @@ def _fit_fold(config, classes, cache, targets, weights, folds, fold, run, backgr
     train_dl, val_dl = _loaders(config, cache, targets, weights, folds, fold, background)
     last = ModelCheckpoint(dirpath=fold_dir, filename="last", monitor=None, save_top_k=1,
                            save_on_train_epoch_end=True, enable_version_counter=False)
-    trainer = L.Trainer(
-        max_epochs=config.train.epochs, accelerator=config.train.accelerator, devices=config.train.devices,
-        strategy="ddp" if config.train.devices > 1 else "auto", precision=_precision(config),
-        callbacks=[FoldRecorder(fold_dir, fold, config, classes), last, *(callbacks or [])], logger=False,
-        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-        use_distributed_sampler=False, default_root_dir=fold_dir, log_every_n_steps=1,
-    )
     ckpt = fold_dir / "last.ckpt"
-    trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt if resume and ckpt.is_file() else None)
+    with _quiet_lightning():
+        trainer = L.Trainer(
+            max_epochs=config.train.epochs, accelerator=config.train.accelerator, devices=config.train.devices,
+            strategy="ddp" if config.train.devices > 1 else "auto", precision=_precision(config),
+            callbacks=[FoldRecorder(fold_dir, fold, config, classes), last, *(callbacks or [])], logger=False,
+            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+            use_distributed_sampler=False, default_root_dir=fold_dir, log_every_n_steps=1,
+        )
+        trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt if resume and ckpt.is_file() else None)
     finished = trainer.current_epoch >= config.train.epochs and not trainer.interrupted
     if finished and trainer.is_global_zero:
         _write_oof(fold_dir, fold, val_dl, cache.index, classes, config)

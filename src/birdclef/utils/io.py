@@ -67,3 +67,8 @@ def write_text_atomic(text: str, path: str | Path) -> Path:
 def write_json_atomic(obj: Any, path: str | Path) -> Path:
     """Write `obj` as indented JSON atomically."""
     return write_text_atomic(json.dumps(obj, indent=2, default=str) + "\n", path)
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file."""
+    return json.loads(Path(path).read_text())
