@@ -83,6 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _add_config_flags(p)
 
+    p = sub.add_parser("report", help="HTML page: per-class AUC, training curves, spectrograms with detections")
+    p.add_argument("--submission", type=Path, required=True)
+    p.add_argument("--solution", type=Path, default=None, help="true labels: per-class AUC and outlines")
+    p.add_argument("--run", type=Path, default=None, help="training run folder: curves and fold scores")
+    p.add_argument("--soundscapes", type=Path, default=None, help="folder of the soundscapes, for spectrograms")
+    p.add_argument("--files", nargs="+", default=None, help="soundscape stems to draw (default: up to --max-files)")
+    p.add_argument("--max-files", type=int, default=3)
+    p.add_argument("--top-k", type=int, default=5, help="classes per detection heatmap")
+    p.add_argument("--out", type=Path, required=True, help="report folder (index.html + PNGs)")
+
+    p = sub.add_parser("demo", help="the whole job end to end: data -> train -> predict -> score -> report")
+    p.add_argument("--data", type=Path, default=None,
+                   help="a BirdCLEF-layout folder (default: generate a synthetic one in OUT/data)")
+    p.add_argument("--out", type=Path, default=Path("demo"), help="where everything goes (default: ./demo)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (prediction; training follows train.accelerator)")
+    p.add_argument("--no-progress", action="store_true")
+    _add_config_flags(p)
+
     p = sub.add_parser("blend", help="weighted blend of submission CSVs aligned on row_id")
     p.add_argument("csvs", type=Path, nargs="+")
     p.add_argument("--weights", type=float, nargs="+", default=None, help="one per CSV (normalised to sum 1)")
@@ -179,6 +197,29 @@ def _predict(args: argparse.Namespace) -> int:
     if summary.skipped:
         print(f"skipped {len(summary.skipped)} broken soundscapes ({summary.n_fallback_rows} rows got the "
               f"fallback): see {summary.skipped_path}")
+    return 0
+
+
+@verb("report")
+def _report(args: argparse.Namespace) -> int:
+    from birdclef.eval.report import write_report
+
+    page = write_report(args.out, args.submission, solution=args.solution, run=args.run, soundscapes=args.soundscapes,
+                        files=args.files, max_files=args.max_files, top_k=args.top_k)
+    print(f"report: {page}")
+    return 0
+
+
+@verb("demo")
+def _demo(args: argparse.Namespace) -> int:
+    from birdclef.demo import demo_config, run_demo
+
+    summary = run_demo(args.out, data=args.data, config=demo_config(args.config, args.overrides), device=args.device,
+                       progress=not args.no_progress)
+    score = "n/a" if summary.score is None else f"{summary.score:.4f}"
+    print(f"\ndone in {summary.elapsed_s:.0f} s: macro ROC-AUC {score} on {summary.data / 'test_soundscapes'}")
+    print(f"  data:       {summary.data}\n  run:        {summary.run}\n  submission: {summary.submission}")
+    print(f"  report:     {summary.report}")
     return 0
 
 

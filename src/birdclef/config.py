@@ -354,20 +354,23 @@ def merge_config(cfg: Config, overrides: dict[str, Any] | list[str]) -> Config:
     return config_from_dict(_merge(config_to_dict(cfg), overrides))
 
 
+def read_overrides(path: str | Path) -> dict[str, Any]:
+    """The nested override mapping of a YAML config file (ConfigError naming the file when unusable)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file at `path` (overrides only), then dotted `overrides`."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
-    cfg = config_from_dict(data)
+    cfg = config_from_dict(read_overrides(path) if path is not None else {})
     return merge_config(cfg, overrides or [])
 
 
