@@ -1,0 +1,84 @@
+"""The CLI verbs of the foundation on synthetic data: synth, check, prepare, evaluate, blend; user errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from birdclef import cli
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "data"
+    assert cli.main(["synth", "--out", str(out), "--species", "3", "--clips-per-species", "2",
+                     "--train-soundscapes", "1", "--test-soundscapes", "1", "--soundscape-s", "15"]) == 0
+    return out
+
+
+def test_synth_then_check_is_clean(synth_data: Path, capsys):
+    assert cli.main(["check", str(synth_data)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("OK")
+
+
+def test_check_fails_on_a_missing_audio_file(synth_data: Path, tmp_path: Path, capsys):
+    train = pd.read_csv(synth_data / "train.csv")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("taxonomy.csv", "sample_submission.csv"):
+        (broken / name).write_bytes((synth_data / name).read_bytes())
+    (broken / "train_audio").mkdir()
+    train.to_csv(broken / "train.csv", index=False)
+    assert cli.main(["check", str(broken)]) == 1
+    assert "missing_audio" in capsys.readouterr().out
+
+
+def test_prepare_writes_a_cache_and_resumes(synth_data: Path, tmp_path: Path, capsys):
+    assert cli.main(["prepare", str(synth_data), "--out", str(tmp_path / "cache"), "--num-workers", "1"]) == 0
+    assert "6 clips" in capsys.readouterr().out
+    assert cli.main(["prepare", str(synth_data), "--out", str(tmp_path / "cache"), "--num-workers", "1"]) == 0
+    assert cli.main(["prepare", str(synth_data), "--out", str(tmp_path / "cache"), "--strategy", "first"]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_evaluate_prints_score_and_writes_json(synth_data: Path, tmp_path: Path, capsys):
+    solution = pd.read_csv(synth_data / "solution.csv")
+    sub = solution.copy()
+    classes = sub.columns[1:]
+    sub[classes] = solution[classes] * 0.8 + 0.1
+    sub.to_csv(tmp_path / "sub.csv", index=False)
+    assert cli.main(["evaluate", "--submission", str(tmp_path / "sub.csv"), "--solution",
+                     str(synth_data / "solution.csv"), "--out", str(tmp_path / "eval.json")]) == 0
+    assert "macro ROC-AUC 1.0000" in capsys.readouterr().out
+    assert json.loads((tmp_path / "eval.json").read_text())["score"] == 1.0
+
+
+def test_evaluate_mismatched_submission_is_a_one_line_error(synth_data: Path, tmp_path: Path, capsys):
+    solution = pd.read_csv(synth_data / "solution.csv")
+    solution.iloc[:-1].to_csv(tmp_path / "short.csv", index=False)
+    assert cli.main(["evaluate", "--submission", str(tmp_path / "short.csv"), "--solution",
+                     str(synth_data / "solution.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("birdclef evaluate: error:") and "row_id" in err and "\n" not in err
+
+
+def test_blend_csvs(synth_data: Path, tmp_path: Path):
+    solution = pd.read_csv(synth_data / "solution.csv")
+    a, b = solution.copy(), solution.copy()
+    classes = list(solution.columns[1:])
+    a[classes], b[classes] = 1.0, 0.0
+    a.to_csv(tmp_path / "a.csv", index=False)
+    b.sample(frac=1.0, random_state=0).to_csv(tmp_path / "b.csv", index=False)
+    assert cli.main(["blend", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--weights", "0.75", "0.25",
+                     "--out", str(tmp_path / "c.csv")]) == 0
+    c = pd.read_csv(tmp_path / "c.csv")
+    assert c["row_id"].tolist() == solution["row_id"].tolist() and np.allclose(c[classes], 0.75)
+
+
+def test_unknown_config_key_is_a_one_line_error(synth_data: Path, tmp_path: Path, capsys):
+    assert cli.main(["prepare", str(synth_data), "--out", str(tmp_path / "c"), "--set", "data.windw_s=3"]) == 2
+    assert "unknown config key 'data.windw_s'" in capsys.readouterr().err
