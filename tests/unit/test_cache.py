@@ -159,10 +159,11 @@ def test_two_workers_give_the_same_cache(prepared: tuple[Path, CacheSummary], da
 
 
 def test_max_files_takes_rows_round_robin_over_classes(dataset: Path, tmp_path: Path) -> None:
-    summary = prepare_cache(dataset, tmp_path / "head", strategy="first", max_files=3, num_workers=1, progress=False)
-    assert summary.n_clips == 3
-    # The first clip of each class, in file order: a small subset still covers every class.
-    expected = ["aaa/XC0001.ogg", "bbb/CSA0003.ogg", "ccc/XC0005.ogg"]
+    summary = prepare_cache(dataset, tmp_path / "head", strategy="first", max_files=4, num_workers=1, progress=False)
+    # The first clip of each class, then the second of the first class, in file order. The first
+    # "ccc" row is the corrupt file, so it is taken and skipped, not replaced.
+    assert (summary.n_clips, summary.n_skipped) == (3, 1)
+    expected = ["aaa/XC0001.ogg", "aaa/XC0002.ogg", "bbb/CSA0003.ogg"]
     assert WaveCache(tmp_path / "head").index["filename"].tolist() == expected
 
 
