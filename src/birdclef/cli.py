@@ -186,10 +186,11 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from birdclef.config import load_config
     from birdclef.infer.job import predict_to_csv
+    from birdclef.infer.predict import TorchPredictor
 
     infer = load_config(args.config, args.overrides).infer
-    summary = predict_to_csv(args.soundscapes, args.runs, args.out, weights=args.weights,
-                             sample_submission=args.sample_submission, config=infer, device=args.device,
+    predictor = TorchPredictor(args.runs, args.weights, infer, args.device)
+    summary = predict_to_csv(args.soundscapes, predictor, args.out, sample_submission=args.sample_submission,
                              num_workers=args.num_workers, progress=not args.no_progress)
     resumed = f", {summary.resumed_files} resumed" if summary.resumed_files else ""
     print(f"submission: {summary.out} ({summary.n_rows} rows from {summary.n_files} soundscapes{resumed}, "

@@ -61,6 +61,7 @@ def run_demo(
     from birdclef.eval.metrics import evaluate_submission
     from birdclef.eval.report import write_report
     from birdclef.infer.job import predict_to_csv
+    from birdclef.infer.predict import TorchPredictor
     from birdclef.train.kfold import train_kfold
     from birdclef.utils.io import write_json_atomic
 
@@ -77,9 +78,9 @@ def run_demo(
     submission = out / "submission.csv"
     sample = data / "sample_submission.csv"
     log(f"[3/5] predicting {data / 'test_soundscapes'} -> {submission}")
-    predicted = predict_to_csv(data / "test_soundscapes", [run], submission,
-                               sample_submission=sample if sample.is_file() else None, config=config.infer,
-                               device=device, num_workers=0, progress=progress)
+    predictor = TorchPredictor([run], config=config.infer, device=device)
+    predicted = predict_to_csv(data / "test_soundscapes", predictor, submission,
+                               sample_submission=sample if sample.is_file() else None, progress=progress)
     log(f"      {predicted.n_rows} rows from {predicted.n_files} soundscapes in {predicted.elapsed_s:.1f} s")
     score, solution = None, data / "solution.csv"
     if solution.is_file():

@@ -4,7 +4,8 @@ import sys
 
 def test_light_verbs_do_not_import_torch():
     code = ("import sys, birdclef, birdclef.cli, birdclef.data.check, birdclef.data.cache, birdclef.eval.metrics, "
-            "birdclef.eval.report, birdclef.data.synth, birdclef.infer.postprocess, birdclef.infer.ensemble; "
+            "birdclef.eval.report, birdclef.data.synth, birdclef.infer.postprocess, birdclef.infer.ensemble, "
+            "birdclef.infer.base, birdclef.infer.job; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

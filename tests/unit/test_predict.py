@@ -14,7 +14,8 @@ from conftest import SR, chirp, noise, write_ogg
 from birdclef.config import InferConfig, load_config
 from birdclef.infer import job
 from birdclef.infer.job import predict_to_csv
-from birdclef.infer.predict import context_windows, predict_soundscapes
+from birdclef.infer.base import context_windows
+from birdclef.infer.predict import TorchPredictor, predict_soundscapes
 from birdclef.models import create_model, save_checkpoint
 
 CLASSES = ["aaa", "bbb", "ccc"]
@@ -39,6 +40,11 @@ def soundscapes(tmp_path: Path) -> Path:
     write_ogg(folder / "S_A_1.ogg", noise(15.0, seed=1) + 0.5 * chirp(15.0, 2_000, 4_000, noise=0.0))
     write_ogg(folder / "S_B.ogg", noise(12.3, seed=2))
     return folder
+
+
+def run_job(run: Path, soundscapes: Path, out: Path, **kwargs):
+    """The batch job with a torch predictor, post-processing off, quietly."""
+    return predict_to_csv(soundscapes, TorchPredictor([run], config=RAW, device="cpu"), out, progress=False, **kwargs)
 
 
 def direct_probs(run: Path, wave: np.ndarray) -> np.ndarray:
@@ -104,8 +110,7 @@ def test_output_follows_a_shuffled_sample_submission(tmp_path: Path, soundscapes
     rows = ["S_B_10", "S_A_1_15", "S_A_1_5", "S_B_5", "S_A_1_10", "S_B_15"]
     sample = pd.DataFrame({"row_id": rows, "ccc": 0.0, "aaa": 0.0, "bbb": 0.0})
     sample.to_csv(tmp_path / "sample.csv", index=False)
-    summary = predict_to_csv(soundscapes, [run], tmp_path / "sub.csv", sample_submission=tmp_path / "sample.csv",
-                             config=RAW, device="cpu", progress=False)
+    summary = run_job(run, soundscapes, tmp_path / "sub.csv", sample_submission=tmp_path / "sample.csv")
     sub = pd.read_csv(tmp_path / "sub.csv")
     assert sub["row_id"].tolist() == rows and list(sub.columns) == ["row_id", "ccc", "aaa", "bbb"]
     direct = predict_soundscapes(sorted(soundscapes.glob("*.ogg")), [run], config=RAW, device="cpu")
@@ -118,8 +123,7 @@ def test_missing_class_in_sample_is_an_error(tmp_path: Path, soundscapes: Path):
     run = make_run(tmp_path / "run", 1, seed=6)
     pd.DataFrame({"row_id": ["S_B_5"], "aaa": [0], "zzz": [0]}).to_csv(tmp_path / "sample.csv", index=False)
     with pytest.raises(Exception, match="zzz"):
-        predict_to_csv(soundscapes, [run], tmp_path / "sub.csv", sample_submission=tmp_path / "sample.csv",
-                       config=RAW, device="cpu", progress=False)
+        run_job(run, soundscapes, tmp_path / "sub.csv", sample_submission=tmp_path / "sample.csv")
     assert not (tmp_path / "sub.csv").exists()
 
 
@@ -128,8 +132,7 @@ def test_corrupt_soundscape_is_skipped_with_fallback_rows(tmp_path: Path, sounds
     (soundscapes / "S_C.ogg").write_bytes(b"OggS" + bytes(200))
     sample = pd.DataFrame({"row_id": ["S_C_5", "S_B_5", "S_B_10", "S_B_15"], **{c: 0.0 for c in CLASSES}})
     sample.to_csv(tmp_path / "sample.csv", index=False)
-    summary = predict_to_csv(soundscapes, [run], tmp_path / "sub.csv", sample_submission=tmp_path / "sample.csv",
-                             config=RAW, device="cpu", progress=False)
+    summary = run_job(run, soundscapes, tmp_path / "sub.csv", sample_submission=tmp_path / "sample.csv")
     sub = pd.read_csv(tmp_path / "sub.csv").set_index("row_id")
     skipped = pd.read_csv(summary.skipped_path)
     assert skipped["file"].str.endswith("S_C.ogg").tolist() == [True] and "decode" in skipped["reason"][0]
@@ -153,12 +156,12 @@ def test_interrupted_job_resumes_from_partial_results(tmp_path: Path, soundscape
 
     monkeypatch.setattr(job, "iter_predictions", dies_after_first_file)
     with pytest.raises(KeyboardInterrupt):
-        predict_to_csv(soundscapes, [run], out, config=RAW, device="cpu", progress=False, flush_every=1)
+        run_job(run, soundscapes, out, flush_every=1)
     assert not out.exists() and len(list(out.with_name(".sub.csv.parts").glob("part-*.parquet"))) == 1
     monkeypatch.setattr(job, "iter_predictions", real)
-    summary = predict_to_csv(soundscapes, [run], out, config=RAW, device="cpu", progress=False, flush_every=1)
+    summary = run_job(run, soundscapes, out, flush_every=1)
     assert summary.resumed_files == 1 and summary.n_files == 2 and summary.n_rows == 6
-    fresh = predict_to_csv(soundscapes, [run], tmp_path / "fresh.csv", config=RAW, device="cpu", progress=False)
+    fresh = run_job(run, soundscapes, tmp_path / "fresh.csv")
     pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(tmp_path / "fresh.csv"))
     assert fresh.resumed_files == 0 and not out.with_name(".sub.csv.parts").exists()
 
@@ -169,7 +172,7 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path, soundscapes: Path
     parts.mkdir()
     (parts / "meta.json").write_text(json.dumps({"runs": ["elsewhere"], "weights": None, "infer": {}}))
     with pytest.raises(Exception, match="other runs or settings"):
-        predict_to_csv(soundscapes, [run], tmp_path / "sub.csv", config=RAW, device="cpu", progress=False)
+        run_job(run, soundscapes, tmp_path / "sub.csv")
 
 
 def test_run_without_finished_fold_is_a_clear_error(tmp_path: Path, soundscapes: Path):

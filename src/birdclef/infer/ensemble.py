@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from birdclef.config import InferConfig
 from birdclef.errors import SubmissionError
+from birdclef.infer.postprocess import apply_steps
 from birdclef.utils.io import write_csv_atomic
 
 _EXAMPLES = 3
@@ -204,3 +206,16 @@ def blend_csvs(paths: Sequence[Path], weights: Sequence[float] | None, out: Path
     blended = blend(frames, weights, names=[str(path) for path in paths])
     write_csv_atomic(blended, out)
     return blended
+
+
+def combine_runs(per_run: Sequence[np.ndarray], weights: Sequence[float] | None, cfg: InferConfig) -> np.ndarray:
+    """One file's final (W, K) probabilities from each run's fold-averaged (W, K) probabilities.
+
+    ``cfg.postprocess_stage == "per_model"`` post-processes each run before the weighted blend (the
+    reference); ``"blend"`` post-processes the blend once.
+    """
+    w = normalise_weights(weights, len(per_run))
+    if cfg.postprocess_stage == "per_model":
+        per_run = [apply_steps(p, cfg) for p in per_run]
+    blended = sum(wk * p for wk, p in zip(w, per_run))
+    return apply_steps(blended, cfg) if cfg.postprocess_stage == "blend" else blended

@@ -1,5 +1,8 @@
 """The `birdclef predict` batch job: resumable, atomic, and tolerant of broken soundscapes.
 
+It drives any :class:`~birdclef.infer.base.Predictor` (torch runs or an exported graph) and imports
+no torch itself.
+
 Finished files are flushed every `flush_every` files to ``.<out>.parts/part-NNNNN.parquet``; a
 re-run with the same settings skips them, so an interrupted job loses at most one chunk. The final
 CSV is written atomically, then the parts are removed.
@@ -22,11 +25,9 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from birdclef.config import InferConfig, config_to_dict
 from birdclef.errors import BirdclefError, SubmissionError
+from birdclef.infer.base import Predictor, iter_predictions
 from birdclef.infer.postprocess import parse_row_id
-from birdclef.infer.predict import iter_predictions, load_run
-from birdclef.utils.device import resolve_device
 from birdclef.utils.io import read_json, write_csv_atomic, write_json_atomic, write_parquet_atomic
 
 AUDIO_SUFFIXES = (".ogg", ".flac", ".wav", ".mp3")
@@ -118,37 +119,35 @@ def align_to_sample(pred: pd.DataFrame, sample: pd.DataFrame, sample_name: str =
     return out.rename_axis("row_id").reset_index(), int(absent.sum())
 
 
-def _settings(runs: Sequence[Path], weights, cfg: InferConfig) -> dict:
-    stamps = [str(Path(r).resolve()) for r in runs]
-    return {"runs": stamps, "weights": None if weights is None else [float(w) for w in weights],
-            "infer": config_to_dict(cfg)}
-
-
 def predict_to_csv(
     soundscapes: Path | Sequence[Path],
-    runs: Sequence[Path],
+    predictor: Predictor,
     out: Path,
-    weights: Sequence[float] | None = None,
     sample_submission: Path | None = None,
-    config: InferConfig | None = None,
-    device: str = "auto",
-    num_workers: int = 0,
+    num_workers: int = 2,
     progress: bool = True,
     flush_every: int = 32,
 ) -> PredictSummary:
-    """Predict a folder (or list) of soundscapes into a submission CSV; resumable (module docstring)."""
-    started, out, cfg = time.perf_counter(), Path(out), config or InferConfig()
+    """Predict a folder (or list) of soundscapes into a submission CSV; resumable (module docstring).
+
+    Args:
+        soundscapes: folder of audio files, or a list of files.
+        predictor: e.g. ``TorchPredictor([run])`` or an exported model's ``ExportedPredictor``.
+        out: the CSV to write (atomically).
+        sample_submission: when given, the output has exactly its columns, its rows first in its order.
+        num_workers: threads decoding the next files while the model runs (0: none).
+        flush_every: finished files per partial-results chunk.
+    """
+    started, out = time.perf_counter(), Path(out)
     sample = _read_sample(sample_submission) if sample_submission is not None else None
     paths = list_soundscapes(soundscapes)
-    dev = resolve_device(device)
-    ensembles = [load_run(Path(r), dev) for r in runs]
-    partial = PartialResults(out, _settings(runs, weights, cfg))
+    partial = PartialResults(out, predictor.settings())
     done_rows = partial.load()
     done = set() if done_rows is None else {parse_row_id(r)[0] for r in done_rows["row_id"]}
     todo = [p for p in paths if p.stem not in done]
     summary = PredictSummary(out, resumed_files=len(paths) - len(todo))
     bar = tqdm(total=len(paths), initial=summary.resumed_files, desc="predict", unit="file", disable=not progress)
-    for k, (path, rows, error) in enumerate(iter_predictions(todo, ensembles, weights, cfg, dev, num_workers), 1):
+    for k, (path, rows, error) in enumerate(iter_predictions(todo, predictor, num_workers), 1):
         if rows is None:
             summary.skipped.append((str(path), error))
         else:

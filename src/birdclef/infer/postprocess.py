@@ -215,3 +215,10 @@ def postprocess(df: pd.DataFrame, cfg: InferConfig) -> pd.DataFrame:
         probs[rows] = file_probs
     out[class_cols] = probs
     return out
+
+
+def apply_steps(probs: np.ndarray, cfg: InferConfig) -> np.ndarray:
+    """Apply the enabled steps (smoothing, then power adjustment) to one file's (W, K) rows."""
+    for name in enabled_steps(cfg):
+        probs = POSTPROCESSORS.get(name)(probs, cfg)
+    return probs

@@ -1,34 +1,26 @@
-"""Soundscapes -> per-window probabilities: windows, fold soft-voting, weighted run blends.
+"""Torch prediction: the finished folds of training runs, soft-voted, blended by weight.
 
-Each soundscape is split into consecutive 5 s rows (``row_id = <stem>_<end_s>``; a short tail is
-zero-padded). A model trained on `window_s`-long clips sees, for each row, the `window_s` span
-centred on it, so 10 s SED models score the same 5 s rows. All windows of a file go through the
-model in batches of ``infer.batch_size``; the mel image is computed once per distinct front end
-and shared by the folds that use it.
+All windows of a file go through the model in batches of ``infer.batch_size``; the mel image is
+computed once per distinct front end and shared by the folds that use it. Rows, context windows and
+decoding are shared with exported models (:mod:`birdclef.infer.base`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
 
-from birdclef.audio.io import load_audio
-from birdclef.audio.segments import row_ids, soundscape_windows
-from birdclef.config import Config, InferConfig
-from birdclef.errors import AudioError, BirdclefError
-from birdclef.infer.ensemble import average_folds, normalise_weights
-from birdclef.infer.postprocess import POSTPROCESSORS, enabled_steps
+from birdclef.config import Config, InferConfig, config_to_dict
+from birdclef.errors import BirdclefError
+from birdclef.infer.base import context_windows, iter_predictions, row_count
+from birdclef.infer.ensemble import average_folds, combine_runs, normalise_weights
 from birdclef.models import BirdClassifier, load_checkpoint
 from birdclef.utils.device import autocast_for, resolve_device
-
-ROW_WINDOW_S = 5.0
-"""The competition scores 5 s rows."""
 
 
 @dataclass
@@ -76,25 +68,10 @@ def load_run(run: Path, device: torch.device) -> RunEnsemble:
     return RunEnsemble(Path(run), models, list(first.classes), first.config, paths)
 
 
-def context_windows(wave: np.ndarray, sample_rate: int, n_rows: int, window_s: float) -> np.ndarray:
-    """(n_rows, window_s * sample_rate) inputs: for each 5 s row, the `window_s` span centred on it.
-
-    Samples outside the file are zeros (the padded tail of the last row, and the context of edge rows).
-    """
-    row_len, win_len = int(round(ROW_WINDOW_S * sample_rate)), int(round(window_s * sample_rate))
-    margin = (win_len - row_len) // 2
-    total = n_rows * row_len
-    padded = np.zeros(total + 2 * max(margin, 0) + max(win_len - row_len, 0), dtype=np.float32)
-    offset = max(margin, 0)
-    padded[offset : offset + min(len(wave), total)] = wave[:total]
-    starts = offset + np.arange(n_rows) * row_len - margin
-    return np.stack([padded[s : s + win_len] for s in starts])
-
-
 @torch.no_grad()
 def predict_run(ensemble: RunEnsemble, wave: np.ndarray, n_rows: int, batch_size: int,
                 device: torch.device) -> np.ndarray:
-    """(n_rows, K) fold-averaged probabilities of one file's rows."""
+    """(n_rows, K) fold-averaged probabilities of one file's rows, in the run's class order."""
     inputs = torch.from_numpy(context_windows(wave, ensemble.sample_rate, n_rows, ensemble.window_s))
     fold_probs: list[list[np.ndarray]] = [[] for _ in ensemble.models]
     for begin in range(0, n_rows, batch_size):
@@ -110,84 +87,44 @@ def predict_run(ensemble: RunEnsemble, wave: np.ndarray, n_rows: int, batch_size
     return average_folds([np.concatenate(chunks) for chunks in fold_probs])
 
 
-def postprocess_file(probs: np.ndarray, cfg: InferConfig) -> np.ndarray:
-    """Apply the enabled post-processing steps (smoothing, power adjustment) to one file's (W, K) rows."""
-    for name in enabled_steps(cfg):
-        probs = POSTPROCESSORS.get(name)(probs, cfg)
-    return probs
+class TorchPredictor:
+    """:class:`~birdclef.infer.base.Predictor` over training runs: folds soft-voted, runs blended by weight.
 
-
-def predict_wave(wave: np.ndarray, ensembles: Sequence[RunEnsemble], weights: np.ndarray, cfg: InferConfig,
-                 device: torch.device) -> np.ndarray:
-    """(W, K) blended, post-processed probabilities of one decoded soundscape (classes of ensembles[0])."""
-    sample_rate, classes = ensembles[0].sample_rate, ensembles[0].classes
-    n_rows = len(soundscape_windows(len(wave) / sample_rate, ROW_WINDOW_S))
-    per_run = []
-    for ens in ensembles:
-        probs = predict_run(ens, wave, n_rows, cfg.batch_size, device)
-        if ens.classes != classes:  # blended runs may list the same classes in another order
-            probs = probs[:, [ens.classes.index(c) for c in classes]]
-        per_run.append(postprocess_file(probs, cfg) if cfg.postprocess_stage == "per_model" else probs)
-    blended = sum(w * p for w, p in zip(weights, per_run))
-    return postprocess_file(blended, cfg) if cfg.postprocess_stage == "blend" else blended
-
-
-class SoundscapeFiles(Dataset):
-    """Decodes one soundscape per item (in DataLoader workers, overlapping the model's compute).
-
-    A file that cannot be decoded yields its error message instead of raising, so a batch job
-    records it and goes on.
+    Blended runs must score the same classes (any order; outputs follow the first run's order) at the
+    same sample rate.
     """
 
-    def __init__(self, paths: Sequence[Path], sample_rate: int):
-        self.paths, self.sample_rate = [Path(p) for p in paths], sample_rate
+    def __init__(self, runs: Sequence[str | Path], weights: Sequence[float] | None = None,
+                 config: InferConfig | None = None, device: str = "auto"):
+        self.device = resolve_device(device)
+        self.ensembles = [load_run(Path(r), self.device) for r in runs]
+        self.weights = normalise_weights(weights, len(self.ensembles))
+        self.config = config or InferConfig()
+        first = self.ensembles[0]
+        self.classes, self.sample_rate = list(first.classes), first.sample_rate
+        for ens in self.ensembles[1:]:
+            if set(ens.classes) != set(first.classes):
+                raise BirdclefError(f"{ens.path}: its classes differ from {first.path}'s; blended runs must share classes")
+            if ens.sample_rate != first.sample_rate:
+                raise BirdclefError(f"{ens.path}: sample rate {ens.sample_rate} differs from {first.path}'s")
+        self._orders = [None if e.classes == self.classes else [e.classes.index(c) for c in self.classes]
+                        for e in self.ensembles]
 
-    def __len__(self) -> int:
-        return len(self.paths)
+    def predict_runs(self, wave: np.ndarray) -> list[np.ndarray]:
+        """Each run's fold-averaged (W, K) probabilities, in :attr:`classes` order (no post-processing)."""
+        n_rows = row_count(len(wave), self.sample_rate)
+        out = []
+        for ens, order in zip(self.ensembles, self._orders):
+            probs = predict_run(ens, wave, n_rows, self.config.batch_size, self.device)
+            out.append(probs if order is None else probs[:, order])
+        return out
 
-    def __getitem__(self, i: int) -> tuple[Path, np.ndarray | None, str | None]:
-        try:
-            return self.paths[i], load_audio(self.paths[i], self.sample_rate), None
-        except AudioError as exc:
-            return self.paths[i], None, exc.reason
+    def predict_file(self, wave: np.ndarray) -> np.ndarray:
+        return combine_runs(self.predict_runs(wave), self.weights, self.config)
 
-
-def check_ensembles(ensembles: Sequence[RunEnsemble]) -> None:
-    """Runs of a blend must score the same classes (any order) at the same sample rate."""
-    first = ensembles[0]
-    for ens in ensembles[1:]:
-        if set(ens.classes) != set(first.classes):
-            raise BirdclefError(f"{ens.path}: its classes differ from {first.path}'s; blended runs must share classes")
-        if ens.sample_rate != first.sample_rate:
-            raise BirdclefError(f"{ens.path}: sample rate {ens.sample_rate} differs from {first.path}'s {first.sample_rate}")
-
-
-def iter_predictions(
-    paths: Sequence[Path],
-    ensembles: Sequence[RunEnsemble],
-    weights: Sequence[float] | None,
-    cfg: InferConfig,
-    device: torch.device,
-    num_workers: int = 0,
-) -> Iterator[tuple[Path, pd.DataFrame | None, str | None]]:
-    """Yield (path, rows, None) per decodable file and (path, None, reason) per broken one.
-
-    `rows` is a DataFrame of row_id plus one column per class in ensembles[0]'s order.
-    """
-    check_ensembles(ensembles)
-    classes = ensembles[0].classes
-    w = normalise_weights(weights, len(ensembles))
-    files = SoundscapeFiles(paths, ensembles[0].sample_rate)
-    loader = DataLoader(files, batch_size=None, shuffle=False, num_workers=num_workers)
-    for path, wave, error in loader:
-        if error is not None:
-            yield path, None, error
-            continue
-        probs = predict_wave(wave, ensembles, w, cfg, device)
-        ids = row_ids(path.stem, soundscape_windows(len(wave) / ensembles[0].sample_rate, ROW_WINDOW_S))
-        frame = pd.DataFrame(probs.astype(np.float32), columns=classes)
-        frame.insert(0, "row_id", ids)
-        yield path, frame, None
+    def settings(self) -> dict:
+        return {"backend": "torch", "checkpoints": [str(p.resolve()) for e in self.ensembles for p in e.checkpoints],
+                "weights": self.weights.tolist(), "infer": config_to_dict(self.config)}
 
 
 def predict_soundscapes(
@@ -206,19 +143,18 @@ def predict_soundscapes(
         weights: blend weights of `runs` (normalised to sum 1); default equal.
         config: post-processing and batch settings; default :class:`InferConfig`.
         device: auto | cpu | cuda.
-        num_workers: processes decoding the next files while the model runs.
+        num_workers: threads decoding the next files while the model runs.
 
     Returns:
         DataFrame indexed by row_id, one probability column per class (the first run's order).
-        Files that cannot be decoded are left out (see :func:`iter_predictions` to get their errors).
+        Files that cannot be decoded are left out (the batch job, `predict_to_csv`, reports them).
 
     Example:
         >>> probs = predict_soundscapes(sorted(Path("test_soundscapes").glob("*.ogg")), ["runs/baseline"])
     """
-    dev = resolve_device(device)
-    ensembles = [load_run(Path(r), dev) for r in runs]
-    frames = [rows for _, rows, _ in iter_predictions([Path(p) for p in paths], ensembles, weights,
-                                                       config or InferConfig(), dev, num_workers) if rows is not None]
+    predictor = TorchPredictor(runs, weights, config, device)
+    frames = [rows for _, rows, _ in iter_predictions([Path(p) for p in paths], predictor, num_workers)
+              if rows is not None]
     if not frames:
-        return pd.DataFrame(columns=ensembles[0].classes).rename_axis("row_id")
+        return pd.DataFrame(columns=predictor.classes).rename_axis("row_id")
     return pd.concat(frames, ignore_index=True).set_index("row_id")
