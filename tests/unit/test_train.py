@@ -44,6 +44,13 @@ def test_folds_are_stratified_and_seeded():
     assert (assign_folds(labels, 5, 42) == folds).all() and not (assign_folds(labels, 5, 7) == folds).all()
 
 
+def test_too_many_folds_for_the_data_is_a_clear_error():
+    from birdclef.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.n_folds=5 .* largest has 4"):
+        assign_folds(["a"] * 4 + ["b"] * 3, n_folds=5)
+
+
 def test_mixup_blend_and_max_rules():
     wave = torch.tensor([[1.0, 2.0], [3.0, 5.0], [7.0, 11.0]])
     target = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])

@@ -264,5 +264,5 @@ def train_kfold(
     summary = _collect(run, list(config.train.folds), classes, targets)
     summary.n_clips, summary.elapsed_s = len(cache.index), time.perf_counter() - started
     write_json_atomic({"fold_scores": summary.fold_scores, "oof_auc": summary.oof_auc, "n_clips": summary.n_clips,
-                       "classes": len(classes), "elapsed_s": summary.elapsed_s}, run / "summary.json")
+                       "classes": len(classes), "elapsed_s": round(summary.elapsed_s, 1)}, run / "summary.json")
     return summary
