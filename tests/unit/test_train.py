@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lightning as L
@@ -151,6 +152,10 @@ def test_resumed_run_equals_uninterrupted_run(tiny_dataset: Path, tmp_path: Path
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ma, mb = pd.read_csv(tmp_path / "full" / "metrics.csv"), pd.read_csv(part / "metrics.csv")
     assert len(ma) == 3 and ma["epoch"].tolist() == [0, 1, 2]
+    # Cosine from lr to min_lr over 3 epochs, as each epoch trained with it.
+    lr, min_lr = config.train.lr, config.train.min_lr
+    expected = [min_lr + (lr - min_lr) * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]
+    assert ma["lr"].tolist() == pytest.approx(expected)
     pd.testing.assert_frame_equal(ma, mb)
 
 

@@ -31,10 +31,15 @@ class FoldRecorder(L.Callback):
         self.fold_dir, self.fold, self.config, self.classes = Path(fold_dir), fold, config, classes
         self.best_score = -math.inf
         self.best_epoch = -1
+        self._epoch_lr = math.nan
 
     @property
     def metrics_path(self) -> Path:
         return self.fold_dir / "metrics.csv"
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning steps epoch schedulers before on_train_epoch_end: read the epoch's rate here.
+        self._epoch_lr = trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -43,7 +48,7 @@ class FoldRecorder(L.Callback):
         row = {
             "fold": self.fold,
             "epoch": epoch,
-            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "lr": self._epoch_lr,
             "train_loss": _metric(trainer, "train_loss_epoch"),
             "val_loss": _metric(trainer, "val_loss"),
             "val_auc": _metric(trainer, "val_auc"),
