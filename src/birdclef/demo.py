@@ -88,6 +88,9 @@ def run_demo(
     config = config or demo_config()
     if data is None:
         data = _synthetic_data(out / "data", synth or DEMO_SYNTH, progress, log)
+    else:
+        data = Path(data)
+        log(f"[1/5] using the dataset in {data}")
     run = out / "run"
     log(f"[2/5] training {config.model.backbone} ({config.model.head} head), folds {list(config.train.folds)}, "
         f"{config.train.epochs} epochs -> {run}")
