@@ -14,7 +14,7 @@ from birdclef import cli
 pytestmark = pytest.mark.e2e
 
 TINY = ["model.backbone=test_efficientnet", "model.pretrained=false", "model.frontend.n_mels=64",
-        "model.frontend.image_size=null", "train.epochs=1", "train.folds=[0]", "data.max_files=40",
+        "model.frontend.image_size=null", "train.epochs=1", "train.folds=[0]", "data.max_files=40", "data.n_folds=2",
         "train.batch_size=8", "train.num_workers=0"]
 
 
