@@ -111,9 +111,11 @@ def bench_mel(waves: np.ndarray, preset: str, repeats: int) -> dict[str, Any]:
         torch_s += time_calls(run_torch, 1, warmup=1 if not torch_s else 0)
         librosa_s += time_calls(lambda: reference(waves), 1, warmup=1 if not librosa_s else 0)
     t_med, l_med = statistics.median(torch_s), statistics.median(librosa_s)
-    return {"preset": preset, "batch": list(waves.shape), "torch_median_ms": 1e3 * t_med, "torch_min_ms": 1e3 * min(torch_s),
-            "librosa_median_ms": 1e3 * l_med, "librosa_min_ms": 1e3 * min(librosa_s), "speedup_median": l_med / t_med,
-            "speedup_min": min(librosa_s) / min(torch_s), "max_abs_diff_normalized": max_abs_diff}
+    return {"preset": preset, "batch": list(waves.shape),
+            "torch_median_ms": 1e3 * t_med, "torch_min_ms": 1e3 * min(torch_s),
+            "librosa_median_ms": 1e3 * l_med, "librosa_min_ms": 1e3 * min(librosa_s),
+            "speedup_median": l_med / t_med, "speedup_min": min(librosa_s) / min(torch_s),
+            "max_abs_diff_normalized": max_abs_diff}
 
 
 def bench_prepare(dataset: Path, num_workers: int) -> dict[str, Any]:
@@ -138,7 +140,8 @@ def print_table(result: dict[str, Any]) -> None:
     env, dec = result["env"], result["decode"]
     print(f"birdclef front-end benchmark | torch {env['torch']} | threads {env['threads']} | "
           f"cpus {env['cpu_count']} | load avg {env['loadavg_before']} -> {env['loadavg_after']}")
-    print(f"\n(a) decode {Path(dec['file']).name} ({dec['duration_s']:.0f} s{', synthetic' if dec['synthetic'] else ''}): "
+    source = ", synthetic" if dec["synthetic"] else ""
+    print(f"\n(a) decode {Path(dec['file']).name} ({dec['duration_s']:.0f} s{source}): "
           f"{dec['median_s'] * 1e3:.0f} ms median -> {dec['audio_s_per_s']:.0f} audio s / s")
     print(f"\n(b) log-mel, {N_WINDOWS} x {WINDOW_S:.0f} s batch, ms (median / min of {result['repeats']})")
     print(f"{'preset':<10}{'torch LogMel':>16}{'librosa':>18}{'speed-up':>16}{'max |diff|':>12}")
@@ -150,7 +153,8 @@ def print_table(result: dict[str, Any]) -> None:
     if prep["available"]:
         print(f"\n(c) prepare {Path(prep['dataset']).name}: {prep['n_clips']} clips ({prep['n_skipped']} skipped), "
               f"{prep['seconds_of_audio']:.0f} s of audio, {prep['bytes'] / 2**20:.1f} MiB in {prep['wall_s']:.1f} s "
-              f"-> {prep['clips_per_s']:.1f} clips / s, {prep['audio_s_per_s']:.0f} audio s / s ({prep['num_workers']} workers)")
+              f"-> {prep['clips_per_s']:.1f} clips / s, {prep['audio_s_per_s']:.0f} audio s / s "
+              f"({prep['num_workers']} workers)")
     else:
         print(f"\n(c) prepare: not available ({prep['reason']})")
 

@@ -92,7 +92,8 @@ def test_brightness_is_an_affine_change_within_range() -> None:
 
 
 def test_brightness_is_clamped_to_the_unit_range() -> None:
-    cfg = SpecAugmentConfig(time_mask_prob=0.0, freq_mask_prob=0.0, brightness_prob=1.0, gain=(1.5, 2.0), bias=(0.05, 0.1))
+    cfg = SpecAugmentConfig(time_mask_prob=0.0, freq_mask_prob=0.0, brightness_prob=1.0,
+                            gain=(1.5, 2.0), bias=(0.05, 0.1))
     torch.manual_seed(6)
     out = SpecAugment(cfg).train()(torch.rand(4, 1, 16, 20))
     assert out.min() >= 0.0 and out.max() == 1.0

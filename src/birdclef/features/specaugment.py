@@ -90,7 +90,8 @@ class SpecAugment(nn.Module):
         if not self.training:
             return mel
         if mel.dim() != 4:
-            raise ValueError(f"SpecAugment expects a (batch, channels, mels, frames) image, got shape {tuple(mel.shape)}")
+            raise ValueError("SpecAugment expects a (batch, channels, mels, frames) image, "
+                             f"got shape {tuple(mel.shape)}")
         c = self.cfg
         batch, _, n_mels, n_frames = mel.shape
         time_mask = random_spans(batch, n_frames, c.time_mask_prob, c.time_masks, c.time_mask_frames, mel.device)
