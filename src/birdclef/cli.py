@@ -72,8 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
 
     p = sub.add_parser("predict", help="score soundscapes with trained runs into a submission CSV (resumable)")
-    p.add_argument("--run", dest="runs", type=Path, action="append", required=True,
+    p.add_argument("--run", dest="runs", type=Path, action="append", default=None,
                    help="run folder (its finished folds are soft-voted) or a best.pt; repeat to blend runs")
+    p.add_argument("--model", type=Path, default=None, help="a model folder written by `birdclef export` (no torch needed)")
+    p.add_argument("--backend", choices=["torch", "onnx", "openvino"], default=None,
+                   help="torch for --run; onnx or openvino for --model (default: the model's own format)")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads of an exported model")
     p.add_argument("--weights", type=float, nargs="+", default=None, help="blend weights of the runs, e.g. 0.75 0.25")
     p.add_argument("--soundscapes", type=Path, required=True, help="folder of soundscapes (ogg, flac, wav, mp3)")
     p.add_argument("--sample-submission", type=Path, default=None, help="match its columns and row order")
@@ -100,6 +104,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (prediction; training follows train.accelerator)")
     p.add_argument("--no-progress", action="store_true")
     _add_config_flags(p)
+
+    p = sub.add_parser("export", help="fuse the folds (and blended runs) into one ONNX/OpenVINO graph, parity-checked")
+    p.add_argument("--run", dest="runs", type=Path, action="append", required=True, help="run folder; repeat to blend")
+    p.add_argument("--weights", type=float, nargs="+", default=None)
+    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx")
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument("--parity-audio", type=Path, default=None,
+                   help="soundscapes to check parity on (default: ../shared/data/xcbirds-dev-v1/test_soundscapes)")
+    p.add_argument("--parity-files", type=int, default=4)
+    p.add_argument("--force", action="store_true", help="write even when the parity check fails")
+    p.add_argument("--threads", type=int, default=None)
+    _add_config_flags(p)
+
+    p = sub.add_parser("plan", help="time exported models here and say which fit a CPU budget")
+    p.add_argument("--model", dest="models", type=Path, action="append", required=True, help="model folder; repeat")
+    p.add_argument("--files", type=int, default=700, help="soundscapes to score (default: 700, the competition's)")
+    p.add_argument("--minutes", type=float, default=90.0)
+    p.add_argument("--cores", type=int, default=4, help="cores of the target machine")
+    p.add_argument("--margin", type=float, default=1.25, help="safety factor on the predicted time")
+    p.add_argument("--audio", type=Path, default=None, help="a soundscape to time on (default: a real one if present)")
+
+    p = sub.add_parser("package", help="an offline bundle: model, wheels and a script that writes submission.csv")
+    p.add_argument("--model", dest="models", type=Path, action="append", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--backend", choices=["onnx", "openvino"], default=None)
+    p.add_argument("--wheel-dir", type=Path, default=None, help="take wheels from here instead of the registry")
 
     p = sub.add_parser("blend", help="weighted blend of submission CSVs aligned on row_id")
     p.add_argument("csvs", type=Path, nargs="+")
@@ -186,10 +217,20 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from birdclef.config import load_config
     from birdclef.infer.job import predict_to_csv
-    from birdclef.infer.predict import TorchPredictor
 
-    infer = load_config(args.config, args.overrides).infer
-    predictor = TorchPredictor(args.runs, args.weights, infer, args.device)
+    if (args.runs is None) == (args.model is None):
+        raise BirdclefError("give either --run (trained runs) or --model (an exported model folder)")
+    infer = load_config(args.config, args.overrides).infer if args.config or args.overrides else None
+    if args.model is not None and args.backend != "torch":
+        from birdclef.export.runtime import ExportedPredictor  # onnxruntime / openvino, no torch
+
+        predictor = ExportedPredictor(args.model, backend=args.backend, threads=args.threads, config=infer)
+    elif args.model is not None:
+        raise BirdclefError("--backend torch runs training runs: use --run RUN instead of --model")
+    else:
+        from birdclef.infer.predict import TorchPredictor
+
+        predictor = TorchPredictor(args.runs, args.weights, infer, args.device)
     summary = predict_to_csv(args.soundscapes, predictor, args.out, sample_submission=args.sample_submission,
                              num_workers=args.num_workers, progress=not args.no_progress)
     resumed = f", {summary.resumed_files} resumed" if summary.resumed_files else ""
@@ -221,6 +262,38 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"\ndone in {summary.elapsed_s:.0f} s: macro ROC-AUC {score} on {summary.data / 'test_soundscapes'}")
     print(f"  data:       {summary.data}\n  run:        {summary.run}\n  submission: {summary.submission}")
     print(f"  report:     {summary.report}")
+    return 0
+
+
+@verb("export")
+def _export(args: argparse.Namespace) -> int:
+    from birdclef.config import load_config
+    from birdclef.export.export import export_model
+
+    infer = load_config(args.config, args.overrides).infer
+    report = export_model(args.runs, args.weights, format=args.format, precision=args.precision, out=args.out,
+                          parity_audio=args.parity_audio, parity_count=args.parity_files, force=args.force,
+                          config=infer, threads=args.threads)
+    print(report.summary())
+    return 0 if report.written else 1
+
+
+@verb("plan")
+def _plan(args: argparse.Namespace) -> int:
+    from birdclef.export.plan import plan_budget
+
+    plan = plan_budget(args.models, files=args.files, minutes=args.minutes, cores=args.cores, margin=args.margin,
+                       audio=args.audio)
+    print(plan.table())
+    return 0
+
+
+@verb("package")
+def _package(args: argparse.Namespace) -> int:
+    from birdclef.export.package import package_model
+
+    report = package_model(args.models, args.out, backend=args.backend, wheel_dir=args.wheel_dir)
+    print(report.summary())
     return 0
 
 
