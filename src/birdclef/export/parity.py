@@ -1,0 +1,187 @@
+"""Parity gate: an exported graph must rank real soundscape rows as the torch model does.
+
+Both predictors score the same decoded files. Reported: max |dprob| of the raw per-run
+probabilities (what the graph computes) and of the final post-processed blend, the macro ROC-AUC
+of each, their difference, and the Spearman rank correlation of all final scores.
+
+Labels for the AUC: the true ones when the folder has a ``solution.csv`` beside it (the BirdCLEF
+layout: ``<set>/test_soundscapes`` and ``<set>/solution.csv``) that covers the model's classes and
+the files' rows. Otherwise pseudo-labels: for each class, the rows whose torch score is in the top
+``PSEUDO_POSITIVE_FRACTION`` count as positives. The torch model then scores ~1.0 on them by
+construction, and the exported model loses AUC exactly where it swaps the order of rows around
+each class's decision boundary -- the kind of change that moves a leaderboard score.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from birdclef.audio.io import load_audio
+from birdclef.audio.segments import row_ids, soundscape_windows
+from birdclef.config import InferConfig
+from birdclef.errors import BirdclefError
+from birdclef.eval.metrics import macro_roc_auc
+from birdclef.infer.base import ROW_WINDOW_S
+from birdclef.infer.ensemble import combine_runs
+from birdclef.infer.job import AUDIO_SUFFIXES
+
+PSEUDO_POSITIVE_FRACTION = 0.1
+"""Share of rows per class that count as positives when there are no true labels."""
+
+AUC_TOLERANCE = {"fp32": 0.001, "bf16": 0.005, "int8": 0.005}
+"""Largest |macro-AUC difference| an export may show before it is refused, per precision."""
+
+DEFAULT_SET = Path("xcbirds-dev-v1") / "test_soundscapes"
+
+
+class RunPredictor(Protocol):
+    """What parity needs of both sides: per-run probabilities of one decoded file."""
+
+    sample_rate: int
+
+    def predict_runs(self, wave: np.ndarray) -> list[np.ndarray]: ...
+
+
+@dataclass
+class ParityResult:
+    """How far an exported model is from its torch original on real audio."""
+
+    files: list[str]
+    n_rows: int
+    max_abs_diff: float
+    """max |dprob| over rows, runs and classes of the fold-averaged per-run probabilities."""
+    max_abs_diff_final: float
+    """max |dprob| of the final (post-processed, blended) probabilities."""
+    auc_torch: float
+    auc_exported: float
+    auc_diff: float
+    """auc_exported - auc_torch."""
+    rank_correlation: float
+    """Spearman correlation of all final scores (rows x classes)."""
+    labels: str
+    """Where the AUC labels came from (a solution.csv path, or the pseudo-label rule)."""
+    tolerance: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return abs(self.auc_diff) <= self.tolerance
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+    def summary(self) -> str:
+        verdict = "ok" if self.passed else f"FAILED (|dAUC| > {self.tolerance})"
+        return (f"parity on {len(self.files)} files / {self.n_rows} rows: max|dprob| {self.max_abs_diff:.2e} "
+                f"(final {self.max_abs_diff_final:.2e}), macro-AUC torch {self.auc_torch:.5f} vs exported "
+                f"{self.auc_exported:.5f} (d {self.auc_diff:+.5f}), rank corr {self.rank_correlation:.6f}, "
+                f"labels: {self.labels} -> {verdict}")
+
+
+def default_parity_folder() -> Path | None:
+    """``<shared data>/xcbirds-dev-v1/test_soundscapes`` if present: $BIRDCLEF_SHARED_DATA,
+    ./shared/data or ../shared/data from the working directory, or beside the source checkout."""
+    roots = [Path(os.environ["BIRDCLEF_SHARED_DATA"])] if os.environ.get("BIRDCLEF_SHARED_DATA") else []
+    roots += [Path.cwd() / "shared" / "data", Path.cwd().parent / "shared" / "data",
+              Path(__file__).resolve().parents[4] / "shared" / "data"]
+    return next((root / DEFAULT_SET for root in roots if (root / DEFAULT_SET).is_dir()), None)
+
+
+def parity_files(folder: Path | None, count: int) -> list[Path]:
+    """The first `count` audio files (sorted) of `folder`, or of :func:`default_parity_folder`.
+
+    Raises:
+        BirdclefError: no folder given and no default found, or the folder holds no audio.
+    """
+    folder = folder if folder is not None else default_parity_folder()
+    if folder is None:
+        raise BirdclefError("no soundscapes to check parity on: ../shared/data/xcbirds-dev-v1/test_soundscapes "
+                            "was not found; pass a folder of real recordings (--parity-audio DIR)")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BirdclefError(f"{folder}: parity audio folder not found")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)[: max(1, count)]
+    if not files:
+        raise BirdclefError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)}) to check parity on")
+    return files
+
+
+def _true_labels(files: Sequence[Path], ids: list[str], classes: list[str]) -> np.ndarray | None:
+    """(rows, K) 0/1 labels from ``solution.csv`` beside the files' folder, or None when unusable."""
+    path = files[0].parent.parent / "solution.csv"
+    if not path.is_file():
+        return None
+    try:
+        solution = pd.read_csv(path, dtype={"row_id": str}).set_index("row_id")
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    if not set(classes) <= set(solution.columns) or not set(ids) <= set(solution.index):
+        return None
+    labels = solution.loc[ids, classes].to_numpy()
+    return labels if np.isin(labels, (0, 1)).all() and (labels.sum(0) > 0).any() else None
+
+
+def pseudo_labels(probs: np.ndarray, fraction: float = PSEUDO_POSITIVE_FRACTION) -> np.ndarray:
+    """(rows, K) 0/1: each class's top `fraction` of rows (at least one) by score are positives."""
+    n_pos = max(1, int(round(fraction * probs.shape[0])))
+    order = np.argsort(-probs, axis=0, kind="stable")[:n_pos]  # (n_pos, K) row indices
+    labels = np.zeros(probs.shape, dtype=np.int64)
+    np.put_along_axis(labels, order, 1, axis=0)
+    return labels
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman correlation of two equally shaped score arrays (flattened; ties get mean ranks)."""
+    ranks = [pd.Series(x.ravel()).rank().to_numpy() for x in (a, b)]
+    if ranks[0].std() == 0 or ranks[1].std() == 0:
+        return 1.0 if np.array_equal(ranks[0], ranks[1]) else 0.0
+    return float(np.corrcoef(ranks[0], ranks[1])[0, 1])
+
+
+def _score(files: Sequence[Path], torch_side: RunPredictor, exported: RunPredictor, weights: np.ndarray,
+           cfg: InferConfig) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Row ids, raw (rows, R, K) and final (rows, K) probabilities of both sides."""
+    ids, raw_t, raw_e, fin_t, fin_e = [], [], [], [], []
+    for path in files:
+        wave = load_audio(path, torch_side.sample_rate)
+        runs_t, runs_e = torch_side.predict_runs(wave), exported.predict_runs(wave)
+        ids += row_ids(path.stem, soundscape_windows(len(wave) / torch_side.sample_rate, ROW_WINDOW_S))
+        raw_t.append(np.stack(runs_t, axis=1))
+        raw_e.append(np.stack(runs_e, axis=1))
+        fin_t.append(combine_runs(runs_t, weights, cfg))
+        fin_e.append(combine_runs(runs_e, weights, cfg))
+    return ids, *(np.concatenate(x) for x in (raw_t, raw_e, fin_t, fin_e))
+
+
+def check_parity(files: Sequence[Path], torch_side: RunPredictor, exported: RunPredictor, classes: list[str],
+                 weights: np.ndarray, cfg: InferConfig, tolerance: float) -> ParityResult:
+    """Score `files` with both predictors and compare (see module docstring).
+
+    Args:
+        files: real soundscapes (decoded at ``torch_side.sample_rate``).
+        torch_side, exported: objects with ``predict_runs(wave) -> [(W, K)] * R``, same class order.
+        classes: the K class names (to look up true labels).
+        weights: (R,) blend weights; cfg: post-processing applied to both sides.
+        tolerance: largest allowed |macro-AUC difference|.
+
+    Raises:
+        BirdclefError: a file cannot be decoded.
+    """
+    ids, raw_t, raw_e, fin_t, fin_e = _score(files, torch_side, exported, weights, cfg)
+    labels = _true_labels(files, ids, classes)
+    source = str(files[0].parent.parent / "solution.csv")
+    if labels is None:
+        labels, source = pseudo_labels(fin_t), f"pseudo (top {PSEUDO_POSITIVE_FRACTION:.0%} of torch rows per class)"
+    auc_t, auc_e = macro_roc_auc(labels, fin_t), macro_roc_auc(labels, fin_e)
+    return ParityResult(
+        files=[str(p) for p in files], n_rows=len(ids),
+        max_abs_diff=float(np.abs(raw_t - raw_e).max()), max_abs_diff_final=float(np.abs(fin_t - fin_e).max()),
+        auc_torch=auc_t, auc_exported=auc_e, auc_diff=auc_e - auc_t,
+        rank_correlation=rank_correlation(fin_t, fin_e), labels=source, tolerance=tolerance)

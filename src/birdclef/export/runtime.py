@@ -1,0 +1,264 @@
+"""Run an exported model folder with ONNX Runtime or OpenVINO: numpy only, no torch, no timm.
+
+A model folder (written by :func:`birdclef.export.export.export_model`) holds one graph --
+``model.onnx`` or ``model.xml`` + ``model.bin`` -- taking (B, samples) waveform windows and
+returning (B, R, K) fold-averaged probabilities of its R runs, plus ``metadata.json`` (classes,
+sample rate, window, blend weights, post-processing config, parity results).
+:class:`ExportedPredictor` follows :class:`~birdclef.infer.base.Predictor`, so the resumable batch
+job (:func:`birdclef.infer.job.predict_to_csv`) runs it exactly as it runs torch checkpoints.
+
+Example:
+    >>> predictor = ExportedPredictor("models/baseline-onnx", backend="onnx", threads=4)
+    >>> predict_to_csv("test_soundscapes", predictor, Path("submission.csv"))
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from birdclef.config import InferConfig, config_from_dict, config_to_dict
+from birdclef.errors import BirdclefError
+from birdclef.infer.base import context_windows, row_count
+from birdclef.infer.ensemble import combine_runs, normalise_weights
+
+METADATA = "metadata.json"
+GRAPH_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
+"""The graph file of each export format."""
+BACKENDS = ("onnx", "openvino")
+"""Runtimes an exported model can run on (an ONNX file also runs on OpenVINO)."""
+PIP_PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
+_MODULES = {"onnx": "onnxruntime", "openvino": "openvino"}
+_OV_PRECISION = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
+
+
+class BackendUnavailableError(BirdclefError):
+    """The runtime a backend needs is not installed (or has no wheel for this platform)."""
+
+
+def import_backend(backend: str) -> ModuleType:
+    """Import the runtime of `backend` ('onnx' -> onnxruntime, 'openvino' -> openvino).
+
+    Raises:
+        BirdclefError: unknown backend name.
+        BackendUnavailableError: the package is not installed; the message names the pip package.
+    """
+    if backend not in _MODULES:
+        raise BirdclefError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+    try:
+        return importlib.import_module(_MODULES[backend])
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"backend {backend!r} needs the {PIP_PACKAGES[backend]!r} package, which is not installed "
+            f"or has no wheel for this platform ({exc}); pip install {PIP_PACKAGES[backend]}") from None
+
+
+def available_backends() -> list[str]:
+    """The backends whose runtime imports on this machine."""
+    found = []
+    for backend in BACKENDS:
+        try:
+            import_backend(backend)
+        except BackendUnavailableError:
+            continue
+        found.append(backend)
+    return found
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether OpenVINO reports native bf16 support on this CPU (False without OpenVINO)."""
+    try:
+        ov = import_backend("openvino")
+    except BackendUnavailableError:
+        return False
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def read_metadata(model_dir: str | Path) -> dict[str, Any]:
+    """The parsed ``metadata.json`` of an exported model folder.
+
+    Raises:
+        BirdclefError: the folder, its metadata or its graph file is missing or unreadable.
+    """
+    model_dir = Path(model_dir)
+    path = model_dir / METADATA
+    if not path.is_file():
+        raise BirdclefError(f"{model_dir}: not an exported model folder (no {METADATA}); "
+                            "make one with `birdclef export`")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BirdclefError(f"{path}: unreadable model metadata ({exc})") from None
+    missing = [k for k in ("format", "precision", "classes", "sample_rate", "input_window_s", "weights") if k not in meta]
+    if missing:
+        raise BirdclefError(f"{path}: metadata lacks {missing}; re-export the model")
+    graph = model_dir / GRAPH_FILES.get(meta["format"], "?")
+    if not graph.is_file():
+        raise BirdclefError(f"{model_dir}: graph file {graph.name} of format {meta['format']!r} is missing")
+    return meta
+
+
+class OnnxRuntimeGraph:
+    """An ONNX file on ONNX Runtime's CPU provider: ``graph(wave)`` -> (B, R, K) probabilities.
+
+    Args:
+        path: the .onnx file.
+        threads: intra-op threads (None: ONNX Runtime's default, one per physical core).
+    """
+
+    def __init__(self, path: Path, threads: int | None = None):
+        ort = import_backend("onnx")
+        options = ort.SessionOptions()
+        options.inter_op_num_threads = 1
+        if threads:
+            options.intra_op_num_threads = threads
+        # Idle worker threads would otherwise spin and steal the cores the decoding threads need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable files
+            raise BirdclefError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: {exc})") from exc
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, wave: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: wave})[0]
+
+
+class OpenVinoGraph:
+    """An OpenVINO IR (or ONNX) file compiled for the CPU: ``graph(wave)`` -> (B, R, K) probabilities.
+
+    With ``precision="bf16"`` the front end (the tensors named in `frontend_outputs` and all they
+    depend on) runs in float32 and the rest in bf16: a bf16 STFT would bury quiet bins under
+    rounding noise (mel image errors of ~0.1), while the CNNs lose nothing that matters.
+
+    Args:
+        path: model.xml or model.onnx.
+        threads: inference threads (None: OpenVINO's default).
+        precision: fp32 | bf16 | int8 (int8 weights are decompressed, activations stay float32).
+        frontend_outputs: tensor names where the front end ends (metadata ``frontend_outputs``).
+    """
+
+    def __init__(self, path: Path, threads: int | None = None, precision: str = "fp32",
+                 frontend_outputs: Sequence[str] = ()):
+        self.ov = import_backend("openvino")
+        self.core = self.ov.Core()
+        self.config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.precision = precision
+        if precision == "bf16" and not cpu_supports_bf16():
+            warnings.warn("this CPU has no native bf16 support; running the bf16 model in float32", stacklevel=2)
+            self.precision = "fp32"
+        if self.precision == "bf16" and frontend_outputs:
+            self.stages = self._split(path, list(frontend_outputs))
+        else:
+            self.stages = [self._compile(self._read(path), _OV_PRECISION[self.precision])]
+
+    def _read(self, path: Path) -> Any:
+        try:
+            return self.core.read_model(str(path))
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long C++ traces
+            raise BirdclefError(f"{path}: OpenVINO cannot read it ({type(exc).__name__}: {exc})") from exc
+
+    def _compile(self, model: Any, precision: str) -> Any:
+        return self.core.compile_model(model, "CPU", {**self.config, "INFERENCE_PRECISION_HINT": precision})
+
+    def _split(self, path: Path, names: list[str]) -> list[Any]:
+        """Two compiled models: wave -> front-end outputs (f32), front-end outputs -> probs (bf16)."""
+        ops = self.ov.opset13
+        front = self._read(path)
+        front_ports = _ports_by_name(front, names, path)
+        front_model = self.ov.Model([ops.result(port) for port in front_ports], list(front.get_parameters()))
+        rest = self._read(path)
+        params = []
+        for port in _ports_by_name(rest, names, path):
+            param = ops.parameter(port.get_partial_shape(), port.get_element_type())
+            for target in list(port.get_target_inputs()):
+                target.replace_source_output(param.output(0))
+            params.append(param)
+        rest_model = self.ov.Model(list(rest.get_results()), params)
+        return [self._compile(front_model, "f32"), self._compile(rest_model, "bf16")]
+
+    def __call__(self, wave: np.ndarray) -> np.ndarray:
+        if len(self.stages) == 1:
+            return self.stages[0](wave)[0]
+        mels = self.stages[0](wave)
+        return self.stages[1]([mels[i] for i in range(len(mels))])[0]
+
+
+def _ports_by_name(model: Any, names: list[str], path: Path) -> list[Any]:
+    """The output ports of `model` carrying the tensors `names`, in that order."""
+    ports = {name: port for op in model.get_ops() for port in op.outputs() for name in port.get_names()}
+    missing = [name for name in names if name not in ports]
+    if missing:
+        raise BirdclefError(f"{path}: front-end tensors {missing} not found in the graph; re-export the model")
+    return [ports[name] for name in names]
+
+
+class ExportedPredictor:
+    """:class:`~birdclef.infer.base.Predictor` over an exported model folder (no torch needed).
+
+    Args:
+        model_dir: folder written by ``birdclef export``.
+        backend: onnx | openvino; None picks the format's own runtime (an ONNX file can also run
+            on OpenVINO; an OpenVINO IR only on OpenVINO).
+        threads: runtime threads (None: the runtime's default).
+        config: post-processing and batch settings; None uses the ones stored at export.
+
+    Raises:
+        BirdclefError: not a model folder, or the backend cannot run this format.
+        BackendUnavailableError: the backend's package is not installed.
+    """
+
+    def __init__(self, model_dir: str | Path, backend: str | None = None, threads: int | None = None,
+                 config: InferConfig | None = None):
+        self.model_dir = Path(model_dir)
+        self.meta = read_metadata(self.model_dir)
+        self.backend = backend or self.meta["format"]
+        self.threads = threads
+        self.classes: list[str] = list(self.meta["classes"])
+        self.sample_rate: int = int(self.meta["sample_rate"])
+        self.window_s = float(self.meta["input_window_s"])
+        self.weights = normalise_weights(self.meta["weights"], len(self.meta["weights"]))
+        self.config = config or config_from_dict({"infer": self.meta.get("infer", {})}).infer
+        self.graph = self._load_graph()
+
+    def _load_graph(self) -> OnnxRuntimeGraph | OpenVinoGraph:
+        fmt, precision = self.meta["format"], self.meta["precision"]
+        path = self.model_dir / GRAPH_FILES[fmt]
+        if self.backend == "onnx":
+            if fmt != "onnx":
+                raise BirdclefError(f"{self.model_dir}: an {fmt} model cannot run on ONNX Runtime; use --backend openvino")
+            return OnnxRuntimeGraph(path, self.threads)
+        if self.backend == "openvino":
+            return OpenVinoGraph(path, self.threads, precision, self.meta.get("frontend_outputs", ()))
+        raise BirdclefError(f"unknown backend {self.backend!r} for an exported model; choose from {list(BACKENDS)}")
+
+    def predict_windows(self, windows: np.ndarray) -> np.ndarray:
+        """(N, samples) float32 windows -> (N, R, K) probabilities, in batches of ``config.batch_size``."""
+        step = max(1, self.config.batch_size)
+        parts = [self.graph(np.ascontiguousarray(windows[i : i + step], dtype=np.float32))
+                 for i in range(0, len(windows), step)]
+        return np.concatenate(parts, axis=0)
+
+    def predict_runs(self, wave: np.ndarray) -> list[np.ndarray]:
+        """Each run's fold-averaged (W, K) probabilities of one file (no post-processing)."""
+        n_rows = row_count(len(wave), self.sample_rate)
+        probs = self.predict_windows(context_windows(wave, self.sample_rate, n_rows, self.window_s))  # (W, R, K)
+        return [probs[:, r, :].astype(np.float64) for r in range(probs.shape[1])]
+
+    def predict_file(self, wave: np.ndarray) -> np.ndarray:
+        """(W, K) final probabilities of one decoded soundscape (post-processed, blended)."""
+        return combine_runs(self.predict_runs(wave), self.weights, self.config)
+
+    def settings(self) -> dict:
+        return {"backend": self.backend, "model": str(self.model_dir.resolve()), "format": self.meta["format"],
+                "precision": self.meta["precision"], "created": self.meta.get("created"),
+                "weights": self.weights.tolist(), "infer": config_to_dict(self.config)}
