@@ -26,15 +26,18 @@ from torch import nn
 
 from birdclef.config import FrontendConfig
 from birdclef.features.filterbank import mel_filterbank
+from birdclef.features.mel import band_blocks
+from birdclef.export.runtime import FRONTEND_SCOPE as NODE_PREFIX
 from birdclef.models import BirdClassifier
 
 FRONTEND_SCOPE = "frontends"
 """Attribute name of the front ends in :class:`FusedEnsemble`; exported node names start with
-``/frontends.`` so runtimes can keep that subgraph in float32 under a bf16 precision hint."""
+``/frontends.`` (:data:`birdclef.export.runtime.FRONTEND_SCOPE`), so runtimes can keep that subgraph
+in float32 under a bf16 precision hint and quantizers can leave it alone."""
+assert NODE_PREFIX == f"/{FRONTEND_SCOPE}.", "runtime and graph disagree on the front-end scope"
 
 _AMIN = 1e-10
 _RANGE_EPS = 1e-6
-_MEL_BLOCK = 16
 """Same constants as :mod:`birdclef.features.mel` (power floor, smallest dB range in min-max)."""
 
 
@@ -65,20 +68,6 @@ def _stage_matrices(n_fft: int, bin_lo: int, bin_hi: int) -> dict[str, np.ndarra
         "k1": k1,
     }
 
-
-def band_blocks(fbank_t: np.ndarray, block: int = _MEL_BLOCK) -> list[tuple[int, int, int, int]]:
-    """(mel_lo, mel_hi, row_lo, row_hi) per block of `block` mel bands: the bin rows they read.
-
-    Mel filters are triangles, so each bin feeds at most two bands; a product per block over only
-    its rows skips the zeros of the dense (bins, n_mels) filterbank (~15x less work for 512 mels).
-    """
-    blocks = []
-    for mel_lo in range(0, fbank_t.shape[1], block):
-        mel_hi = min(mel_lo + block, fbank_t.shape[1])
-        rows = fbank_t[:, mel_lo:mel_hi].any(axis=1).nonzero()[0]
-        row_lo, row_hi = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 1)
-        blocks.append((mel_lo, mel_hi, row_lo, row_hi))
-    return blocks
 
 
 class ExportLogMel(nn.Module):

@@ -26,7 +26,7 @@ _RANGE_EPS = 1e-6
 """Smallest dB range divided by in min-max scaling; a constant image (silence) scales to zeros."""
 
 _MEL_BLOCK = 16
-"""Mel bands per block of the banded filterbank product (see :func:`_band_blocks`)."""
+"""Mel bands per block of the banded filterbank product (see :func:`band_blocks`)."""
 
 _CPU_CHUNK_BYTES = 4 * 2**20
 """On CPU, examples go through the spectrum in groups whose power spectrogram takes about this
@@ -34,7 +34,7 @@ many bytes, so the large intermediates stay in cache: 2-3x faster than the whole
 at once on a 2-core machine (``benchmarks/bench_frontend.py``). Other devices take the batch whole."""
 
 
-def _band_blocks(fbank_t: np.ndarray, block: int = _MEL_BLOCK) -> tuple[tuple[int, int, int, int], ...]:
+def band_blocks(fbank_t: np.ndarray, block: int = _MEL_BLOCK) -> tuple[tuple[int, int, int, int], ...]:
     """Split the (rows, n_mels) filterbank into column blocks with the row span of their non-zeros.
 
     Mel filters are triangles, so each FFT bin feeds at most two bands and the dense product does
@@ -65,7 +65,7 @@ class LogMel(nn.Module):
     batched ``rfft`` (no transposed complex copy as in ``torch.stft``); for power 2 the squared
     real and imaginary parts meet a row-duplicated filterbank, so ``re² + im²`` is never formed
     (a strided pass that costs more than the extra multiply-adds); the filterbank product is
-    banded (:func:`_band_blocks`) and only spans the bins in [f_min, f_max]; on CPU the batch goes
+    banded (:func:`band_blocks`) and only spans the bins in [f_min, f_max]; on CPU the batch goes
     through in cache-sized groups of examples.
 
     ONNX: export needs ``torch.fft.rfft`` support (opset 17 DFT); an exporter without it can swap
@@ -88,7 +88,7 @@ class LogMel(nn.Module):
         fbank_t = fbank[:, self.bin_lo : self.bin_hi].T  # (used_bins, n_mels)
         if c.power == 2.0:
             fbank_t = np.repeat(fbank_t, 2, axis=0)  # rows re_0, im_0, re_1, ... : (2 * used_bins, n_mels)
-        self.blocks = _band_blocks(fbank_t)
+        self.blocks = band_blocks(fbank_t)
         self.register_buffer("fbank_t", torch.from_numpy(np.ascontiguousarray(fbank_t)), persistent=False)
 
     @classmethod
