@@ -225,8 +225,12 @@ def _predict(args: argparse.Namespace) -> int:
         from birdclef.export.runtime import ExportedPredictor  # onnxruntime / openvino, no torch
 
         predictor = ExportedPredictor(args.model, backend=args.backend, threads=args.threads, config=infer)
-    elif args.model is not None:
-        raise BirdclefError("--backend torch runs training runs: use --run RUN instead of --model")
+    elif args.model is not None:  # --backend torch: the same blend from the checkpoints it was exported from
+        from birdclef.export.runtime import source_runs
+        from birdclef.infer.predict import TorchPredictor
+
+        runs, weights = source_runs(args.model)
+        predictor = TorchPredictor(runs, weights, infer, args.device)
     else:
         from birdclef.infer.predict import TorchPredictor
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -19,7 +20,8 @@ from birdclef.export import export as export_mod
 from birdclef.export.export import ParityError, build_graph, check_target, export_model
 from birdclef.export.graph import ExportLogMel, split_fft_size
 from birdclef.export.plan import plan_budget
-from birdclef.export.runtime import BackendUnavailableError, ExportedPredictor, cpu_supports_bf16, import_backend
+from birdclef.export.runtime import (BackendUnavailableError, ExportedPredictor, cpu_supports_bf16, import_backend,
+                                     source_runs)
 from birdclef.features.mel import LogMel
 from birdclef.infer.base import context_windows, row_count
 from birdclef.infer.job import predict_to_csv
@@ -221,6 +223,16 @@ def test_exported_model_runs_without_torch(workdir: Path):
             "print(probs.shape, 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["(3,", "4)", "False"]
+
+
+def test_source_runs_points_back_to_the_checkpoints(tmp_path: Path, workdir: Path):
+    skip_unless_target("onnx", "fp32")
+    run = make_run(tmp_path / "run", 1, seed=4)
+    export_model([run], format="onnx", out=tmp_path / "model", parity_audio=workdir / "soundscapes", parity_count=1)
+    assert source_runs(tmp_path / "model") == ([run.resolve()], [1.0])
+    shutil.rmtree(run)
+    with pytest.raises(BirdclefError, match="not available here"):
+        source_runs(tmp_path / "model")
 
 
 def test_batch_job_with_exported_model_matches_torch(tmp_path: Path, workdir: Path):

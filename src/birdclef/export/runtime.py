@@ -37,6 +37,8 @@ BACKENDS = ("onnx", "openvino")
 PIP_PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
 _MODULES = {"onnx": "onnxruntime", "openvino": "openvino"}
 _OV_PRECISION = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
+FRONTEND_SCOPE = "/frontends."
+"""Exported node names of the front ends start with this (the attribute name in ``FusedEnsemble``)."""
 
 
 class BackendUnavailableError(BirdclefError):
@@ -105,6 +107,24 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
+def source_runs(model_dir: str | Path) -> tuple[list[Path], list[float]]:
+    """The run folders (or best.pt files) and blend weights a model folder was exported from.
+
+    For ``predict --model DIR --backend torch``: ``TorchPredictor(*source_runs(DIR), config, device)``
+    scores the same blend with the original checkpoints.
+
+    Raises:
+        BirdclefError: not a model folder, or a recorded run no longer exists.
+    """
+    meta = read_metadata(model_dir)
+    runs = [Path(run["path"]) for run in meta.get("runs", [])]
+    missing = [str(r) for r in runs if not r.exists()]
+    if not runs or missing:
+        raise BirdclefError(f"{model_dir}: the runs it was exported from are not available here ({missing or 'none recorded'}); "
+                            "use --backend onnx or openvino")
+    return runs, list(meta["weights"])
+
+
 class OnnxRuntimeGraph:
     """An ONNX file on ONNX Runtime's CPU provider: ``graph(wave)`` -> (B, R, K) probabilities.
 
@@ -134,19 +154,21 @@ class OnnxRuntimeGraph:
 class OpenVinoGraph:
     """An OpenVINO IR (or ONNX) file compiled for the CPU: ``graph(wave)`` -> (B, R, K) probabilities.
 
-    With ``precision="bf16"`` the front end (the tensors named in `frontend_outputs` and all they
-    depend on) runs in float32 and the rest in bf16: a bf16 STFT would bury quiet bins under
-    rounding noise (mel image errors of ~0.1), while the CNNs lose nothing that matters.
+    With ``precision="bf16"`` the front end runs in float32 and the rest in bf16: a bf16 STFT buries
+    quiet bins under rounding noise (mel image errors of ~0.1), while the CNNs lose nothing that
+    matters. The graph is cut where nodes of the front-end scope (``/frontends.*``, see
+    :data:`FRONTEND_SCOPE`) feed other nodes -- the mel images, and shape tensors that OpenVINO's
+    symbolic shape optimisation may have rerouted into the front end -- and the two parts are
+    compiled separately (``split=True``; `split` False compiles the whole graph with the hint).
 
     Args:
         path: model.xml or model.onnx.
         threads: inference threads (None: OpenVINO's default).
-        precision: fp32 | bf16 | int8 (int8 weights are decompressed, activations stay float32).
-        frontend_outputs: tensor names where the front end ends (metadata ``frontend_outputs``).
+        precision: fp32 | bf16 | int8 (int8 weights are dequantized by the plugin, activations int8/f32).
+        split: for bf16, keep the front end in float32.
     """
 
-    def __init__(self, path: Path, threads: int | None = None, precision: str = "fp32",
-                 frontend_outputs: Sequence[str] = ()):
+    def __init__(self, path: Path, threads: int | None = None, precision: str = "fp32", split: bool = True):
         self.ov = import_backend("openvino")
         self.core = self.ov.Core()
         self.config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
@@ -156,8 +178,8 @@ class OpenVinoGraph:
         if precision == "bf16" and not cpu_supports_bf16():
             warnings.warn("this CPU has no native bf16 support; running the bf16 model in float32", stacklevel=2)
             self.precision = "fp32"
-        if self.precision == "bf16" and frontend_outputs:
-            self.stages = self._split(path, list(frontend_outputs))
+        if self.precision == "bf16" and split:
+            self.stages = self._split(path)
         else:
             self.stages = [self._compile(self._read(path), _OV_PRECISION[self.precision])]
 
@@ -170,18 +192,21 @@ class OpenVinoGraph:
     def _compile(self, model: Any, precision: str) -> Any:
         return self.core.compile_model(model, "CPU", {**self.config, "INFERENCE_PRECISION_HINT": precision})
 
-    def _split(self, path: Path, names: list[str]) -> list[Any]:
-        """Two compiled models: wave -> front-end outputs (f32), front-end outputs -> probs (bf16)."""
+    def _split(self, path: Path) -> list[Any]:
+        """Two compiled models: wave -> cut tensors (f32), cut tensors -> probs (bf16)."""
         ops = self.ov.opset13
         front = self._read(path)
-        front_ports = _ports_by_name(front, names, path)
-        front_model = self.ov.Model([ops.result(port) for port in front_ports], list(front.get_parameters()))
+        cut = _frontend_cut(front)
+        if not cut:
+            raise BirdclefError(f"{path}: no front-end nodes ({FRONTEND_SCOPE}*) found; re-export the model")
+        front_model = self.ov.Model([ops.result(port) for port in cut], list(front.get_parameters()))
         rest = self._read(path)
         params = []
-        for port in _ports_by_name(rest, names, path):
+        for port in _frontend_cut(rest):
             param = ops.parameter(port.get_partial_shape(), port.get_element_type())
             for target in list(port.get_target_inputs()):
-                target.replace_source_output(param.output(0))
+                if not _in_frontend(target.get_node()):
+                    target.replace_source_output(param.output(0))
             params.append(param)
         rest_model = self.ov.Model(list(rest.get_results()), params)
         return [self._compile(front_model, "f32"), self._compile(rest_model, "bf16")]
@@ -189,17 +214,19 @@ class OpenVinoGraph:
     def __call__(self, wave: np.ndarray) -> np.ndarray:
         if len(self.stages) == 1:
             return self.stages[0](wave)[0]
-        mels = self.stages[0](wave)
-        return self.stages[1]([mels[i] for i in range(len(mels))])[0]
+        cut = self.stages[0](wave)
+        return self.stages[1]([cut[i] for i in range(len(cut))])[0]
 
 
-def _ports_by_name(model: Any, names: list[str], path: Path) -> list[Any]:
-    """The output ports of `model` carrying the tensors `names`, in that order."""
-    ports = {name: port for op in model.get_ops() for port in op.outputs() for name in port.get_names()}
-    missing = [name for name in names if name not in ports]
-    if missing:
-        raise BirdclefError(f"{path}: front-end tensors {missing} not found in the graph; re-export the model")
-    return [ports[name] for name in names]
+def _in_frontend(node: Any) -> bool:
+    return node.get_friendly_name().startswith(FRONTEND_SCOPE)
+
+
+def _frontend_cut(model: Any) -> list[Any]:
+    """Output ports of front-end nodes (constants excepted) that feed nodes outside it, in name order."""
+    ports = [port for op in model.get_ordered_ops() if _in_frontend(op) and op.get_type_name() != "Constant"
+             for port in op.outputs() if any(not _in_frontend(t.get_node()) for t in port.get_target_inputs())]
+    return sorted(ports, key=lambda port: (port.get_node().get_friendly_name(), port.get_index()))
 
 
 class ExportedPredictor:
@@ -238,7 +265,7 @@ class ExportedPredictor:
                 raise BirdclefError(f"{self.model_dir}: an {fmt} model cannot run on ONNX Runtime; use --backend openvino")
             return OnnxRuntimeGraph(path, self.threads)
         if self.backend == "openvino":
-            return OpenVinoGraph(path, self.threads, precision, self.meta.get("frontend_outputs", ()))
+            return OpenVinoGraph(path, self.threads, precision)
         raise BirdclefError(f"unknown backend {self.backend!r} for an exported model; choose from {list(BACKENDS)}")
 
     def predict_windows(self, windows: np.ndarray) -> np.ndarray:
