@@ -267,3 +267,62 @@ def test_plan_budget_times_and_judges_fit(workdir: Path):
     expected = 10 * (cand.decode_s + cand.predict_s) * roomy.threads / 4 * roomy.margin
     assert cand.total_s == pytest.approx(expected)
     assert out.name in str(roomy) and "yes" in str(roomy) and "no" in str(tight)
+
+
+class FakeRuns:
+    """A RunPredictor returning fixed (W, K) probabilities per call, in file order."""
+
+    sample_rate = SR
+
+    def __init__(self, per_file: list[np.ndarray]):
+        self.per_file, self.calls = per_file, 0
+
+    def predict_runs(self, wave: np.ndarray) -> list[np.ndarray]:
+        self.calls += 1
+        return [self.per_file[self.calls - 1]]
+
+
+def parity_folder(root: Path, n_files: int) -> list[Path]:
+    return [write_ogg(root / "test_soundscapes" / f"P_{i}.ogg", noise(10.0, seed=i)) for i in range(n_files)]
+
+
+def test_parity_gate_uses_pseudo_labels_and_sees_swapped_rows(tmp_path: Path):
+    from birdclef.export.parity import check_parity
+
+    files = parity_folder(tmp_path, 5)
+    rng = np.random.default_rng(0)
+    torch_probs = [rng.uniform(0, 1, (2, 3)) for _ in files]  # 10 rows, 1 pseudo-positive per class
+    same = check_parity(files, FakeRuns(torch_probs), FakeRuns([p + 1e-7 for p in torch_probs]), ["a", "b", "c"],
+                        np.ones(1), RAW, tolerance=0.001, prob_tolerance=1e-4)
+    assert same.passed and same.auc_diff == 0 and same.labels.startswith("pseudo")
+    swapped = [p.copy() for p in torch_probs]
+    top = int(np.argmax(np.concatenate(torch_probs)[:, 0]))
+    swapped[top // 2][top % 2, 0] = 0.0  # class a's best row drops to the bottom
+    moved = check_parity(files, FakeRuns(torch_probs), FakeRuns(swapped), ["a", "b", "c"], np.ones(1), RAW,
+                         tolerance=0.001, prob_tolerance=1.0)
+    assert not moved.passed and moved.auc_diff < -0.1
+
+
+def test_parity_gate_falls_back_to_max_dprob_for_constant_models(tmp_path: Path):
+    from birdclef.export.parity import check_parity
+
+    files = parity_folder(tmp_path, 2)
+    flat = [np.full((2, 3), 0.5) for _ in files]
+    close = check_parity(files, FakeRuns(flat), FakeRuns([p + 1e-6 for p in flat]), ["a", "b", "c"], np.ones(1), RAW,
+                         tolerance=0.001, prob_tolerance=1e-4)
+    far = check_parity(files, FakeRuns(flat), FakeRuns([p + 1e-2 for p in flat]), ["a", "b", "c"], np.ones(1), RAW,
+                       tolerance=0.001, prob_tolerance=1e-4)
+    assert close.passed and close.auc_torch is None and not far.passed
+
+
+def test_parity_gate_prefers_true_labels_from_solution_csv(tmp_path: Path):
+    import pandas as pd
+
+    from birdclef.export.parity import check_parity
+
+    files = parity_folder(tmp_path, 2)
+    ids = [f"P_{i}_{end}" for i in range(2) for end in (5, 10)]
+    pd.DataFrame({"row_id": ids, "a": [1, 0, 0, 1], "b": [0, 1, 0, 0]}).to_csv(tmp_path / "solution.csv", index=False)
+    probs = [np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[0.1, 0.3], [0.7, 0.2]])]
+    result = check_parity(files, FakeRuns(probs), FakeRuns(probs), ["a", "b"], np.ones(1), RAW, 0.001, 1e-4)
+    assert result.labels.endswith("solution.csv") and result.auc_torch == pytest.approx(1.0) and result.passed

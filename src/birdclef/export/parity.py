@@ -9,7 +9,9 @@ layout: ``<set>/test_soundscapes`` and ``<set>/solution.csv``) that covers the m
 the files' rows. Otherwise pseudo-labels: for each class, the rows whose torch score is in the top
 ``PSEUDO_POSITIVE_FRACTION`` count as positives. The torch model then scores ~1.0 on them by
 construction, and the exported model loses AUC exactly where it swaps the order of rows around
-each class's decision boundary -- the kind of change that moves a leaderboard score.
+each class's decision boundary -- the kind of change that moves a leaderboard score. Classes whose
+torch scores barely vary (< ``MIN_SPREAD``) are left out of the pseudo-label AUC; when no class is
+left (an untrained model), the gate falls back to max |dprob| <= ``PROB_TOLERANCE[precision]``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ from birdclef.infer.job import AUDIO_SUFFIXES
 PSEUDO_POSITIVE_FRACTION = 0.1
 """Share of rows per class that count as positives when there are no true labels."""
 
+MIN_SPREAD = 1e-3
+"""With pseudo-labels, a class whose torch scores span less than this over the rows is not scored:
+its order is float noise (an untrained or saturated output), not a ranking to preserve."""
+
+PROB_TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2, "int8": 5e-2}
+"""max |dprob| an export may show when no class can be scored by AUC (see :data:`MIN_SPREAD`)."""
+
 AUC_TOLERANCE = {"fp32": 0.001, "bf16": 0.005, "int8": 0.005}
 """Largest |macro-AUC difference| an export may show before it is refused, per precision."""
 
@@ -59,30 +68,36 @@ class ParityResult:
     """max |dprob| over rows, runs and classes of the fold-averaged per-run probabilities."""
     max_abs_diff_final: float
     """max |dprob| of the final (post-processed, blended) probabilities."""
-    auc_torch: float
-    auc_exported: float
+    auc_torch: float | None
+    auc_exported: float | None
     auc_diff: float
-    """auc_exported - auc_torch."""
+    """auc_exported - auc_torch (0 when no class could be scored)."""
     rank_correlation: float
     """Spearman correlation of all final scores (rows x classes)."""
     labels: str
     """Where the AUC labels came from (a solution.csv path, or the pseudo-label rule)."""
     tolerance: float
+    prob_tolerance: float | None = None
+    """Set when no class could be scored: the gate is then max_abs_diff_final <= prob_tolerance."""
     notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
+        if self.prob_tolerance is not None:
+            return self.max_abs_diff_final <= self.prob_tolerance
         return abs(self.auc_diff) <= self.tolerance
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
 
     def summary(self) -> str:
-        verdict = "ok" if self.passed else f"FAILED (|dAUC| > {self.tolerance})"
+        rule = f"|dAUC| > {self.tolerance}" if self.prob_tolerance is None else f"max|dprob| > {self.prob_tolerance}"
+        verdict = "ok" if self.passed else f"FAILED ({rule})"
+        auc = ("macro-AUC not scored" if self.auc_torch is None else
+               f"macro-AUC torch {self.auc_torch:.5f} vs exported {self.auc_exported:.5f} (d {self.auc_diff:+.5f})")
         return (f"parity on {len(self.files)} files / {self.n_rows} rows: max|dprob| {self.max_abs_diff:.2e} "
-                f"(final {self.max_abs_diff_final:.2e}), macro-AUC torch {self.auc_torch:.5f} vs exported "
-                f"{self.auc_exported:.5f} (d {self.auc_diff:+.5f}), rank corr {self.rank_correlation:.6f}, "
-                f"labels: {self.labels} -> {verdict}")
+                f"(final {self.max_abs_diff_final:.2e}), {auc}, rank corr {self.rank_correlation:.6f}, "
+                f"labels: {self.labels}{''.join('; ' + n for n in self.notes)} -> {verdict}")
 
 
 def default_parity_folder() -> Path | None:
@@ -161,7 +176,7 @@ def _score(files: Sequence[Path], torch_side: RunPredictor, exported: RunPredict
 
 
 def check_parity(files: Sequence[Path], torch_side: RunPredictor, exported: RunPredictor, classes: list[str],
-                 weights: np.ndarray, cfg: InferConfig, tolerance: float) -> ParityResult:
+                 weights: np.ndarray, cfg: InferConfig, tolerance: float, prob_tolerance: float) -> ParityResult:
     """Score `files` with both predictors and compare (see module docstring).
 
     Args:
@@ -170,18 +185,28 @@ def check_parity(files: Sequence[Path], torch_side: RunPredictor, exported: RunP
         classes: the K class names (to look up true labels).
         weights: (R,) blend weights; cfg: post-processing applied to both sides.
         tolerance: largest allowed |macro-AUC difference|.
+        prob_tolerance: largest allowed max |dprob| when no class can be scored by AUC.
 
     Raises:
         BirdclefError: a file cannot be decoded.
     """
     ids, raw_t, raw_e, fin_t, fin_e = _score(files, torch_side, exported, weights, cfg)
     labels = _true_labels(files, ids, classes)
-    source = str(files[0].parent.parent / "solution.csv")
+    source, keep, notes = str(files[0].parent.parent / "solution.csv"), np.ones(len(classes), bool), []
     if labels is None:
+        keep = np.ptp(fin_t, axis=0) >= MIN_SPREAD
         labels, source = pseudo_labels(fin_t), f"pseudo (top {PSEUDO_POSITIVE_FRACTION:.0%} of torch rows per class)"
-    auc_t, auc_e = macro_roc_auc(labels, fin_t), macro_roc_auc(labels, fin_e)
-    return ParityResult(
+        notes = [f"{int((~keep).sum())} of {len(keep)} classes barely vary in torch (< {MIN_SPREAD}), not scored"] if not keep.all() else []
+    result = ParityResult(
         files=[str(p) for p in files], n_rows=len(ids),
         max_abs_diff=float(np.abs(raw_t - raw_e).max()), max_abs_diff_final=float(np.abs(fin_t - fin_e).max()),
-        auc_torch=auc_t, auc_exported=auc_e, auc_diff=auc_e - auc_t,
-        rank_correlation=rank_correlation(fin_t, fin_e), labels=source, tolerance=tolerance)
+        auc_torch=None, auc_exported=None, auc_diff=0.0,
+        rank_correlation=rank_correlation(fin_t, fin_e), labels=source, tolerance=tolerance, notes=notes)
+    if not keep.any():
+        result.prob_tolerance = prob_tolerance
+        result.notes.append("no class to score by AUC: gate on max|dprob|")
+        return result
+    result.auc_torch = macro_roc_auc(labels[:, keep], fin_t[:, keep])
+    result.auc_exported = macro_roc_auc(labels[:, keep], fin_e[:, keep])
+    result.auc_diff = result.auc_exported - result.auc_torch
+    return result
