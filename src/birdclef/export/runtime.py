@@ -164,7 +164,7 @@ class OpenVinoGraph:
     Args:
         path: model.xml or model.onnx.
         threads: inference threads (None: OpenVINO's default).
-        precision: fp32 | bf16 | int8 (int8 weights are dequantized by the plugin, activations int8/f32).
+        precision: fp32 | bf16 | int8 (an nncf-quantized graph: its int8 ops run as int8, the rest f32).
         split: for bf16, keep the front end in float32.
     """
 
