@@ -1,13 +1,15 @@
-"""Soundscape prediction speed on CPU: eager torch vs ONNX Runtime vs OpenVINO (fp32, bf16), one run.
+"""Soundscape prediction speed on CPU: eager torch vs ONNX Runtime vs OpenVINO (fp32, bf16, int8), one run.
 
 A script, not a test (timings never go in assertions):
 
     python benchmarks/bench_predict.py [--data DIR] [--files 6] [--threads 2] [--configs baseline,v3,sed]
-                                       [--folds 1,5] [--json PATH]
+                                       [--folds 1,5] [--runs NAME=DIR,...] [--json PATH]
 
 Models are the real configs (``configs/<name>.yaml``) with random weights (``model.pretrained=false``;
 speed does not depend on the weights) and the 206 BirdCLEF 2025 classes when their list is in
-``../shared/data``. Everything runs with ``--threads`` threads (torch, BLAS, the runtimes).
+``../shared/data``, or trained runs (``--runs baseline=runs/b0,v3=runs/v3``): then the export parity
+check scores the true labels of ``--data``'s ``solution.csv`` instead of pseudo-labels. Everything
+runs with ``--threads`` threads (torch, BLAS, the runtimes).
 
 (a) stages, eager torch: seconds per audio minute of one 60 s soundscape split into decode / front
     end / model (every fold) / post-processing (+ blend), and the extrapolated time for 700 files;
@@ -15,7 +17,8 @@ speed does not depend on the weights) and the 206 BirdCLEF 2025 classes when the
     compute, CSV written) in seconds per audio minute, for every backend side by side; exported
     graphs also split into decode / graph / post, and the model-only throughput (windows/s of a
     12-window batch, every fold) with the achieved fraction of the matmul ceiling:
-    FLOPs per window x windows/s / the measured matmul rate (fp32 or bf16) on the same threads.
+    FLOPs per window x windows/s / the measured matmul rate of the row's precision (fp32, bf16,
+    int8; the best of torch's and OpenVINO's square matmuls) on the same threads.
 Targets (issue): 5-fold baseline <= 0.4 s per audio minute, 5-fold v3 <= 1.0, >= 3x eager torch.
 """
 
@@ -42,6 +45,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
@@ -77,12 +81,50 @@ def best_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
 
 
 def matmul_rate(dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int = 5) -> float:
-    """Best GFLOP/s of square torch matmuls in `dtype` on the current threads (the ceiling)."""
+    """Best GFLOP/s of square torch matmuls in `dtype` on the current threads."""
     rates = []
     for size in sizes:
         a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
         rates.append(2 * size**3 / best_time(lambda: a @ b, repeats) / 1e9)
     return max(rates)
+
+
+def openvino_matmul_rate(precision: str, threads: int, sizes: tuple[int, ...] = (1024, 2048), repeats: int = 5) -> float:
+    """Best GFLOP/s (GOP/s for int8) of a square MatMul compiled by OpenVINO for the CPU (0 without
+    OpenVINO). Its oneDNN brgemm kernels are the ones the exported convolutions run on; torch has no
+    int8 CPU matmul and its bf16 one is slower, so the ceiling is the higher of the two readings.
+    int8 is a u8 activation x s8 weight product (FakeQuantize on the input, dequantized int8 weights),
+    the pattern nncf writes."""
+    try:
+        import openvino as ov
+        import openvino.opset13 as ops
+    except ImportError:
+        return 0.0
+    core, rates = ov.Core(), []
+    rng = np.random.default_rng(0)
+    for size in sizes:
+        a = ops.parameter([size, size], np.float32)
+        weight = rng.standard_normal((size, size)).astype(np.float32)
+        if precision == "int8":
+            low, high = ops.constant(np.float32(-4.0)), ops.constant(np.float32(4.0))
+            quantized = np.clip(np.round(weight * 32), -127, 127).astype(np.int8)
+            weight_node = ops.multiply(ops.convert(ops.constant(quantized), np.float32), ops.constant(np.float32(1 / 32)))
+            product = ops.matmul(ops.fake_quantize(a, low, high, low, high, 256), weight_node, False, False)
+        else:
+            product = ops.matmul(a, ops.constant(weight), False, False)
+        compiled = core.compile_model(ov.Model([ops.result(product)], [a]), "CPU", {
+            "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads,
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"})
+        request, x = compiled.create_infer_request(), rng.standard_normal((size, size)).astype(np.float32)
+        rates.append(2 * size**3 / best_time(lambda: request.infer({0: x}), repeats) / 1e9)
+    return max(rates)
+
+
+def ceilings(threads: int) -> dict[str, float]:
+    """The matmul ceiling of each precision: the best of torch's and OpenVINO's readings."""
+    return {"fp32": max(matmul_rate(torch.float32), openvino_matmul_rate("fp32", threads)),
+            "bf16": max(matmul_rate(torch.bfloat16), openvino_matmul_rate("bf16", threads)),
+            "int8": openvino_matmul_rate("int8", threads)}
 
 
 def make_run(root: Path, name: str, folds: int, classes: list[str]) -> Path:
@@ -93,6 +135,17 @@ def make_run(root: Path, name: str, folds: int, classes: list[str]) -> Path:
         save_checkpoint(root / f"fold{fold}" / "best.pt", model, config, classes, epoch=0, score=None)
         (root / f"fold{fold}" / "done.json").write_text("{}")
     return root
+
+
+def trained_run(run: Path, folds: int) -> Path:
+    """A trained run as TorchPredictor takes it: the folder when it has exactly `folds` finished
+    folds, its first fold's best.pt when one is asked."""
+    done = sorted(run.glob("fold*/best.pt"))
+    if folds == len(done):
+        return run
+    if folds == 1 and done:
+        return done[0]
+    raise SystemExit(f"{run}: {len(done)} finished folds; --folds can ask for 1 or {len(done)}")
 
 
 def flops_per_window(predictor: TorchPredictor) -> float:
@@ -150,7 +203,7 @@ def export_backends(name: str, folds: int, run: Path, files: list[Path], tmp: Pa
             continue
         out, started = tmp / f"{name}-{folds}-{fmt}-{precision}", time.perf_counter()
         report = export_model([run], format=fmt, precision=precision, out=out, parity_audio=files[0].parent,
-                              parity_count=2, force=True, config=InferConfig(), threads=args.threads)
+                              parity_count=args.parity_files, force=True, config=InferConfig(), threads=args.threads)
         predictors[label] = ExportedPredictor(out, threads=args.threads)
         rows.append({"config": name, "folds": folds, "backend": label, "export_s": time.perf_counter() - started,
                      "parity": report.parity.summary(), "precision": precision})
@@ -162,7 +215,7 @@ def bench_config(name: str, folds: int, files: list[Path], tmp: Path, classes: l
     """Rows of one config x folds: eager torch, then each exported backend; end-to-end runs alternate
     between the backends for `args.rounds` rounds and keep each one's best, so load spikes from other
     processes hit all of them alike."""
-    run = make_run(tmp / f"{name}-{folds}", name, folds, classes)
+    run = trained_run(args.runs[name], folds) if name in args.runs else make_run(tmp / f"{name}-{folds}", name, folds, classes)
     torch_side = TorchPredictor([run], config=InferConfig(), device="cpu")
     flops = flops_per_window(torch_side)
     eager = {"config": name, "folds": folds, "backend": "torch eager", **torch_stages(torch_side, files[0], args.repeats),
@@ -202,7 +255,7 @@ def finish_row(row: dict[str, Any], eager: dict[str, Any], threads: int) -> None
 
 def print_tables(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     print(f"\n{meta['threads']} threads, {meta['files']} files, matmul ceiling fp32 {meta['fp32']:.0f} / "
-          f"bf16 {meta['bf16']:.0f} GFLOP/s, load {meta['load_before']} -> {meta['load_after']}")
+          f"bf16 {meta['bf16']:.0f} GFLOP/s / int8 {meta['int8']:.0f} GOP/s, load {meta['load_before']} -> {meta['load_after']}")
     print("\n(a) eager torch, seconds per audio minute by stage")
     print(f"{'config':9} {'folds':>5} {'decode':>7} {'front':>7} {'model':>7} {'post':>7} {'total':>7} {'700 files min':>14}")
     for r in rows:
@@ -233,12 +286,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--configs", default="baseline,v3,sed")
     parser.add_argument("--folds", default="1,5")
+    parser.add_argument("--runs", default="", help="trained runs to time instead of random weights, "
+                        "e.g. baseline=runs/b0,v3=runs/v3 (their classes; parity then scores true labels "
+                        "when --data's solution.csv covers them)")
+    parser.add_argument("--parity-files", type=int, default=2, help="soundscapes the export parity check scores")
     parser.add_argument("--export-all", action="store_true", help="also export the 1-fold models")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per stage (best kept)")
     parser.add_argument("--rounds", type=int, default=2, help="end-to-end passes per backend (best kept)")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "predict.json")
     args = parser.parse_args(argv)
     args.folds = [int(f) for f in args.folds.split(",")]
+    args.runs = {k: Path(v) for k, v in (item.split("=", 1) for item in args.runs.split(",") if item)}
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(args.threads)
@@ -250,18 +308,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpu_count": os.cpu_count()}
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp, threadpool_limits(limits=args.threads):
-        meta["fp32"], meta["bf16"] = matmul_rate(torch.float32), matmul_rate(torch.bfloat16)
+        meta.update(ceilings(args.threads))
         blocks = []
         for name in args.configs.split(","):
             for folds in args.folds:
                 blocks.append(bench_config(name, folds, files, Path(tmp), classes, args))
                 print(f"done {name} x{folds}", flush=True)
         # the ceiling again at the end; the higher reading is the less disturbed one
-        meta["fp32"] = max(meta["fp32"], matmul_rate(torch.float32))
-        meta["bf16"] = max(meta["bf16"], matmul_rate(torch.bfloat16))
+        for precision, rate in ceilings(args.threads).items():
+            meta[precision] = max(meta[precision], rate)
     for block in blocks:
         for row in block:
-            row["matmul_gflops"] = meta["bf16" if row.get("precision") == "bf16" else "fp32"]
+            row["matmul_gflops"] = meta[row.get("precision", "fp32")] or meta["fp32"]
             finish_row(row, block[0], args.threads)
         rows += block
     meta["load_after"] = _loadavg()

@@ -326,3 +326,21 @@ def test_parity_gate_prefers_true_labels_from_solution_csv(tmp_path: Path):
     probs = [np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[0.1, 0.3], [0.7, 0.2]])]
     result = check_parity(files, FakeRuns(probs), FakeRuns(probs), ["a", "b"], np.ones(1), RAW, 0.001, 1e-4)
     assert result.labels.endswith("solution.csv") and result.auc_torch == pytest.approx(1.0) and result.passed
+
+
+def test_parity_gate_skips_near_constant_classes_with_true_labels(tmp_path: Path):
+    import pandas as pd
+
+    from birdclef.export.parity import check_parity
+
+    files = parity_folder(tmp_path, 2)
+    ids = [f"P_{i}_{end}" for i in range(2) for end in (5, 10)]
+    pd.DataFrame({"row_id": ids, "a": [1, 0, 0, 1], "b": [0, 1, 0, 0]}).to_csv(tmp_path / "solution.csv", index=False)
+    # class a ranks clearly; class b's scores span 1e-4 (< MIN_SPREAD), an untrained output
+    probs = [np.array([[0.9, 0.5], [0.2, 0.5001]]), np.array([[0.1, 0.50005], [0.7, 0.5]])]
+    nudged = [np.array([[0.9, 0.5002], [0.2, 0.5001]]), probs[1]]  # a 2e-4 rounding change puts b's order off
+    result = check_parity(files, FakeRuns(probs), FakeRuns(nudged), ["a", "b"], np.ones(1), RAW, 0.001, 1e-2)
+    # scoring b would give dAUC -1/6 and refuse a harmless export; a alone is unchanged
+    assert result.labels.endswith("solution.csv") and result.passed
+    assert result.auc_diff == 0 and result.auc_torch == pytest.approx(1.0)
+    assert "1 of 2 classes barely vary" in result.notes[0]

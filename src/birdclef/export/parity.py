@@ -9,9 +9,12 @@ layout: ``<set>/test_soundscapes`` and ``<set>/solution.csv``) that covers the m
 the files' rows. Otherwise pseudo-labels: for each class, the rows whose torch score is in the top
 ``PSEUDO_POSITIVE_FRACTION`` count as positives. The torch model then scores ~1.0 on them by
 construction, and the exported model loses AUC exactly where it swaps the order of rows around
-each class's decision boundary -- the kind of change that moves a leaderboard score. Classes whose
-torch scores barely vary (< ``MIN_SPREAD``) are left out of the pseudo-label AUC; when no class is
-left (an untrained model), the gate falls back to max |dprob| <= ``PROB_TOLERANCE[precision]``.
+each class's decision boundary -- the kind of change that moves a leaderboard score.
+
+With either kind of labels, classes whose final torch scores barely vary over the rows
+(< ``MIN_SPREAD``) are left out of the AUC: their order is float noise, and a 1e-4 rounding
+difference can move such a class's AUC by 0.1. When no class is left (an untrained or saturated
+model), the gate falls back to max |dprob| <= ``PROB_TOLERANCE[precision]``.
 """
 
 from __future__ import annotations
@@ -38,8 +41,10 @@ PSEUDO_POSITIVE_FRACTION = 0.1
 """Share of rows per class that count as positives when there are no true labels."""
 
 MIN_SPREAD = 1e-3
-"""With pseudo-labels, a class whose torch scores span less than this over the rows is not scored:
-its order is float noise (an untrained or saturated output), not a ranking to preserve."""
+"""A class whose final torch scores span less than this over the parity rows is not scored by AUC:
+its order is float noise (an untrained or saturated output), not a ranking to preserve. Measured:
+5-fold models trained 2-4 epochs from random init on xcbirds span 3e-5 to 1.5e-4, and bf16 moved
+their true-label macro-AUC by 0.04 with max |dprob| 1.5e-4."""
 
 PROB_TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2, "int8": 5e-2}
 """max |dprob| an export may show when no class can be scored by AUC (see :data:`MIN_SPREAD`)."""
@@ -191,12 +196,11 @@ def check_parity(files: Sequence[Path], torch_side: RunPredictor, exported: RunP
         BirdclefError: a file cannot be decoded.
     """
     ids, raw_t, raw_e, fin_t, fin_e = _score(files, torch_side, exported, weights, cfg)
-    labels = _true_labels(files, ids, classes)
-    source, keep, notes = str(files[0].parent.parent / "solution.csv"), np.ones(len(classes), bool), []
+    labels, source = _true_labels(files, ids, classes), str(files[0].parent.parent / "solution.csv")
     if labels is None:
-        keep = np.ptp(fin_t, axis=0) >= MIN_SPREAD
         labels, source = pseudo_labels(fin_t), f"pseudo (top {PSEUDO_POSITIVE_FRACTION:.0%} of torch rows per class)"
-        notes = [f"{int((~keep).sum())} of {len(keep)} classes barely vary in torch (< {MIN_SPREAD}), not scored"] if not keep.all() else []
+    keep = np.ptp(fin_t, axis=0) >= MIN_SPREAD
+    notes = [f"{int((~keep).sum())} of {len(keep)} classes barely vary in torch (< {MIN_SPREAD}), not scored"] if not keep.all() else []
     result = ParityResult(
         files=[str(p) for p in files], n_rows=len(ids),
         max_abs_diff=float(np.abs(raw_t - raw_e).max()), max_abs_diff_final=float(np.abs(fin_t - fin_e).max()),
