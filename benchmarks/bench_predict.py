@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--runs", default="", help="trained runs to time instead of random weights, "
                         "e.g. baseline=runs/b0,v3=runs/v3 (their classes; parity then scores true labels "
                         "when --data's solution.csv covers them)")
-    parser.add_argument("--parity-files", type=int, default=2, help="soundscapes the export parity check scores")
+    parser.add_argument("--parity-files", type=int, default=12, help="soundscapes the export parity check scores")
     parser.add_argument("--export-all", action="store_true", help="also export the 1-fold models")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per stage (best kept)")
     parser.add_argument("--rounds", type=int, default=2, help="end-to-end passes per backend (best kept)")

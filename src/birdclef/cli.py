@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--parity-audio", type=Path, default=None,
                    help="soundscapes to check parity on (default: ../shared/data/xcbirds-dev-v1/test_soundscapes)")
-    p.add_argument("--parity-files", type=int, default=4)
+    p.add_argument("--parity-files", type=int, default=12,
+                   help="soundscapes the parity check scores (default 12; int8 calibrates on as many more)")
     p.add_argument("--force", action="store_true", help="write even when the parity check fails")
     p.add_argument("--threads", type=int, default=None)
     _add_config_flags(p)

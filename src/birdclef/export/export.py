@@ -10,8 +10,9 @@ dynamic batch axis) and, for OpenVINO, converted to IR. Precisions:
   (:class:`~birdclef.export.runtime.OpenVinoGraph`). Needs a CPU with bf16 (AVX512-BF16 / AMX).
 - ``int8``: post-training static quantization calibrated on real audio windows, front end excluded
   (ONNX: ``onnxruntime.quantization.quantize_static``, QDQ; OpenVINO: ``nncf.quantize``). On the
-  2-core AVX512-VNNI machine of ``benchmarks/bench_predict.py`` OpenVINO int8 runs ~1.4x faster
-  than bf16 (tf_efficientnetv2_s), while ONNX Runtime's QDQ int8 is slower than its fp32.
+  2-core AVX512-VNNI machine of ``benchmarks/bench_predict.py`` OpenVINO int8 runs 1.5x faster
+  than bf16 for 5 folds of tf_efficientnetv2_s (0.99 vs 1.47 s per audio minute end to end) and
+  1.2x for efficientnet_b0, while ONNX Runtime's QDQ int8 is slower than its fp32.
 
 Before anything is written, the exported graph is run on real soundscapes beside the torch model
 (:mod:`birdclef.export.parity`); when the macro-AUC moves by more than the precision's tolerance the
@@ -42,7 +43,7 @@ from birdclef.audio.io import load_audio
 from birdclef.config import InferConfig, config_to_dict
 from birdclef.errors import BirdclefError
 from birdclef.export.graph import FRONTEND_SCOPE, FusedEnsemble, RunSpec
-from birdclef.export.parity import AUC_TOLERANCE, PROB_TOLERANCE, ParityResult, check_parity, parity_files
+from birdclef.export.parity import AUC_TOLERANCE, DEFAULT_FILES, PROB_TOLERANCE, ParityResult, check_parity, parity_files
 from birdclef.export.runtime import METADATA, ExportedPredictor, cpu_supports_bf16, import_backend
 from birdclef.infer.base import ROW_WINDOW_S, context_windows, row_count
 from birdclef.infer.predict import TorchPredictor
@@ -224,7 +225,7 @@ def _write_graph(predictor: TorchPredictor, stage: Path, format: str, precision:
 
 def export_model(runs: Sequence[str | Path], weights: Sequence[float] | None = None, format: str = "onnx",
                  precision: str = "fp32", out: str | Path = "model", parity_audio: str | Path | None = None,
-                 parity_count: int = 4, force: bool = False, config: InferConfig | None = None,
+                 parity_count: int = DEFAULT_FILES, force: bool = False, config: InferConfig | None = None,
                  threads: int | None = None) -> ExportReport:
     """Export runs (their finished folds) as one graph, check parity on real audio, write `out`.
 
