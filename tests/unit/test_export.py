@@ -344,3 +344,19 @@ def test_parity_gate_skips_near_constant_classes_with_true_labels(tmp_path: Path
     assert result.labels.endswith("solution.csv") and result.passed
     assert result.auc_diff == 0 and result.auc_torch == pytest.approx(1.0)
     assert "1 of 2 classes barely vary" in result.notes[0]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_openvino_streams_split_a_batch_without_changing_results(tmp_path: Path, workdir: Path, precision: str):
+    skip_unless_target("openvino", precision)
+    out = tmp_path / "model"
+    export_model([workdir / "a", workdir / "b"], [0.75, 0.25], "openvino", precision, out,
+                 parity_audio=workdir / "soundscapes", parity_count=1, config=RAW)
+    wave = soundscape(7, 25.0)
+    windows = context_windows(wave, SR, row_count(len(wave), SR), 7.0)  # 5 windows -> chunks of 2, 2, 1
+    one, three = ExportedPredictor(out, threads=3, streams=1), ExportedPredictor(out, threads=3, streams=3)
+    assert one.graph.streams == 1 and three.graph.streams == 3
+    tol = {"fp32": 1e-5, "bf16": 2e-3}[precision]
+    np.testing.assert_allclose(three.predict_windows(windows), one.predict_windows(windows), atol=tol)
+    np.testing.assert_allclose(three.predict_windows(windows[:1]), one.predict_windows(windows[:1]), atol=tol)
+    assert ExportedPredictor(out, threads=8, streams=16).graph.streams == 8  # never more streams than threads
