@@ -360,3 +360,17 @@ def test_openvino_streams_split_a_batch_without_changing_results(tmp_path: Path,
     np.testing.assert_allclose(three.predict_windows(windows), one.predict_windows(windows), atol=tol)
     np.testing.assert_allclose(three.predict_windows(windows[:1]), one.predict_windows(windows[:1]), atol=tol)
     assert ExportedPredictor(out, threads=8, streams=16).graph.streams == 8  # never more streams than threads
+
+
+def test_parity_gate_falls_back_when_only_unlabelled_classes_vary(tmp_path: Path):
+    import pandas as pd
+
+    from birdclef.export.parity import check_parity
+
+    files = parity_folder(tmp_path, 2)
+    ids = [f"P_{i}_{end}" for i in range(2) for end in (5, 10)]
+    pd.DataFrame({"row_id": ids, "a": [1, 0, 0, 0], "b": [0, 0, 0, 0]}).to_csv(tmp_path / "solution.csv", index=False)
+    # a has a positive but flat scores; b varies but has no positive: no class can be scored by AUC
+    probs = [np.array([[0.5, 0.9], [0.5, 0.1]]), np.array([[0.5, 0.4], [0.5, 0.6]])]
+    result = check_parity(files, FakeRuns(probs), FakeRuns(probs), ["a", "b"], np.ones(1), RAW, 0.001, 1e-4)
+    assert result.passed and result.auc_torch is None and result.prob_tolerance == 1e-4

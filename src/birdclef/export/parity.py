@@ -204,8 +204,10 @@ def check_parity(files: Sequence[Path], torch_side: RunPredictor, exported: RunP
     labels, source = _true_labels(files, ids, classes), str(files[0].parent.parent / "solution.csv")
     if labels is None:
         labels, source = pseudo_labels(fin_t), f"pseudo (top {PSEUDO_POSITIVE_FRACTION:.0%} of torch rows per class)"
-    keep = np.ptp(fin_t, axis=0) >= MIN_SPREAD
-    notes = [f"{int((~keep).sum())} of {len(keep)} classes barely vary in torch (< {MIN_SPREAD}), not scored"] if not keep.all() else []
+    varies = np.ptp(fin_t, axis=0) >= MIN_SPREAD
+    notes = [f"{int((~varies).sum())} of {len(varies)} classes barely vary in torch (< {MIN_SPREAD}), not scored"] if not varies.all() else []
+    positives = labels.sum(axis=0)
+    keep = varies & (positives > 0) & (positives < len(labels))  # the AUC needs both label values
     result = ParityResult(
         files=[str(p) for p in files], n_rows=len(ids),
         max_abs_diff=float(np.abs(raw_t - raw_e).max()), max_abs_diff_final=float(np.abs(fin_t - fin_e).max()),
