@@ -18,8 +18,8 @@ import importlib
 import json
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -164,9 +164,10 @@ class OpenVinoGraph:
     compiled separately (``split=True``; `split` False compiles the whole graph with the hint).
 
     A batch is split over `streams` parallel inference streams (OpenVINO's throughput mode), each
-    with its share of the threads: two single-thread streams beat one two-thread stream by 3-8% on
-    the 2-core benchmark machine (tf_efficientnetv2_s x 5 folds, int8), as the small late layers
-    parallelise poorly inside one request. Results do not depend on the split.
+    with its share of the threads: on the 2-core benchmark machine two single-thread streams beat one
+    two-thread stream by 4% (int8) and 9% (bf16) for 5 folds of tf_efficientnetv2_s, graph alone, as
+    the small late layers parallelise poorly inside one request; a 1-fold efficientnet_b0 gains
+    nothing. Results do not depend on the split.
 
     Args:
         path: model.xml or model.onnx.
