@@ -41,22 +41,11 @@ import torch  # noqa: E402
 from birdclef.audio.io import SAMPLE_RATE, load_audio, write_audio  # noqa: E402
 from birdclef.config import FrontendConfig  # noqa: E402
 from birdclef.features.mel import LogMel  # noqa: E402
+from timing import time_calls  # noqa: E402
 
 DEFAULT_DATASET = Path("/work/shared/data/xcbirds-dev-v1")
 WINDOW_S = 5.0
 N_WINDOWS = 12
-
-
-def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> list[float]:
-    """Wall seconds of `repeats` calls of `fn` after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def soundscape(data: Path, tmp: Path) -> tuple[Path, bool]:

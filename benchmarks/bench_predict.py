@@ -58,6 +58,7 @@ from birdclef.infer.ensemble import combine_runs  # noqa: E402
 from birdclef.infer.job import predict_to_csv  # noqa: E402
 from birdclef.infer.predict import TorchPredictor  # noqa: E402
 from birdclef.models import create_model, save_checkpoint  # noqa: E402
+from timing import time_calls  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 DEFAULT_DATA = SHARED / "xcbirds-dev-v1" / "test_soundscapes"
@@ -70,14 +71,7 @@ BACKENDS = [("onnx", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("open
 def best_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     """Fastest of `repeats` timed calls after `warmup`: on a shared machine the minimum is the
     undisturbed cost (medians drift with other processes' load)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(time_calls(fn, repeats, warmup))
 
 
 def matmul_rate(dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int = 5) -> float:

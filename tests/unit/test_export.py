@@ -286,6 +286,16 @@ def parity_folder(root: Path, n_files: int) -> list[Path]:
     return [write_ogg(root / "test_soundscapes" / f"P_{i}.ogg", noise(10.0, seed=i)) for i in range(n_files)]
 
 
+def labelled_parity_folder(root: Path, **labels: list[int]) -> list[Path]:
+    """Two 10 s soundscapes (rows P_0_5, P_0_10, P_1_5, P_1_10) and a solution.csv beside their folder."""
+    import pandas as pd
+
+    files = parity_folder(root, 2)
+    ids = [f"P_{i}_{end}" for i in range(2) for end in (5, 10)]
+    pd.DataFrame({"row_id": ids, **labels}).to_csv(root / "solution.csv", index=False)
+    return files
+
+
 def test_parity_gate_uses_pseudo_labels_and_sees_swapped_rows(tmp_path: Path):
     from birdclef.export.parity import check_parity
 
@@ -316,26 +326,18 @@ def test_parity_gate_falls_back_to_max_dprob_for_constant_models(tmp_path: Path)
 
 
 def test_parity_gate_prefers_true_labels_from_solution_csv(tmp_path: Path):
-    import pandas as pd
-
     from birdclef.export.parity import check_parity
 
-    files = parity_folder(tmp_path, 2)
-    ids = [f"P_{i}_{end}" for i in range(2) for end in (5, 10)]
-    pd.DataFrame({"row_id": ids, "a": [1, 0, 0, 1], "b": [0, 1, 0, 0]}).to_csv(tmp_path / "solution.csv", index=False)
+    files = labelled_parity_folder(tmp_path, a=[1, 0, 0, 1], b=[0, 1, 0, 0])
     probs = [np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[0.1, 0.3], [0.7, 0.2]])]
     result = check_parity(files, FakeRuns(probs), FakeRuns(probs), ["a", "b"], np.ones(1), RAW, 0.001, 1e-4)
     assert result.labels.endswith("solution.csv") and result.auc_torch == pytest.approx(1.0) and result.passed
 
 
 def test_parity_gate_skips_near_constant_classes_with_true_labels(tmp_path: Path):
-    import pandas as pd
-
     from birdclef.export.parity import check_parity
 
-    files = parity_folder(tmp_path, 2)
-    ids = [f"P_{i}_{end}" for i in range(2) for end in (5, 10)]
-    pd.DataFrame({"row_id": ids, "a": [1, 0, 0, 1], "b": [0, 1, 0, 0]}).to_csv(tmp_path / "solution.csv", index=False)
+    files = labelled_parity_folder(tmp_path, a=[1, 0, 0, 1], b=[0, 1, 0, 0])
     # class a ranks clearly; class b's scores span 1e-4 (< MIN_SPREAD), an untrained output
     probs = [np.array([[0.9, 0.5], [0.2, 0.5001]]), np.array([[0.1, 0.50005], [0.7, 0.5]])]
     nudged = [np.array([[0.9, 0.5002], [0.2, 0.5001]]), probs[1]]  # a 2e-4 rounding change puts b's order off
@@ -363,13 +365,9 @@ def test_openvino_streams_split_a_batch_without_changing_results(tmp_path: Path,
 
 
 def test_parity_gate_falls_back_when_only_unlabelled_classes_vary(tmp_path: Path):
-    import pandas as pd
-
     from birdclef.export.parity import check_parity
 
-    files = parity_folder(tmp_path, 2)
-    ids = [f"P_{i}_{end}" for i in range(2) for end in (5, 10)]
-    pd.DataFrame({"row_id": ids, "a": [1, 0, 0, 0], "b": [0, 0, 0, 0]}).to_csv(tmp_path / "solution.csv", index=False)
+    files = labelled_parity_folder(tmp_path, a=[1, 0, 0, 0], b=[0, 0, 0, 0])
     # a has a positive but flat scores; b varies but has no positive: no class can be scored by AUC
     probs = [np.array([[0.5, 0.9], [0.5, 0.1]]), np.array([[0.5, 0.4], [0.5, 0.6]])]
     result = check_parity(files, FakeRuns(probs), FakeRuns(probs), ["a", "b"], np.ones(1), RAW, 0.001, 1e-4)

@@ -35,7 +35,7 @@ from birdclef.errors import BirdclefError
 from birdclef.eval.metrics import macro_roc_auc
 from birdclef.infer.base import ROW_WINDOW_S
 from birdclef.infer.ensemble import combine_runs
-from birdclef.infer.job import AUDIO_SUFFIXES
+from birdclef.infer.job import list_soundscapes
 
 PSEUDO_POSITIVE_FRACTION = 0.1
 """Share of rows per class that count as positives when there are no true labels."""
@@ -129,13 +129,10 @@ def parity_files(folder: Path | None, count: int) -> list[Path]:
     if folder is None:
         raise BirdclefError("no soundscapes to check parity on: ../shared/data/xcbirds-dev-v1/test_soundscapes "
                             "was not found; pass a folder of real recordings (--parity-audio DIR)")
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise BirdclefError(f"{folder}: parity audio folder not found")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)[: max(1, count)]
-    if not files:
-        raise BirdclefError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)}) to check parity on")
-    return files
+    try:
+        return list_soundscapes(Path(folder))[: max(1, count)]
+    except BirdclefError as exc:
+        raise BirdclefError(f"parity check: {exc}") from None
 
 
 def _true_labels(files: Sequence[Path], ids: list[str], classes: list[str]) -> np.ndarray | None:
