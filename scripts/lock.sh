@@ -14,7 +14,7 @@ trap 'rm -rf "$tmp"' EXIT
 {
   echo "# Pinned versions for \`make install\` (pip -c). Made by scripts/lock.sh on $(date -u +%Y-%m-%d) with"
   echo "# $("$tmp/venv/bin/python" --version) on $(uname -m); refresh with \`make lock\` and run \`make test\`."
-  "$tmp/venv/bin/python" -m pip freeze --all | grep -v -i '^birdclef[= @]'
+  "$tmp/venv/bin/python" -m pip freeze --all --exclude-editable | grep -v -i '^birdclef[= @]'
 } > constraints.txt.new
 mv constraints.txt.new constraints.txt
 echo "constraints.txt: $(grep -c '==' constraints.txt) pins"
