@@ -511,7 +511,8 @@ def test_export_checks_parity_on_the_runs_training_cache(tmp_path: Path):
 def test_export_without_parity_audio_or_run_data_asks_for_it(tmp_path: Path):
     skip_unless_target("onnx", "fp32")
     run = run_with_data(tmp_path)
-    with pytest.raises(BirdclefError, match=r"record no dataset .* pass a folder of real recordings with --parity-audio DIR"):
+    with pytest.raises(BirdclefError, match=r"record no dataset .*looked for .*run/data.json, .*run/cache\); pass a folder of real recordings "
+                       r"with --parity-audio DIR"):
         export_model([run], format="onnx", out=tmp_path / "model")
     assert not (tmp_path / "model").exists()
 

@@ -145,9 +145,9 @@ def find_audio(folder: Path | None, runs: Sequence[Path]) -> ParityAudio:
         found = run_audio(Path(run))
         if found is not None and found.recordings:
             return found
-    raise BirdclefError(f"no audio to check the export's parity on: {[str(r) for r in runs]} record no dataset "
-                        f"({RUN_DATA}) and hold no training cache (RUN/cache); pass a folder of real recordings "
-                        "with --parity-audio DIR")
+    looked = ", ".join(f"{run_folder(Path(r)) / RUN_DATA}, {run_folder(Path(r)) / 'cache'}" for r in runs)
+    raise BirdclefError(f"no audio to check the export's parity on: the runs record no dataset and hold no training "
+                        f"cache (looked for {looked}); pass a folder of real recordings with --parity-audio DIR")
 
 
 def split_recordings(audio: ParityAudio, count: int, calibrate: bool) -> tuple[list[Recording], list[Recording], str]:
