@@ -112,9 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32")
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--parity-audio", type=Path, default=None,
-                   help="soundscapes to check parity on (default: ../shared/data/xcbirds-dev-v1/test_soundscapes)")
+                   help="audio to check parity on (default: the run's own data from RUN/data.json or RUN/cache)")
     p.add_argument("--parity-files", type=int, default=12,
-                   help="soundscapes the parity check scores (default 12; int8 calibrates on as many more)")
+                   help="recordings the parity check scores (default 12; int8 calibrates on as many others)")
     p.add_argument("--force", action="store_true", help="write even when the parity check fails")
     p.add_argument("--threads", type=int, default=None)
     _add_config_flags(p)
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=90.0)
     p.add_argument("--cores", type=int, default=4, help="cores of the target machine")
     p.add_argument("--margin", type=float, default=1.25, help="safety factor on the predicted time")
-    p.add_argument("--audio", type=Path, default=None, help="a soundscape to time on (default: a real one if present)")
+    p.add_argument("--audio", type=Path, default=None, help="a soundscape to time on (default: one of the models' runs' data)")
 
     p = sub.add_parser("package", help="an offline bundle: model, wheels and a script that writes submission.csv")
     p.add_argument("--model", dest="models", type=Path, action="append", required=True)

@@ -7,16 +7,20 @@ dynamic batch axis) and, for OpenVINO, converted to IR. Precisions:
 - ``fp32``: the graph as exported.
 - ``bf16``: OpenVINO only (ONNX Runtime has no bf16 CPU kernels); the IR stays float32 and the
   runtime compiles the CNNs with a bf16 inference-precision hint, the front end in float32
-  (:class:`~birdclef.export.runtime.OpenVinoGraph`). Needs a CPU with bf16 (AVX512-BF16 / AMX).
+  (:class:`~birdclef.export.runtime.OpenVinoGraph`). Needs a CPU with bf16 (AVX512-BF16 / AMX),
+  and is faster than fp32 only on some of them: the export times the model both ways on a batch
+  of parity windows, records it (``metadata.json`` ``speed``) and warns when bf16 was slower.
 - ``int8``: post-training static quantization calibrated on real audio windows, front end excluded
   (ONNX: ``onnxruntime.quantization.quantize_static``, QDQ; OpenVINO: ``nncf.quantize``). On the
-  2-core AVX512-VNNI machine of ``benchmarks/bench_predict.py`` OpenVINO int8 runs 1.5x faster
+  2-core AMD EPYC (AVX512-VNNI) of ``benchmarks/bench_predict.py`` OpenVINO int8 runs 1.5x faster
   than bf16 for 5 folds of tf_efficientnetv2_s (0.99 vs 1.47 s per audio minute end to end) and
-  1.2x for efficientnet_b0, while ONNX Runtime's QDQ int8 is slower than its fp32.
+  1.2x for efficientnet_b0, while ONNX Runtime's QDQ int8 is slower than its fp32. Calibration
+  recordings are never the ones parity scores (:func:`~birdclef.export.sources.split_recordings`).
 
-Before anything is written, the exported graph is run on real soundscapes beside the torch model
-(:mod:`birdclef.export.parity`); when the macro-AUC moves by more than the precision's tolerance the
-export is refused (:class:`ParityError`) and `out` is left untouched, unless ``force``.
+Before anything is written, the exported graph is run on real audio beside the torch model
+(:mod:`birdclef.export.parity`; the audio: ``parity_audio`` or the run's own data,
+:mod:`birdclef.export.sources`); when it breaks the precision's tolerance the export is refused
+(:class:`ParityError`) and `out` is left untouched, unless ``force``.
 
 Example:
     >>> report = export_model(["runs/baseline"], format="openvino", precision="bf16", out=Path("models/b0-bf16"))
@@ -39,12 +43,13 @@ import numpy as np
 import torch
 
 import birdclef
-from birdclef.audio.io import load_audio
 from birdclef.config import InferConfig, config_to_dict
 from birdclef.errors import BirdclefError
 from birdclef.export.graph import FRONTEND_SCOPE, FusedEnsemble, RunSpec
-from birdclef.export.parity import AUC_TOLERANCE, DEFAULT_FILES, PROB_TOLERANCE, ParityResult, check_parity, parity_files
+from birdclef.export.parity import DEFAULT_FILES, TOLERANCES, ParityResult, check_parity
+from birdclef.export.plan import median_time
 from birdclef.export.runtime import METADATA, ExportedPredictor, cpu_supports_bf16, import_backend
+from birdclef.export.sources import ParityAudio, Recording, find_audio, split_recordings
 from birdclef.infer.base import ROW_WINDOW_S, context_windows, row_count
 from birdclef.infer.predict import TorchPredictor
 from birdclef.utils.io import write_json_atomic
@@ -53,7 +58,10 @@ FORMATS = ("onnx", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
 OPSET = 17
 CALIBRATION_WINDOWS = 96
-"""Audio windows int8 calibration sees (taken from the parity folder)."""
+"""Audio windows int8 calibration sees (from recordings parity does not score)."""
+SPEED_WINDOWS = 12
+"""Windows of the bf16-vs-fp32 timing (one batch), timed SPEED_REPEATS times each (median)."""
+SPEED_REPEATS = 3
 
 
 class ParityError(BirdclefError):
@@ -81,12 +89,20 @@ class ExportReport:
     forced: bool = False
     export_s: float = 0.0
     files: list[str] = field(default_factory=list)
+    audio: str = ""
+    """Where the parity (and calibration) recordings came from."""
+    calibration: list[str] = field(default_factory=list)
+    """int8: the recordings calibration saw (disjoint from ``parity.files``)."""
+    speed: dict | None = None
+    """bf16: seconds per batch of bf16 and of the same model in fp32 here, and their ratio."""
+    notes: list[str] = field(default_factory=list)
+    """Warnings and remarks (a split parity folder, bf16 slower than fp32 here)."""
 
     def summary(self) -> str:
         state = "written" if self.written else "NOT written"
         forced = " (forced past a failed parity check)" if self.forced and not self.parity.passed else ""
         return (f"{self.format}/{self.precision} model {state} to {self.out}{forced} in {self.export_s:.1f} s; "
-                f"{self.parity.summary()}")
+                f"audio: {self.audio}; {self.parity.summary()}{''.join(chr(10) + n for n in self.notes)}")
 
 
 def check_target(format: str, precision: str) -> None:
@@ -109,6 +125,7 @@ def check_target(format: str, precision: str) -> None:
     if precision == "bf16" and not cpu_supports_bf16():
         raise BirdclefError("this CPU has no native bf16 support (OpenVINO OPTIMIZATION_CAPABILITIES lacks BF16); "
                             "export fp32 or int8")
+    # bf16 with the CPU flag is allowed but not assumed faster: export_model times it (speed_check).
     if precision == "int8" and format == "openvino" and importlib.util.find_spec("nncf") is None:
         raise BirdclefError("int8 for OpenVINO is not available: it needs the 'nncf' package (pip install nncf); "
                             "or use --format onnx --precision int8")
@@ -150,12 +167,14 @@ def frontend_boundary(path: Path) -> tuple[list[str], list[str]]:
     return sorted(inside), [t for t in produced if t in consumers]
 
 
-def _calibration_windows(files: Sequence[Path], sample_rate: int, window_s: float) -> np.ndarray:
+def _calibration_windows(recordings: Sequence[Recording], sample_rate: int, window_s: float) -> np.ndarray:
     """(N, samples) windows of real audio for int8 calibration (at most CALIBRATION_WINDOWS)."""
     windows = []
-    for path in files:
-        wave = load_audio(path, sample_rate)
+    for rec in recordings:
+        wave = rec.load(sample_rate)
         windows.append(context_windows(wave, sample_rate, row_count(len(wave), sample_rate), window_s))
+        if sum(len(w) for w in windows) >= CALIBRATION_WINDOWS:
+            break
     return np.concatenate(windows)[:CALIBRATION_WINDOWS]
 
 
@@ -207,7 +226,7 @@ def _check_out(out: Path) -> None:
 
 
 def _write_graph(predictor: TorchPredictor, stage: Path, format: str, precision: str,
-                 calibration: list[Path]) -> list[str]:
+                 calibration: list[Recording]) -> list[str]:
     """Export, convert and quantize into `stage`; returns the front-end output tensor names."""
     onnx_path = stage / ("model.onnx" if format == "onnx" and precision != "int8" else "fp32.onnx")
     names = export_onnx(build_graph(predictor), onnx_path)
@@ -223,6 +242,44 @@ def _write_graph(predictor: TorchPredictor, stage: Path, format: str, precision:
     return names
 
 
+def speed_check(model_dir: Path, windows: np.ndarray, threads: int | None) -> dict:
+    """Median seconds of one batch of `windows` through a bf16 model folder, in bf16 and in fp32.
+
+    Returns:
+        ``{"windows", "bf16_s", "fp32_s", "ratio"}`` (ratio = bf16_s / fp32_s; above 1: bf16 is slower here).
+    """
+    batch = np.ascontiguousarray(windows[:SPEED_WINDOWS], dtype=np.float32)
+    times = {}
+    for precision in ("bf16", "fp32"):
+        graph = ExportedPredictor(model_dir, threads=threads, precision=precision).graph
+        times[precision] = median_time(lambda: graph(batch), SPEED_REPEATS, warmup=True)
+    return {"windows": len(batch), "bf16_s": times["bf16"], "fp32_s": times["fp32"],
+            "ratio": times["bf16"] / times["fp32"]}
+
+
+def speed_note(speed: dict) -> str:
+    """The report's remark on a bf16 timing (a warning when bf16 was slower than fp32)."""
+    timing = f"{speed['bf16_s']:.3f} s vs fp32 {speed['fp32_s']:.3f} s for {speed['windows']} windows"
+    if speed["ratio"] > 1:
+        return (f"WARNING: bf16 ran {speed['ratio']:.2f}x slower than fp32 on this CPU ({timing}): bf16 is only "
+                "faster on some CPUs (AMX); export --precision fp32 or int8 for this machine, or compare with `birdclef plan`")
+    return f"bf16 ran {1 / speed['ratio']:.2f}x faster than fp32 on this CPU ({timing})"
+
+
+def _recording_windows(rec: Recording, predictor: TorchPredictor) -> np.ndarray:
+    wave = rec.load(predictor.sample_rate)
+    window_s = max(e.window_s for e in predictor.ensembles)
+    return context_windows(wave, predictor.sample_rate, row_count(len(wave), predictor.sample_rate), window_s)
+
+
+def _choose_audio(runs: Sequence[str | Path], parity_audio: str | Path | None, parity_count: int,
+                  precision: str) -> tuple[ParityAudio, list[Recording], list[Recording], list[str]]:
+    """(source, parity recordings, calibration recordings, notes); see :mod:`birdclef.export.sources`."""
+    audio = find_audio(Path(parity_audio) if parity_audio else None, [Path(r) for r in runs])
+    scored, calibration, note = split_recordings(audio, parity_count, calibrate=precision == "int8")
+    return audio, scored, calibration, [note] if note else []
+
+
 def export_model(runs: Sequence[str | Path], weights: Sequence[float] | None = None, format: str = "onnx",
                  precision: str = "fp32", out: str | Path = "model", parity_audio: str | Path | None = None,
                  parity_count: int = DEFAULT_FILES, force: bool = False, config: InferConfig | None = None,
@@ -235,8 +292,10 @@ def export_model(runs: Sequence[str | Path], weights: Sequence[float] | None = N
         format: onnx | openvino.
         precision: fp32 | bf16 (OpenVINO) | int8.
         out: the model folder to write (replaced if it is an earlier export).
-        parity_audio: folder of real soundscapes; default ../shared/data/xcbirds-dev-v1/test_soundscapes.
-        parity_count: how many of its files (sorted) parity runs on; int8 calibrates on the next ones.
+        parity_audio: folder of real recordings; default the first run's own data (its dataset's
+            test or train soundscapes, or its training cache; :mod:`birdclef.export.sources`).
+        parity_count: how many recordings (sorted) parity scores; int8 calibrates on as many others
+            (a smaller source is split in two, never shared).
         force: write even when the parity check fails (the metadata records it).
         config: post-processing stored with the model and used in the parity check; default the
             first run's ``infer`` section.
@@ -246,29 +305,37 @@ def export_model(runs: Sequence[str | Path], weights: Sequence[float] | None = N
         The report (parity numbers, files written).
 
     Raises:
-        ParityError: |dAUC| above ``AUC_TOLERANCE[precision]`` without `force`; `out` is untouched.
-        BirdclefError: bad target (see :func:`check_target`), runs, audio folder or `out`.
+        ParityError: outside ``TOLERANCES[precision]`` (max |dprob|, |dAUC|) without `force`; `out`
+            is untouched.
+        BirdclefError: bad target (see :func:`check_target`), runs, `out`; no parity audio (none
+            given and the runs record none), or too little of it for int8.
     """
     started, out = time.perf_counter(), Path(out)
     check_target(format, precision)
     _check_out(out)
-    files = parity_files(Path(parity_audio) if parity_audio else None, parity_count + (parity_count if precision == "int8" else 0))
+    audio, scored, calibration, notes = _choose_audio(runs, parity_audio, parity_count, precision)
     predictor = TorchPredictor(runs, weights, config, device="cpu")
     predictor.config = config or predictor.ensembles[0].config.infer
     stage = out.with_name(f".{out.name}.partial")
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     try:
-        meta = _metadata(predictor, format, precision, _write_graph(predictor, stage, format, precision, files[parity_count:] or files))
+        meta = _metadata(predictor, format, precision, _write_graph(predictor, stage, format, precision, calibration))
+        meta.update(parity_audio=audio.origin, calibration=[r.name for r in calibration])
         write_json_atomic(meta, stage / METADATA)
         exported = ExportedPredictor(stage, threads=threads, config=predictor.config)
-        parity = check_parity(files[:parity_count], predictor, exported, predictor.classes, predictor.weights,
-                              predictor.config, AUC_TOLERANCE[precision], PROB_TOLERANCE[precision])
-        report = ExportReport(out, format, precision, parity, written=False, forced=force)
+        parity = check_parity(scored, predictor, exported, predictor.classes, predictor.weights,
+                              predictor.config, TOLERANCES[precision])
+        report = ExportReport(out, format, precision, parity, written=False, forced=force, audio=audio.origin,
+                              calibration=meta["calibration"], notes=notes)
+        if precision == "bf16":
+            report.speed = speed_check(stage, _recording_windows(scored[0], predictor), threads)
+            report.notes.append(speed_note(report.speed))
         report.export_s = time.perf_counter() - started
         if not parity.passed and not force:
             raise ParityError(report)
-        write_json_atomic({**meta, "parity": parity.to_dict(), "forced": force and not parity.passed}, stage / METADATA)
+        write_json_atomic({**meta, "parity": parity.to_dict(), "forced": force and not parity.passed,
+                           "speed": report.speed, "notes": report.notes}, stage / METADATA)
         shutil.rmtree(out, ignore_errors=True)
         stage.rename(out)
     finally:

@@ -18,7 +18,6 @@ import importlib
 import json
 import os
 import warnings
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -77,7 +76,13 @@ def available_backends() -> list[str]:
 
 
 def cpu_supports_bf16() -> bool:
-    """Whether OpenVINO reports native bf16 support on this CPU (False without OpenVINO)."""
+    """Whether OpenVINO reports native bf16 support on this CPU (False without OpenVINO).
+
+    Native is not fast: bf16 beats fp32 where the CPU has AMX tiles or fast AVX512-BF16 units
+    (1.6-1.8x for 5 folds on this project's AMD EPYC, README), but a bf16 matmul ran at half the
+    fp32 speed on an Intel Xeon with AVX512-BF16 and no AMX. Only a timing tells (``birdclef export`` and ``birdclef plan``
+    measure it).
+    """
     try:
         ov = import_backend("openvino")
     except BackendUnavailableError:
@@ -263,6 +268,8 @@ class ExportedPredictor:
         threads: runtime threads (None: the runtime's default).
         config: post-processing and batch settings; None uses the ones stored at export.
         streams: OpenVINO's parallel inference streams (None: 2 with 2+ threads; see :class:`OpenVinoGraph`).
+        precision: run a bf16 model in "fp32" instead (its IR is float32) to compare speeds; None
+            runs the exported precision.
 
     Raises:
         BirdclefError: not a model folder, or the backend cannot run this format.
@@ -270,10 +277,14 @@ class ExportedPredictor:
     """
 
     def __init__(self, model_dir: str | Path, backend: str | None = None, threads: int | None = None,
-                 config: InferConfig | None = None, streams: int | None = None):
+                 config: InferConfig | None = None, streams: int | None = None, precision: str | None = None):
         self.model_dir = Path(model_dir)
         self.streams = streams
         self.meta = read_metadata(self.model_dir)
+        self.precision = precision or self.meta["precision"]
+        if self.precision != self.meta["precision"] and (self.meta["precision"], self.precision) != ("bf16", "fp32"):
+            raise BirdclefError(f"{self.model_dir}: a {self.meta['precision']} model cannot run as {self.precision} "
+                                "(only a bf16 model can run as fp32)")
         self.backend = backend or self.meta["format"]
         self.threads = threads
         self.classes: list[str] = list(self.meta["classes"])
@@ -284,7 +295,7 @@ class ExportedPredictor:
         self.graph = self._load_graph()
 
     def _load_graph(self) -> OnnxRuntimeGraph | OpenVinoGraph:
-        fmt, precision = self.meta["format"], self.meta["precision"]
+        fmt, precision = self.meta["format"], self.precision
         path = self.model_dir / GRAPH_FILES[fmt]
         if self.backend == "onnx":
             if fmt != "onnx":
@@ -313,5 +324,5 @@ class ExportedPredictor:
 
     def settings(self) -> dict:
         return {"backend": self.backend, "model": str(self.model_dir.resolve()), "format": self.meta["format"],
-                "precision": self.meta["precision"], "created": self.meta.get("created"),
+                "precision": self.precision, "created": self.meta.get("created"),
                 "weights": self.weights.tolist(), "infer": config_to_dict(self.config)}

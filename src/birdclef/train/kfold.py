@@ -2,7 +2,7 @@
 
 Run folder (STYLE §3.5)::
 
-    RUN/config.yaml  env.json  folds.csv  metrics.csv  oof.parquet  summary.json
+    RUN/config.yaml  env.json  data.json  folds.csv  metrics.csv  oof.parquet  summary.json
     RUN/fold{k}/best.pt  last.ckpt  metrics.csv  oof.parquet  done.json
 
 ``best.pt`` is the self-describing checkpoint inference loads; ``last.ckpt`` is Lightning's full
@@ -247,6 +247,7 @@ def train_kfold(
                   sample_rate=data.sample_rate, max_clip_s=data.max_clip_s, num_workers=config.train.num_workers,
                   max_files=data.max_files, progress=progress)
     cache = WaveCache(cache_dir or run / "cache")
+    write_json_atomic({"data_root": str(layout.root.resolve()), "cache": str(cache.path.resolve())}, run / "data.json")
     targets, weights = build_targets(cache.index, classes, data.secondary_label_weight, data.rating_weight)
     folds = assign_folds(cache.index["primary_label"].astype(str).tolist(), data.n_folds, data.fold_seed)
     write_csv_atomic(pd.DataFrame({"filename": cache.index["filename"], "primary_label": cache.index["primary_label"],
