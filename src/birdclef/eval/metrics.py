@@ -144,11 +144,14 @@ def _check_columns(submission: pd.DataFrame, classes: list[str], name: str, solu
 
 
 def _check_rows(sub_ids: pd.Index, sol_ids: pd.Index, name: str, solution_name: str) -> None:
-    """Raise unless both tables hold the same set of row_ids."""
+    """Raise unless both tables hold the same set of row_ids (naming missing and extra ones together)."""
     missing = sol_ids.difference(sub_ids, sort=False)
     extra = sub_ids.difference(sol_ids, sort=False)
-    problems = ([f"{len(missing)} row_id(s) of {solution_name} missing, e.g. {_examples(missing)}"] if len(missing) else []) \
-        + ([f"{len(extra)} row_id(s) not in {solution_name}, e.g. {_examples(extra)}"] if len(extra) else [])
+    problems = []
+    if len(missing):
+        problems.append(f"{len(missing)} row_id(s) of {solution_name} missing, e.g. {_examples(missing)}")
+    if len(extra):
+        problems.append(f"{len(extra)} row_id(s) not in {solution_name}, e.g. {_examples(extra)}")
     if problems:
         raise SubmissionError(f"{name}: " + "; ".join(problems))
 

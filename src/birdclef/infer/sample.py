@@ -48,7 +48,8 @@ def read_sample(path: Path) -> pd.DataFrame:
         raise SubmissionError(f"{path}: sample submission needs rows and class columns besides row_id")
     ids = sample["row_id"]
     if ids.isna().any():
-        raise SubmissionError(f"{path}: {int(ids.isna().sum())} empty row_id(s), first at line {int(ids.isna().argmax()) + 2}")
+        first_line = int(ids.isna().argmax()) + 2  # 1-based, after the header
+        raise SubmissionError(f"{path}: {int(ids.isna().sum())} empty row_id(s), first at line {first_line}")
     duplicated = ids[ids.duplicated()].unique()
     if len(duplicated):
         raise SubmissionError(f"{path}: {len(duplicated)} duplicated row_id(s), e.g. {_examples(duplicated)}")
@@ -133,7 +134,8 @@ def align_to_sample(pred: pd.DataFrame, sample: pd.DataFrame, sample_name: str, 
     columns = [c for c in sample.columns if c != "row_id"]
     missing = [c for c in columns if c not in pred.columns]
     if missing:
-        raise SubmissionError(f"the models do not score {len(missing)} class(es) of {sample_name}: {_examples(missing)}")
+        raise SubmissionError(f"the models do not score {len(missing)} class(es) of {sample_name}: "
+                              f"{_examples(missing)}")
     pred = pred.set_index("row_id")[columns]
     wanted = pd.Index(sample["row_id"])
     matched = pd.Series(wanted.isin(pred.index), index=sample.index)
