@@ -14,6 +14,9 @@ from pathlib import Path
 from birdclef.errors import BirdclefError
 
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {}
+OUT_KINDS = {"prepare": "folder", "evaluate": "file", "synth": "folder", "train": "folder", "predict": "file",
+             "report": "folder", "demo": "folder", "export": "folder", "package": "folder", "blend": "file"}
+"""What each verb's ``--out`` must be; :func:`main` checks it (utils.io.check_output) before the verb runs."""
 
 
 def verb(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
@@ -49,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a submission with the competition metric (macro ROC-AUC)")
     p.add_argument("--submission", type=Path, required=True)
     p.add_argument("--solution", type=Path, required=True)
-    p.add_argument("--out", type=Path, default=None, help="JSON report (default: <submission>.eval.json)")
+    p.add_argument("--out", type=Path, default=None, help="also write the report as JSON here (default: print only)")
 
     p = sub.add_parser("synth", help="write a synthetic BirdCLEF-layout dataset with known answers")
     p.add_argument("--out", type=Path, required=True)
@@ -173,9 +176,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     report = evaluate_submission(args.submission, args.solution)
     print(report.format_table())
-    out = args.out or args.submission.with_suffix(".eval.json")
-    write_json_atomic(report.to_dict(), out)
-    print(f"report: {out}")
+    if args.out is not None:  # never beside the inputs unasked: they may sit in a read-only data folder
+        write_json_atomic(report.to_dict(), args.out)
+        print(f"report: {args.out}")
     return 0
 
 
@@ -216,12 +219,14 @@ def _train(args: argparse.Namespace) -> int:
 
 @verb("predict")
 def _predict(args: argparse.Namespace) -> int:
-    from birdclef.config import load_config
     from birdclef.infer.job import predict_to_csv
+    from birdclef.infer.settings import resolve_infer
 
     if (args.runs is None) == (args.model is None):
         raise BirdclefError("give either --run (trained runs) or --model (an exported model folder)")
-    infer = load_config(args.config, args.overrides).infer if args.config or args.overrides else None
+    resolved = resolve_infer(runs=args.runs, model=args.model, config_file=args.config, overrides=args.overrides)
+    _notes(args, resolved.notes)
+    infer = resolved.config
     if args.model is not None and args.backend != "torch":
         from birdclef.export.runtime import ExportedPredictor  # onnxruntime / openvino, no torch
 
@@ -242,9 +247,19 @@ def _predict(args: argparse.Namespace) -> int:
     print(f"submission: {summary.out} ({summary.n_rows} rows from {summary.n_files} soundscapes{resumed}, "
           f"{summary.elapsed_s:.1f} s)")
     if summary.skipped:
-        print(f"skipped {len(summary.skipped)} broken soundscapes ({summary.n_fallback_rows} rows got the "
-              f"fallback): see {summary.skipped_path}")
+        print(f"skipped {len(summary.skipped)} broken soundscapes: see {summary.skipped_path}")
+    if summary.n_fallback_rows:
+        print(f"{summary.n_fallback_rows} sample_submission rows of {summary.n_fallback_files} soundscapes had no "
+              f"prediction and got each class's mean: see {summary.fallback_path}")
+    if summary.n_extra_rows:
+        print(f"{summary.n_extra_rows} predicted windows are not in the sample_submission and were left out: "
+              f"see {summary.extra_path}")
     return 0
+
+
+def _notes(args: argparse.Namespace, notes: list[str]) -> None:
+    for note in notes:
+        print(f"birdclef {args.verb}: note: {note}", file=sys.stderr)
 
 
 @verb("report")
@@ -272,10 +287,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 @verb("export")
 def _export(args: argparse.Namespace) -> int:
-    from birdclef.config import load_config
     from birdclef.export.export import export_model
+    from birdclef.infer.settings import resolve_infer
 
-    infer = load_config(args.config, args.overrides).infer
+    resolved = resolve_infer(runs=args.runs, config_file=args.config, overrides=args.overrides)
+    _notes(args, resolved.notes)
+    infer = resolved.config
     report = export_model(args.runs, args.weights, format=args.format, precision=args.precision, out=args.out,
                           parity_audio=args.parity_audio, parity_count=args.parity_files, force=args.force,
                           config=infer, threads=args.threads)
@@ -315,6 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``birdclef`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "out", None) is not None and args.verb in OUT_KINDS:
+            from birdclef.utils.io import check_output
+
+            check_output(args.out, OUT_KINDS[args.verb])
         return VERBS[args.verb](args)
     except BirdclefError as exc:
         print(f"birdclef {args.verb}: error: {exc}", file=sys.stderr)

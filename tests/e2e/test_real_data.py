@@ -38,8 +38,9 @@ def test_check_prepare_train_predict_evaluate_resume(tmp_path: Path, shared_data
     assert list(got.columns) == list(sample.columns) and got["row_id"].tolist() == sample["row_id"].tolist()
     assert got.drop(columns="row_id").stack().between(0.0, 1.0).all()
 
-    assert cli.main(["evaluate", "--submission", str(sub), "--solution", str(shared_data / "solution.csv")]) == 0
-    score = json.loads(sub.with_suffix(".eval.json").read_text())["score"]
+    assert cli.main(["evaluate", "--submission", str(sub), "--solution", str(shared_data / "solution.csv"),
+                     "--out", str(tmp_path / "eval.json")]) == 0
+    score = json.loads((tmp_path / "eval.json").read_text())["score"]
     assert np.isfinite(score) and 0.0 <= score <= 1.0
 
     # Resuming a finished run with one more fold trains only that fold.

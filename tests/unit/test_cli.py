@@ -57,6 +57,46 @@ def test_evaluate_prints_score_and_writes_json(synth_data: Path, tmp_path: Path,
     assert json.loads((tmp_path / "eval.json").read_text())["score"] == 1.0
 
 
+def test_evaluate_writes_nothing_without_out(synth_data: Path, tmp_path: Path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "sub.csv").write_bytes((synth_data / "solution.csv").read_bytes())
+    assert cli.main(["evaluate", "--submission", str(data / "sub.csv"), "--solution", str(synth_data / "solution.csv")]) == 0
+    assert "macro ROC-AUC" in capsys.readouterr().out
+    assert [p.name for p in data.iterdir()] == ["sub.csv"]
+
+
+# verb -> argv before --out, and what its --out must be; the inputs need not exist: --out is checked first
+OUT_VERBS = {
+    "prepare": (["prepare", "nodata"], "folder"),
+    "evaluate": (["evaluate", "--submission", "a.csv", "--solution", "b.csv"], "file"),
+    "synth": (["synth"], "folder"),
+    "train": (["train", "--data", "nodata"], "folder"),
+    "predict": (["predict", "--run", "norun", "--soundscapes", "nosc"], "file"),
+    "report": (["report", "--submission", "a.csv"], "folder"),
+    "demo": (["demo"], "folder"),
+    "export": (["export", "--run", "norun"], "folder"),
+    "package": (["package", "--model", "nomodel"], "folder"),
+    "blend": (["blend", "a.csv", "b.csv"], "file"),
+}
+
+
+@pytest.mark.parametrize("verb", sorted(OUT_VERBS))
+def test_unusable_out_is_a_one_line_error_for_every_verb(verb: str, tmp_path: Path, capsys):
+    argv, kind = OUT_VERBS[verb]
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_folder").mkdir()
+    wrong = tmp_path / ("a_folder" if kind == "file" else "a_file")
+    cases = {wrong: "is a folder, not a file" if kind == "file" else "is an existing file",
+             tmp_path / "a_file" / "under": "is a file, so nothing can be created under it",
+             Path("/proc/birdclef-test/out"): "cannot write in /proc"}
+    for out, message in cases.items():
+        assert cli.main([*argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"birdclef {verb}: error: --out {out}: ") and message in err and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder"] and (tmp_path / "a_file").read_text() == "x"
+
+
 def test_evaluate_mismatched_submission_is_a_one_line_error(synth_data: Path, tmp_path: Path, capsys):
     solution = pd.read_csv(synth_data / "solution.csv")
     solution.iloc[:-1].to_csv(tmp_path / "short.csv", index=False)

@@ -155,3 +155,13 @@ def test_blend_csvs_names_a_missing_or_unreadable_file(tmp_path: Path):
         frame_a().assign(row_id=["T_5", "T_10"]).to_csv(tmp_path / "b.csv", index=False)
         blend_csvs([path_a, tmp_path / "b.csv"], None, out)
     assert not out.exists()
+
+
+def test_blend_refuses_nan_or_infinite_probabilities_naming_the_cell():
+    bad = frame_b()
+    bad.loc[1, "sp_b"] = np.nan
+    with pytest.raises(SubmissionError, match=r"b\.csv: 1 NaN or infinite probabilities, e.g. column 'sp_b' at row_id 'S_1_10'"):
+        blend([frame_a(), bad], names=["a.csv", "b.csv"])
+    bad.loc[1, "sp_b"] = -np.inf
+    with pytest.raises(SubmissionError, match="NaN or infinite"):
+        blend([frame_a(), bad])

@@ -137,10 +137,14 @@ def test_corrupt_soundscape_is_skipped_with_fallback_rows(tmp_path: Path, sounds
     skipped = pd.read_csv(summary.skipped_path)
     assert skipped["file"].str.endswith("S_C.ogg").tolist() == [True] and "decode" in skipped["reason"][0]
     assert summary.n_fallback_rows == 1 and summary.n_files == 2
-    predicted = sub.drop(index="S_C_5")
-    np.testing.assert_allclose(sub.loc["S_C_5"].to_numpy(), predicted.mean().to_numpy(), rtol=1e-5)
-    assert sub.index.tolist()[:4] == sample["row_id"].tolist()  # then the S_A_1 rows the sample lacks
-    assert len(sub) == 4 + 3
+    direct = predict_soundscapes(sorted(soundscapes.glob("S_[AB]*.ogg")), [run], config=RAW, device="cpu")
+    np.testing.assert_allclose(sub.loc["S_C_5"].to_numpy(), direct.mean().to_numpy(), rtol=1e-5)
+    assert sub.index.tolist() == sample["row_id"].tolist()  # exactly the sample's rows: S_A_1 is left out
+    extra = pd.read_csv(summary.extra_path)
+    assert summary.n_extra_rows == 3 and extra["row_id"].tolist() == ["S_A_1_5", "S_A_1_10", "S_A_1_15"]
+    fallback = pd.read_csv(summary.fallback_path)
+    assert fallback[["soundscape", "sample_rows", "predicted_rows", "fallback_rows"]].values.tolist() == [["S_C", 1, 0, 1]]
+    assert "could not be decoded" in fallback["reason"][0]
 
 
 def test_interrupted_job_resumes_from_partial_results(tmp_path: Path, soundscapes: Path, monkeypatch):
@@ -156,10 +160,11 @@ def test_interrupted_job_resumes_from_partial_results(tmp_path: Path, soundscape
 
     monkeypatch.setattr(job, "iter_predictions", dies_after_first_file)
     with pytest.raises(KeyboardInterrupt):
-        run_job(run, soundscapes, out, flush_every=1)
+        run_job(run, soundscapes, out)
     assert not out.exists() and len(list(out.with_name(".sub.csv.parts").glob("part-*.parquet"))) == 1
+    assert not out.with_name(".sub.csv.lock").exists()  # the lock goes with the job
     monkeypatch.setattr(job, "iter_predictions", real)
-    summary = run_job(run, soundscapes, out, flush_every=1)
+    summary = run_job(run, soundscapes, out)
     assert summary.resumed_files == 1 and summary.n_files == 2 and summary.n_rows == 6
     fresh = run_job(run, soundscapes, tmp_path / "fresh.csv")
     pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(tmp_path / "fresh.csv"))

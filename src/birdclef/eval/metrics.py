@@ -119,7 +119,7 @@ def _examples(values: Sequence[Any] | pd.Index) -> str:
     return shown + (", …" if len(values) > _EXAMPLES else "")
 
 
-def _check_row_ids(frame: pd.DataFrame, name: str) -> pd.Index:
+def check_row_ids(frame: pd.DataFrame, name: str) -> pd.Index:
     """The table's row_ids as strings; raise when the column is absent or has duplicates."""
     if "row_id" not in frame.columns:
         raise SubmissionError(f"{name}: no 'row_id' column (columns: {_examples(frame.columns)})")
@@ -144,16 +144,19 @@ def _check_columns(submission: pd.DataFrame, classes: list[str], name: str, solu
 
 
 def _check_rows(sub_ids: pd.Index, sol_ids: pd.Index, name: str, solution_name: str) -> None:
-    """Raise unless both tables hold the same set of row_ids."""
+    """Raise unless both tables hold the same set of row_ids (naming missing and extra ones together)."""
     missing = sol_ids.difference(sub_ids, sort=False)
     extra = sub_ids.difference(sol_ids, sort=False)
+    problems = []
     if len(missing):
-        raise SubmissionError(f"{name}: {len(missing)} row_id(s) of {solution_name} missing, e.g. {_examples(missing)}")
+        problems.append(f"{len(missing)} row_id(s) of {solution_name} missing, e.g. {_examples(missing)}")
     if len(extra):
-        raise SubmissionError(f"{name}: {len(extra)} row_id(s) not in {solution_name}, e.g. {_examples(extra)}")
+        problems.append(f"{len(extra)} row_id(s) not in {solution_name}, e.g. {_examples(extra)}")
+    if problems:
+        raise SubmissionError(f"{name}: " + "; ".join(problems))
 
 
-def _numeric_values(frame: pd.DataFrame, name: str, what: str) -> np.ndarray:
+def numeric_values(frame: pd.DataFrame, name: str, what: str) -> np.ndarray:
     """The frame as float64; raise naming the columns/cells that are not finite numbers."""
     numeric = frame.apply(pd.to_numeric, errors="coerce")
     bad_columns = [c for c in frame.columns if numeric[c].isna().any()]
@@ -189,8 +192,8 @@ def align_submission(
             duplicated, row_ids are missing or extra, class columns are missing or extra,
             probabilities are non-numeric/NaN/Inf, or the solution holds values other than 0/1.
     """
-    sol_ids = _check_row_ids(solution, solution_name)
-    sub_ids = _check_row_ids(submission, submission_name)
+    sol_ids = check_row_ids(solution, solution_name)
+    sub_ids = check_row_ids(submission, submission_name)
     classes = [str(c) for c in solution.columns if c != "row_id" and c not in IGNORED_SOLUTION_COLUMNS]
     if not classes:
         raise SubmissionError(f"{solution_name}: no class columns besides row_id")
@@ -198,10 +201,10 @@ def align_submission(
     _check_rows(sub_ids, sol_ids, submission_name, solution_name)
     sol = solution.rename(columns=str).set_axis(sol_ids)[classes]
     sub = submission.rename(columns=str).set_axis(sub_ids).loc[sol_ids, classes]
-    target = _numeric_values(sol, solution_name, "labels")
+    target = numeric_values(sol, solution_name, "labels")
     if not np.isin(target, (0, 1)).all():
         raise SubmissionError(f"{solution_name}: labels must be 0 or 1, found {_examples(np.unique(target))}")
-    return target.astype(np.int8), _numeric_values(sub, submission_name, "probabilities"), classes
+    return target.astype(np.int8), numeric_values(sub, submission_name, "probabilities"), classes
 
 
 @dataclass

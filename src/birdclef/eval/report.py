@@ -21,7 +21,8 @@ import pandas as pd
 
 from birdclef.audio.io import SAMPLE_RATE, load_audio
 from birdclef.errors import AudioError, DatasetError, SubmissionError
-from birdclef.eval.metrics import EvalReport, evaluate_submission
+from birdclef.eval.metrics import (IGNORED_SOLUTION_COLUMNS, EvalReport, check_row_ids, evaluate_submission,
+                                   numeric_values)
 from birdclef.eval.plots import plot_class_auc, plot_detections, plot_training_curves, split_row_ids
 from birdclef.utils.io import write_text_atomic
 
@@ -75,8 +76,8 @@ def _read_predictions(path: Path, role: str) -> tuple[pd.DataFrame, list[str]]:
     """A submission/solution CSV with row_id as text, and the stem of each row.
 
     Raises:
-        SubmissionError: the file is missing or unreadable, has no row_id or class column, or a
-            row_id is not `<stem>_<end_second>`.
+        SubmissionError: the file is missing or unreadable, has no row_id or class column, a
+            row_id is not `<stem>_<end_second>` or is repeated, or a class cell is not a finite number.
     """
     if not path.is_file():
         raise SubmissionError(f"{path}: {role} file not found")
@@ -91,6 +92,9 @@ def _read_predictions(path: Path, role: str) -> tuple[pd.DataFrame, list[str]]:
         stems, _ = split_row_ids(frame["row_id"])
     except ValueError as exc:
         raise SubmissionError(f"{path}: {exc}") from None
+    ids = check_row_ids(frame, str(path))  # duplicated rows would draw one window twice
+    classes = [c for c in frame.columns if c != "row_id" and c not in IGNORED_SOLUTION_COLUMNS]
+    numeric_values(frame.set_axis(ids)[classes], str(path), "probabilities" if role == "submission" else "labels")
     return frame, stems
 
 

@@ -139,6 +139,15 @@ def normalise_weights(weights: Sequence[float] | None, count: int) -> np.ndarray
     return array / array.sum()
 
 
+def _check_finite(values: np.ndarray, row_ids: pd.Series, class_cols: list, label: str) -> None:
+    """Raise naming the first NaN / infinite cell: a blend would spread it silently."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise SubmissionError(f"{label}: {int(bad.sum())} NaN or infinite probabilities, e.g. column "
+                              f"{class_cols[col]!r} at row_id {row_ids.iloc[row]!r}")
+
+
 def blend(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = None,
           names: Sequence[str] | None = None) -> pd.DataFrame:
     """Weighted mean of prediction tables, aligned on ``row_id`` and on class names.
@@ -157,7 +166,7 @@ def blend(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = None
 
     Raises:
         SubmissionError: the tables do not line up (see :func:`align_frames`), a class column is
-            not numeric, or the weights are invalid.
+            not numeric or holds NaN / infinite values, or the weights are invalid.
     """
     if not frames:
         raise SubmissionError("no prediction tables to blend")
@@ -170,7 +179,9 @@ def blend(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = None
         non_numeric = [col for col in class_cols if not pd.api.types.is_numeric_dtype(frame[col])]
         if non_numeric:
             raise SubmissionError(f"{label}: non-numeric class columns {_examples(non_numeric)}")
-        total += weight * frame[class_cols].to_numpy(dtype=np.float64)
+        values = frame[class_cols].to_numpy(dtype=np.float64)
+        _check_finite(values, frame["row_id"], class_cols, label)
+        total += weight * values
     out = aligned[0].copy()
     out[class_cols] = total
     return out
@@ -182,7 +193,7 @@ def read_predictions(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise SubmissionError(f"{path}: prediction file not found")
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(path, dtype={"row_id": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         raise SubmissionError(f"{path}: cannot be read as a CSV prediction table ({exc})") from exc
 

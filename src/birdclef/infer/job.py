@@ -1,21 +1,26 @@
-"""The `birdclef predict` batch job: resumable, atomic, and tolerant of broken soundscapes.
+"""The `birdclef predict` batch job: resumable, locked, atomic, and tolerant of broken soundscapes.
 
 It drives any :class:`~birdclef.infer.base.Predictor` (torch runs or an exported graph) and imports
 no torch itself.
 
-Finished files are flushed every `flush_every` files to ``.<out>.parts/part-NNNNN.parquet``; a
-re-run with the same settings skips them, so an interrupted job loses at most one chunk. The final
-CSV is written atomically, then the parts are removed.
+- One writer per output: the job holds an exclusive lock (``.<out>.lock``) from start to end; a second
+  job with the same ``--out`` fails at once.
+- Every finished soundscape is durable: its rows go atomically to
+  ``.<out>.parts/part-<key>.parquet``, the key a hash of the file's path, size and modification time, so
+  no part can overwrite another and a killed job loses nothing it finished. A re-run with the same
+  settings skips the soundscapes that have a part. The final CSV is written atomically, then the parts
+  are removed.
+- Soundscapes that cannot be decoded are skipped and listed in ``<out stem>.skipped.csv``.
 
-Rows and columns: with a sample_submission, columns are exactly its columns and its rows come
-first in its order; rows of files it does not list follow (on Kaggle the sample lists only a few
-rows of the hidden test set). Rows it lists that could not be predicted (a broken or missing
-soundscape) get the fallback: each class's mean probability over all predicted rows, a neutral
-value for the ranking metric. Broken files are listed in ``<out>.skipped.csv``.
+Rows and columns: without a sample_submission, every row of every decoded soundscape, in file order.
+With one, exactly its rows in its order and its columns (see :mod:`birdclef.infer.sample`): predicted
+windows it lacks are listed in ``<out stem>.extra_rows.csv``; its rows without a prediction get the
+fallback and are reported per soundscape in ``<out stem>.fallback_rows.csv``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from collections.abc import Sequence
@@ -25,12 +30,15 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from birdclef.errors import BirdclefError, SubmissionError
+from birdclef.errors import BirdclefError
 from birdclef.infer.base import Predictor, iter_predictions
-from birdclef.infer.postprocess import parse_row_id
-from birdclef.utils.io import read_json, write_csv_atomic, write_json_atomic, write_parquet_atomic
+from birdclef.infer.sample import SampleAlignment, align_to_sample, check_sample_matches, read_sample
+from birdclef.utils.io import (check_output, exclusive_lock, read_json, write_csv_atomic, write_json_atomic,
+                               write_parquet_atomic)
 
 AUDIO_SUFFIXES = (".ogg", ".flac", ".wav", ".mp3")
+REPORTS = ("skipped", "extra_rows", "fallback_rows")
+"""Side reports of a job, ``<out stem>.<name>.csv``; each is written when it has rows, else removed."""
 
 
 @dataclass
@@ -44,33 +52,61 @@ class PredictSummary:
     """(file, reason) of soundscapes that could not be decoded."""
     n_fallback_rows: int = 0
     """sample_submission rows filled with the fallback."""
+    n_fallback_files: int = 0
+    """Soundscapes with such rows (missing, broken or shorter than the sample expects)."""
+    n_extra_rows: int = 0
+    """Predicted windows the sample_submission does not list (left out of the CSV)."""
     elapsed_s: float = 0.0
 
     @property
     def skipped_path(self) -> Path:
-        return skipped_report_path(self.out)
+        return report_path(self.out, "skipped")
+
+    @property
+    def extra_path(self) -> Path:
+        return report_path(self.out, "extra_rows")
+
+    @property
+    def fallback_path(self) -> Path:
+        return report_path(self.out, "fallback_rows")
+
+
+def report_path(out: Path, name: str) -> Path:
+    """``<out stem>.<name>.csv`` beside `out` (name: one of :data:`REPORTS`)."""
+    return out.with_name(f"{out.stem}.{name}.csv")
 
 
 def skipped_report_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".skipped.csv")
+    return report_path(out, "skipped")
+
+
+def _check_stems(paths: list[Path]) -> None:
+    """Row ids are ``<stem>_<end_s>``: two files with one stem would give the same rows."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise BirdclefError(f"{seen[path.stem]} and {path} share the name {path.stem!r}; row_ids are "
+                                "<stem>_<end_second>, so one submission cannot hold both: rename or remove one")
+        seen[path.stem] = path
 
 
 def list_soundscapes(source: Path | Sequence[Path]) -> list[Path]:
-    """Audio files of a folder (sorted), or the given list; an empty result is an error."""
+    """Audio files of a folder (sorted), or the given list; an empty result or a repeated stem is an error."""
     if isinstance(source, (str, Path)):
         folder = Path(source)
         if not folder.is_dir():
             raise BirdclefError(f"{folder}: soundscape folder not found")
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
     else:
         paths = [Path(p) for p in source]
     if not paths:
         raise BirdclefError(f"no soundscapes ({', '.join(AUDIO_SUFFIXES)}) in {source}")
+    _check_stems(paths)
     return paths
 
 
 class PartialResults:
-    """Chunks of finished rows beside the output file, keyed by the settings that made them."""
+    """One Parquet part per finished soundscape beside the output, keyed by the settings that made them."""
 
     def __init__(self, out: Path, settings: dict):
         self.dir = out.with_name(f".{out.name}.parts")
@@ -80,43 +116,30 @@ class PartialResults:
                                 "delete it, or re-run with the same ones to resume")
         self.dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(settings, meta)
-        self.buffer: list[pd.DataFrame] = []
 
-    def parts(self) -> list[Path]:
-        return sorted(self.dir.glob("part-*.parquet"))
+    def part(self, path: Path) -> Path:
+        """Where `path`'s rows go: named by its resolved path, size and mtime (a changed file is redone)."""
+        try:
+            stat = path.stat()
+            identity = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+        except OSError:  # vanished or unreadable: no part can match; decoding reports it
+            identity = f"{path.absolute()}\0missing"
+        key = hashlib.sha1(identity.encode()).hexdigest()[:20]
+        return self.dir / f"part-{key}.parquet"
 
-    def load(self) -> pd.DataFrame | None:
-        parts = self.parts()
-        return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else None
+    def has(self, path: Path) -> bool:
+        return self.part(path).is_file()
 
-    def add(self, rows: pd.DataFrame) -> None:
-        self.buffer.append(rows)
+    def save(self, path: Path, rows: pd.DataFrame) -> None:
+        write_parquet_atomic(rows, self.part(path))
 
-    def flush(self) -> None:
-        if self.buffer:
-            write_parquet_atomic(pd.concat(self.buffer, ignore_index=True), self.dir / f"part-{len(self.parts()):05d}.parquet")
-            self.buffer = []
+    def load(self, paths: Sequence[Path]) -> pd.DataFrame | None:
+        """The rows of those `paths` that have a part, in the order of `paths`."""
+        frames = [pd.read_parquet(part) for part in (self.part(p) for p in paths) if part.is_file()]
+        return pd.concat(frames, ignore_index=True) if frames else None
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def align_to_sample(pred: pd.DataFrame, sample: pd.DataFrame, sample_name: str = "sample_submission") -> tuple[pd.DataFrame, int]:
-    """Columns and row order of `sample` (see module docstring); returns (frame, fallback row count)."""
-    if "row_id" not in sample.columns:
-        raise SubmissionError(f"{sample_name} has no row_id column")
-    columns = [c for c in sample.columns if c != "row_id"]
-    missing = [c for c in columns if c not in pred.columns]
-    if missing:
-        raise SubmissionError(f"the models do not score {len(missing)} class(es) of {sample_name}: {missing[:5]}")
-    pred = pred.set_index("row_id")[columns]
-    fallback = pred.mean() if len(pred) else pd.Series(0.0, index=columns)
-    wanted = sample["row_id"].astype(str)
-    absent = ~wanted.isin(pred.index)
-    extra = pred.index[~pred.index.isin(wanted)]
-    filled = pd.DataFrame([fallback.to_numpy()] * int(absent.sum()), columns=columns, index=wanted[absent])
-    out = pd.concat([pred, filled]).reindex(list(wanted) + list(extra))
-    return out.rename_axis("row_id").reset_index(), int(absent.sum())
 
 
 def predict_to_csv(
@@ -126,64 +149,71 @@ def predict_to_csv(
     sample_submission: Path | None = None,
     num_workers: int = 2,
     progress: bool = True,
-    flush_every: int = 32,
 ) -> PredictSummary:
-    """Predict a folder (or list) of soundscapes into a submission CSV; resumable (module docstring).
+    """Predict a folder (or list) of soundscapes into a submission CSV; locked and resumable (module docstring).
 
     Args:
         soundscapes: folder of audio files, or a list of files.
         predictor: e.g. ``TorchPredictor([run])`` or an exported model's ``ExportedPredictor``.
         out: the CSV to write (atomically).
-        sample_submission: when given, the output has exactly its columns, its rows first in its order.
+        sample_submission: when given, the output has exactly its rows (in order) and columns.
         num_workers: threads decoding the next files while the model runs (0: none).
-        flush_every: finished files per partial-results chunk.
+
+    Raises:
+        BirdclefError: `out` is not writable or another job writes it; no soundscapes, two with one stem,
+            or none decodable; the partial results were made with other settings.
+        SubmissionError: the sample is unreadable or malformed, names none of the soundscapes, lists a
+            class the models do not score, or not one of its rows got a prediction.
     """
-    started, out = time.perf_counter(), Path(out)
-    sample = _read_sample(sample_submission) if sample_submission is not None else None
+    started, out = time.perf_counter(), check_output(out, "file")
+    sample = read_sample(sample_submission) if sample_submission is not None else None
     paths = list_soundscapes(soundscapes)
-    partial = PartialResults(out, predictor.settings())
-    done_rows = partial.load()
-    done = set() if done_rows is None else {parse_row_id(r)[0] for r in done_rows["row_id"]}
-    todo = [p for p in paths if p.stem not in done]
-    summary = PredictSummary(out, resumed_files=len(paths) - len(todo))
-    bar = tqdm(total=len(paths), initial=summary.resumed_files, desc="predict", unit="file", disable=not progress)
-    for k, (path, rows, error) in enumerate(iter_predictions(todo, predictor, num_workers), 1):
-        if rows is None:
-            summary.skipped.append((str(path), error))
-        else:
-            partial.add(rows)
-        if k % flush_every == 0:
-            partial.flush()
-        bar.update(1)
-    bar.close()
-    partial.flush()
-    _finish(partial, sample, sample_submission, summary)
+    if sample is not None:
+        check_sample_matches(sample, str(sample_submission), paths, soundscapes if isinstance(soundscapes, (str, Path))
+                             else "the given files")
+    with exclusive_lock(out, "birdclef predict"):
+        partial = PartialResults(out, predictor.settings())
+        todo = [p for p in paths if not partial.has(p)]
+        summary = PredictSummary(out, resumed_files=len(paths) - len(todo))
+        bar = tqdm(total=len(paths), initial=summary.resumed_files, desc="predict", unit="file", disable=not progress)
+        for path, rows, error in iter_predictions(todo, predictor, num_workers):
+            if rows is None:
+                summary.skipped.append((str(path), error))
+            else:
+                partial.save(path, rows)
+            bar.update(1)
+        bar.close()
+        _finish(partial, paths, sample, sample_submission, summary)
     summary.elapsed_s = time.perf_counter() - started
     return summary
 
 
-def _read_sample(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, dtype={"row_id": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise SubmissionError(f"{path}: cannot read sample submission ({exc})") from None
+def _write_report(summary: PredictSummary, name: str, table: pd.DataFrame | None) -> None:
+    path = report_path(summary.out, name)
+    if table is not None and len(table):
+        write_csv_atomic(table, path)
+    elif path.exists():
+        path.unlink()
 
 
-def _finish(partial: PartialResults, sample: pd.DataFrame | None, sample_path: Path | None, summary: PredictSummary) -> None:
-    """Write the skipped-files report, then the aligned CSV (atomically), then drop the parts."""
-    report = summary.skipped_path
-    if summary.skipped:
-        write_csv_atomic(pd.DataFrame(summary.skipped, columns=["file", "reason"]), report)
-    elif report.exists():
-        report.unlink()
-    pred = partial.load()
-    if pred is None and sample is None:
-        raise BirdclefError(f"no soundscape could be decoded; see {report}")
-    summary.n_files = 0 if pred is None else len({parse_row_id(r)[0] for r in pred["row_id"]})
+def _finish(partial: PartialResults, paths: list[Path], sample: pd.DataFrame | None, sample_path: Path | None,
+            summary: PredictSummary) -> None:
+    """Write the side reports, then the CSV (atomically), then drop the parts."""
+    skipped = pd.DataFrame(summary.skipped, columns=["file", "reason"])
+    _write_report(summary, "skipped", skipped)
+    pred = partial.load(paths)
     if pred is None:
-        pred = pd.DataFrame(columns=list(sample.columns))
+        raise BirdclefError(f"no soundscape could be decoded; see {summary.skipped_path}")
+    summary.n_files = sum(partial.has(p) for p in paths)
+    aligned: SampleAlignment | None = None
     if sample is not None:
-        pred, summary.n_fallback_rows = align_to_sample(pred, sample, str(sample_path))
+        files = {p.stem: str(p) for p in paths}
+        aligned = align_to_sample(pred, sample, str(sample_path), files, {Path(f).stem: r for f, r in summary.skipped})
+        pred = aligned.frame
+        summary.n_fallback_rows, summary.n_fallback_files = aligned.n_fallback_rows, len(aligned.fallback)
+        summary.n_extra_rows = len(aligned.extra)
+    _write_report(summary, "extra_rows", None if aligned is None else aligned.extra)
+    _write_report(summary, "fallback_rows", None if aligned is None else aligned.fallback)
     write_csv_atomic(pred, summary.out)
     summary.n_rows = len(pred)
     partial.remove()

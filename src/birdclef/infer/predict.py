@@ -19,6 +19,7 @@ from birdclef.config import Config, InferConfig, config_to_dict
 from birdclef.errors import BirdclefError
 from birdclef.infer.base import context_windows, iter_predictions, row_count
 from birdclef.infer.ensemble import average_folds, combine_runs, normalise_weights
+from birdclef.infer.settings import stored_run_infer
 from birdclef.models import BirdClassifier, load_checkpoint
 from birdclef.utils.device import autocast_for, resolve_device
 
@@ -91,7 +92,8 @@ class TorchPredictor:
     """:class:`~birdclef.infer.base.Predictor` over training runs: folds soft-voted, runs blended by weight.
 
     Blended runs must score the same classes (any order; outputs follow the first run's order) at the
-    same sample rate.
+    same sample rate. `config` None uses the first run's stored infer settings
+    (:func:`birdclef.infer.settings.stored_run_infer`), as ``birdclef predict --run`` does.
     """
 
     def __init__(self, runs: Sequence[str | Path], weights: Sequence[float] | None = None,
@@ -99,8 +101,8 @@ class TorchPredictor:
         self.device = resolve_device(device)
         self.ensembles = [load_run(Path(r), self.device) for r in runs]
         self.weights = normalise_weights(weights, len(self.ensembles))
-        self.config = config or InferConfig()
         first = self.ensembles[0]
+        self.config = config if config is not None else stored_run_infer(runs[0], first.config.infer)[0]
         self.classes, self.sample_rate = list(first.classes), first.sample_rate
         for ens in self.ensembles[1:]:
             if set(ens.classes) != set(first.classes):
@@ -141,7 +143,7 @@ def predict_soundscapes(
         paths: soundscape files (any length; a short tail is padded).
         runs: run folders (their finished folds are soft-voted) or best.pt files.
         weights: blend weights of `runs` (normalised to sum 1); default equal.
-        config: post-processing and batch settings; default :class:`InferConfig`.
+        config: post-processing and batch settings; default the first run's stored ones.
         device: auto | cpu | cuda.
         num_workers: threads decoding the next files while the model runs.
 
