@@ -14,7 +14,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from birdclef.audio.integrity import truncation
+from birdclef.audio.integrity import first_nonfinite_s, truncation
 from birdclef.errors import AudioError
 
 SAMPLE_RATE = 32_000
@@ -111,6 +111,23 @@ def _info(path: Path, f: sf.SoundFile) -> AudioInfo:
     except OSError as exc:
         raise AudioError(path, f"cannot read ({exc})") from None
     return AudioInfo(path, f.samplerate, f.channels, f.frames, f.format, f.subtype, cut)
+
+
+def find_nonfinite(path: str | Path) -> float | None:
+    """Time (s) of the first NaN or Inf sample of `path`, or None when it holds none.
+
+    Only float-subtype files (WAV/AIFF/CAF "FLOAT" or "DOUBLE") can hold them; those are read in
+    blocks, every other file is answered from its header.
+
+    Raises:
+        AudioError: the file is missing, empty, not a format libsndfile can open, or fails to decode.
+    """
+    path = Path(path)
+    with _open(path) as f:
+        try:
+            return first_nonfinite_s(f)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise AudioError(path, f"cannot decode ({exc})") from None
 
 
 def load_audio(
