@@ -176,8 +176,10 @@ def load_audio(
     if data.shape[0] == 0:
         raise AudioError(path, "decoded to zero samples (truncated or corrupt file)")
     wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if not np.isfinite(wave).all():
-        raise AudioError(path, "holds NaN or Inf samples")
+    finite = np.isfinite(wave)
+    if not finite.all():
+        at = start_s + int(np.argmin(finite)) / native_sr
+        raise AudioError(path, f"holds NaN or Inf samples (first at {at:.3f} s)")
     if native_sr != sample_rate:
         wave = soxr.resample(wave, native_sr, sample_rate, quality="HQ")
     return np.ascontiguousarray(wave, dtype=np.float32)

@@ -134,8 +134,9 @@ def check_dataset(
         _check_files(layout, problems)
     metadata = check_metadata(layout, train_csv, problems)
     train, classes = metadata.train, metadata.classes
-    if not lone_csv and layout.sample_submission_csv.is_file():
-        _check_row_ids(layout.sample_submission_csv, problems)
+    submission = layout.sample_submission_csv
+    if not lone_csv and submission.is_file() and submission not in metadata.unreadable:
+        _check_row_ids(submission, problems)
     if lone_csv or not check_audio:
         why = "metadata-only check of a lone CSV" if lone_csv else "check_audio=False"
         problems.add("audio_not_checked", "info", [why])

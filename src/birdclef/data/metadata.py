@@ -233,6 +233,8 @@ def read_submission_classes(path: str | Path) -> list[str]:
     except (OSError, csv.Error) as exc:
         raise DatasetError(f"{path}: cannot read the sample submission header ({exc})") from None
     header = [name.strip() for name in header]
+    if not header:
+        raise DatasetError(f"{path}: empty file; expected a header of 'row_id' then one column per class")
     if "row_id" not in header:
         raise DatasetError(f"{path}: no 'row_id' column; expected 'row_id' then one column per class")
     classes = [name for name in header if name != "row_id"]

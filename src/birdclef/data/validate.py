@@ -81,19 +81,22 @@ class Metadata:
     """primary_label, filename (stripped strings) and parsed secondary_labels; None when unusable."""
     classes: list[str] | None
     """The class list labels are checked against; None when there is no readable class table."""
+    unreadable: set[Path] = field(default_factory=set)
+    """Tables reported as unreadable_table (further checks of them would repeat the fault)."""
 
 
 def check_metadata(layout: DatasetLayout, train_csv: Path, problems: Problems) -> Metadata:
     """Check the class tables of `layout` and the rows of `train_csv`, adding what is wrong to `problems`."""
-    classes = _reference_classes(layout, problems)
+    unreadable: set[Path] = set()
+    classes = _reference_classes(layout, problems, unreadable)
     if not train_csv.is_file():
-        return Metadata(None, None, classes)
+        return Metadata(None, None, classes, unreadable)
     try:
         raw = read_train_csv(train_csv)
     except DatasetError as exc:
         problems.add("unreadable_table", "error", [str(exc)])
-        return Metadata(None, None, classes)
-    return Metadata(raw, _check_train_table(raw, train_csv, classes, problems), classes)
+        return Metadata(None, None, classes, unreadable | {train_csv})
+    return Metadata(raw, _check_train_table(raw, train_csv, classes, problems), classes, unreadable)
 
 
 def require_valid_metadata(data_root: str | Path) -> pd.DataFrame:
@@ -116,7 +119,7 @@ def require_valid_metadata(data_root: str | Path) -> pd.DataFrame:
     metadata = check_metadata(layout, layout.train_csv, problems)
     errors = [p.line() for p in problems.sorted() if p.severity == "error"]
     if errors:
-        raise DatasetError(f"{layout.train_csv}: not usable for training (`birdclef check {layout.root}` gives the "
+        raise DatasetError(f"{layout.root}: not usable for training (`birdclef check {layout.root}` reports the "
                            f"same): " + " | ".join(line.split(maxsplit=1)[1] for line in errors))
     for problem in problems.sorted():
         if problem.severity == "warning":
@@ -125,7 +128,7 @@ def require_valid_metadata(data_root: str | Path) -> pd.DataFrame:
     return metadata.raw
 
 
-def _reference_classes(layout: DatasetLayout, problems: Problems) -> list[str] | None:
+def _reference_classes(layout: DatasetLayout, problems: Problems, unreadable: set[Path]) -> list[str] | None:
     """Classes to check labels against, chosen as training chooses them (sample_submission, then taxonomy)."""
     found: dict[str, list[str]] = {}
     for name, path, reader in [
@@ -137,6 +140,7 @@ def _reference_classes(layout: DatasetLayout, problems: Problems) -> list[str] |
                 found[name] = reader(path)
             except DatasetError as exc:
                 problems.add("unreadable_table", "error", [str(exc)])
+                unreadable.add(path)
     if "taxonomy" in found and "submission" in found:
         taxonomy, submission = found["taxonomy"], found["submission"]
         problems.add("taxonomy_not_in_submission", "warning", sorted(set(taxonomy) - set(submission)))
