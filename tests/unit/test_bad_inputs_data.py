@@ -142,6 +142,23 @@ def test_cli_prepare_says_the_error_in_one_line(data: Path, tmp_path: Path, caps
     assert err.startswith("birdclef prepare: error: ") and "column 'primary_label' is blank" in err
 
 
+def test_out_that_is_a_file_is_a_clear_error(data: Path, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(DatasetError, match="file: exists and is not a folder"):
+        prepare_cache(data, tmp_path / "file", num_workers=1, progress=False)
+
+
+def test_labels_and_filenames_are_used_as_check_reads_them(data: Path, tmp_path: Path) -> None:
+    """Padded cells pass check (it strips them), so the cache must hold the stripped values too: the
+    class lookup in train would otherwise miss ' bbb'."""
+    edit_train(data, 1, primary_label=" bbb ", filename=" bbb/XC1.ogg")
+    assert check(data).ok
+    summary = prepare_cache(data, tmp_path / "cache", num_workers=1, progress=False)
+    index = pd.read_parquet(tmp_path / "cache" / "index.parquet")
+    assert summary.n_skipped == 0 and index["primary_label"].tolist() == CLASSES
+    assert index.loc[1, "filename"] == "bbb/XC1.ogg"
+
+
 # ---------------------------------------------------------------- warnings are printed, not silent
 
 WARNINGS = {

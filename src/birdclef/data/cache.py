@@ -138,6 +138,8 @@ def prepare_cache(
     started = time.perf_counter()
     data_root, out = Path(data_root), Path(out)
     _check_args(strategy, window_s, sample_rate, max_clip_s, shard_size, max_files)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: exists and is not a folder; give --out a cache folder")
     table = _prepare_table(require_valid_metadata(data_root), max_files)
     config = {"format": CACHE_FORMAT, "strategy": strategy, "window_s": float(window_s),
               "sample_rate": int(sample_rate), "max_clip_s": float(max_clip_s) if strategy == "random" else None,
@@ -173,7 +175,8 @@ def _check_args(strategy: str, window_s: float, sample_rate: int, max_clip_s: fl
 def _prepare_table(table: pd.DataFrame, max_files: int | None) -> pd.DataFrame:
     """A checked train.csv, `max_files` rows round-robin over classes; object columns as strings."""
     table = subset_round_robin(table, max_files) if max_files is not None else table
-    table["filename"] = table["filename"].astype(str).str.strip()
+    for col in ("primary_label", "filename"):  # stripped, as the checks read them
+        table[col] = table[col].astype(str).str.strip()
     for col in table.columns[table.dtypes == object]:  # mixed cells would not fit a Parquet column
         table[col] = table[col].map(lambda v: v if pd.isna(v) else str(v))
     return table.reset_index(drop=True)

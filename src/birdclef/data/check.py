@@ -114,7 +114,8 @@ def check_dataset(
 
     Args:
         path: dataset folder or CSV file.
-        check_audio: open the header of every clip and soundscape (in parallel threads).
+        check_audio: open the header of every clip and soundscape and check it is not truncated (in
+            parallel threads, no decoding); float-subtype files are also read in full for NaN/Inf.
         num_workers: threads reading audio headers.
         progress: show a tqdm bar while reading audio headers.
         expected_sample_rate: rate (Hz) the audio should have; others give a warning.
