@@ -232,15 +232,21 @@ def test_truncated_file_is_refused_with_both_lengths(tmp_path: Path, suffix: str
         load_audio(path, duration_s=1.0)  # even a span the file still holds: the file is not what it claims
 
 
-def test_ogg_cut_exactly_between_pages_lacks_the_end_of_stream_flag(tmp_path: Path) -> None:
-    good = write_ogg(tmp_path / "good.ogg", noise(10.0, level=0.3))
+def test_long_ogg_cut_between_or_inside_pages_is_flagged(tmp_path: Path) -> None:
+    from birdclef.audio.integrity import _OGG_TAIL
+
+    good = write_audio(tmp_path / "good.ogg", noise(90.0, level=0.3))  # in blocks: one long sf.write can crash
     data = good.read_bytes()
-    last = ogg_pages(data)[-1]
-    assert data[last + 5] & 0x04  # a finished stream: its last page carries EOS
-    path = cut_copy(good, tmp_path / "cut.ogg", last)
+    assert len(data) > 2 * _OGG_TAIL  # only the file's tail is read: the walk starts mid-file
+    pages = ogg_pages(data)
+    assert data[pages[-1] + 5] & 0x04 and not any(data[p + 5] & 0x04 for p in pages[:-1])  # EOS on the last only
+    assert audio_info(good).truncated is None
+    path = cut_copy(good, tmp_path / "cut.ogg", pages[-3])
     info = audio_info(path)
     assert info.truncated is not None and "no end-of-stream page" in info.truncated
-    assert f"{info.duration_s:.2f} s" in info.truncated
+    assert f"{info.duration_s:.2f} s" in info.truncated and info.duration_s < 90.0
+    inside = cut_copy(good, tmp_path / "inside.ogg", pages[len(pages) // 2] + 100)
+    assert "in the middle of a page" in audio_info(inside).truncated
 
 
 def test_ogg_capture_pattern_inside_packet_data_is_not_taken_for_a_page() -> None:
@@ -264,7 +270,9 @@ def test_complete_files_are_never_flagged(tmp_path: Path, suffix: str, subtype: 
     wave = noise(duration_s, level=0.3)
     wave = np.stack([wave, wave[::-1]], axis=1) if channels == 2 else wave
     path = tmp_path / f"x{suffix}"
-    sf.write(path, wave, SR, subtype=subtype)
+    with sf.SoundFile(path, "w", SR, channels, subtype=subtype) as f:
+        for begin in range(0, len(wave), 65_536):  # in blocks, as write_audio does: one long OGG write can crash
+            f.write(wave[begin : begin + 65_536])
     assert audio_info(path).truncated is None
     assert len(load_audio(path)) == len(wave)
 
