@@ -96,7 +96,7 @@ TABLE_FAULTS: dict[str, tuple[str, Callable[[Path], None], str]] = {  # name: (k
     "header only": ("no_rows", lambda r: (r / "train.csv").write_text("primary_label,filename\n"),
                     "train.csv has a header but no rows"),
     "no filename column": ("missing_columns", lambda r: (r / "train.csv").write_text("primary_label\naaa\n"),
-                           "train.csv lacks 'filename'"),
+                           "train.csv lacks 'filename' (its columns: ['primary_label'])"),
     "non-UTF-8 train.csv": ("unreadable_table", lambda r: (r / "train.csv").write_bytes(
         (r / "train.csv").read_bytes() + b"ccc,[],ccc/XC2b.ogg,4.0 caf\xe9\n"), "not UTF-8 text (byte 0xe9 on line 5"),
     "taxonomy without primary_label": ("unreadable_table", lambda r: (r / "taxonomy.csv").write_text("species\naaa\n"),
@@ -105,6 +105,11 @@ TABLE_FAULTS: dict[str, tuple[str, Callable[[Path], None], str]] = {  # name: (k
         b"primary_label,name\naaa,Caf\xe9\nbbb,b\nccc,c\n"), "taxonomy.csv: not UTF-8 text (byte 0xe9 on line 2"),
     "empty sample_submission": ("unreadable_table", lambda r: (r / "sample_submission.csv").write_bytes(b""),
                                 "sample_submission.csv: empty file"),
+    "blank taxonomy label": ("unreadable_table", lambda r: (r / "taxonomy.csv").write_text(
+        'primary_label\naaa\n""\nbbb\n'),
+                             "taxonomy.csv: column 'primary_label' is blank on row 3"),
+    "blank class column": ("unreadable_table", lambda r: (r / "sample_submission.csv").write_text(
+        "row_id,aaa,,bbb,ccc\nS1_5,0,0,0,0\n"), "class column 2 of the header (not counting row_id) is blank"),
     "duplicate class column": ("unreadable_table", lambda r: (r / "sample_submission.csv").write_text(
         "row_id,aaa,aaa,bbb,ccc\nS1_5,0,0,0,0\n"), "duplicate class column(s) ['aaa']"),
 }
@@ -248,7 +253,8 @@ def test_broken_soundscape_is_a_check_error(data: Path, name: str) -> None:
     suffix, kind, writer, reason = CLIP_FAULTS[name]
     writer(data / "test_soundscapes" / f"S2{suffix}")
     found = problem(check(data), kind.replace("_audio", "_soundscape"))
-    assert found.severity == "error" and found.examples == [f"test_soundscapes/S2{suffix}: {found.examples[0].split(': ', 1)[1]}"]
+    assert found.severity == "error" and found.count == 1
+    assert found.examples[0].startswith(f"test_soundscapes/S2{suffix}: ")
     assert reason in found.examples[0]
 
 

@@ -101,7 +101,8 @@ def test_duplicate_rows_and_empty_primary(dataset: Path) -> None:
     duplicates = _problem(report, "duplicate_filename")
     assert duplicates.count == 3 and "amerob/XC1.ogg on rows 2, 6, 7" in duplicates.examples
     assert "amerob/XC2.ogg on rows 3, 8" in duplicates.examples
-    assert _problem(report, "empty_primary_label").examples == ["row 8 (amerob/XC2.ogg): column 'primary_label' is blank"]
+    blank = _problem(report, "empty_primary_label")
+    assert blank.examples == ["row 8 (amerob/XC2.ogg): column 'primary_label' is blank"]
 
 
 def test_malformed_secondary_labels(dataset: Path) -> None:
@@ -162,7 +163,8 @@ def test_missing_files_columns_and_soundscapes(dataset: Path) -> None:
     pd.DataFrame({"primary_label": ["amerob"], "path": ["amerob/XC1.ogg"]}).to_csv(dataset / "train.csv", index=False)
     report = _check(dataset)
     assert _problem(report, "missing_file").examples == [f"sample_submission.csv not in {dataset}"]
-    assert _problem(report, "missing_columns").examples == ["train.csv lacks 'filename'"]
+    missing = _problem(report, "missing_columns")
+    assert missing.examples == ["train.csv lacks 'filename' (its columns: ['primary_label', 'path'])"]
     assert _problem(report, "no_train_soundscapes").severity == "warning"
     assert _problem(report, "no_test_soundscapes").severity == "info"
 

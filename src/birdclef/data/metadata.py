@@ -266,7 +266,10 @@ def _check_class_list(path: Path, classes: list[str], what: str) -> None:
     if not classes:
         raise DatasetError(f"{path}: no classes found; expected at least one {what}")
     if "" in classes:
-        raise DatasetError(f"{path}: a blank {what} at position {classes.index('') + 1}")
+        at = classes.index("")
+        if what == "class column":
+            raise DatasetError(f"{path}: class column {at + 1} of the header (not counting row_id) is blank")
+        raise DatasetError(f"{path}: column {what!r} is blank on row {at + 2}")  # spreadsheet rows: header = 1
     seen: set[str] = set()
     duplicates = sorted({name for name in classes if name in seen or seen.add(name)})
     if duplicates:

@@ -156,7 +156,8 @@ def _check_train_table(raw: pd.DataFrame, path: Path, classes: list[str] | None,
                        problems: Problems) -> pd.DataFrame | None:
     """Row-level checks of train.csv; returns the table with parsed labels, or None when unusable."""
     missing = [col for col in ("primary_label", "filename") if col not in raw.columns]
-    problems.add("missing_columns", "error", [f"{path.name} lacks {col!r}" for col in missing])
+    found = f" (its columns: {list(raw.columns)[:8]})" if missing else ""
+    problems.add("missing_columns", "error", [f"{path.name} lacks {col!r}{found}" for col in missing])
     optional = [col for col in ("secondary_labels", "rating") if col not in raw.columns]
     problems.add("missing_optional_columns", "info", [f"{path.name} lacks {col!r}" for col in optional])
     if missing:
@@ -206,7 +207,8 @@ def _check_rows(train: pd.DataFrame, problems: Problems) -> None:
     problems.add("bad_filename", "error", bad)
     repeated = names.duplicated(keep=False) & (names != "")
     rows = pd.Series(train.index[repeated] + 2, index=names[repeated].to_numpy())
-    examples = [f"{name} on rows {', '.join(map(str, group.tolist()))}" for name, group in rows.groupby(level=0, sort=False)]
+    examples = [f"{name} on rows {', '.join(map(str, group.tolist()))}"
+                for name, group in rows.groupby(level=0, sort=False)]
     extra = int(names[names != ""].duplicated(keep="first").sum())
     problems.add("duplicate_filename", "error", examples, count=extra)
 
