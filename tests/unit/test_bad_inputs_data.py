@@ -93,6 +93,8 @@ TABLE_FAULTS: dict[str, tuple[str, Callable[[Path], None], str]] = {  # name: (k
                               "'aaa/../../x.ogg' is not a relative path"),
     "windows absolute filename": ("bad_filename", lambda r: edit_train(r, 0, filename="C:\\clips\\x.ogg"),
                                   "is not a relative path"),
+    "empty train.csv": ("unreadable_table", lambda r: (r / "train.csv").write_bytes(b""),
+                        "train.csv: empty file; expected a header with ['primary_label', 'filename'], then rows"),
     "header only": ("no_rows", lambda r: (r / "train.csv").write_text("primary_label,filename\n"),
                     "train.csv has a header but no rows"),
     "no filename column": ("missing_columns", lambda r: (r / "train.csv").write_text("primary_label\naaa\n"),

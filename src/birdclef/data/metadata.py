@@ -154,7 +154,10 @@ def read_train_csv(path: str | Path) -> pd.DataFrame:
         return pd.read_csv(path, dtype=_LABEL_COLUMNS)
     except UnicodeDecodeError:
         raise DatasetError(_not_utf8(path)) from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+    except pd.errors.EmptyDataError:
+        expected = list(REQUIRED_TRAIN_COLUMNS)
+        raise DatasetError(f"{path}: empty file; expected a header with {expected}, then rows") from None
+    except (pd.errors.ParserError, ValueError) as exc:
         raise DatasetError(f"{path}: cannot read as CSV ({exc})") from None
 
 
