@@ -155,13 +155,26 @@ def _check(args: argparse.Namespace) -> int:
 
 @verb("prepare")
 def _prepare(args: argparse.Namespace) -> int:
+    import warnings
+
     from birdclef.config import load_config
     from birdclef.data.cache import prepare_cache
+    from birdclef.data.validate import DataWarning
 
     data = load_config(args.config, args.overrides).data
-    summary = prepare_cache(args.data, args.out, strategy=args.strategy or data.strategy, window_s=data.window_s,
-                            sample_rate=data.sample_rate, max_clip_s=data.max_clip_s, num_workers=args.num_workers,
-                            max_files=data.max_files)
+    default_show = warnings.showwarning
+
+    def show(message, category, *rest):  # data warnings as one plain line each, as `check` prints them
+        if not issubclass(category, DataWarning):
+            return default_show(message, category, *rest)
+        print(f"birdclef prepare: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DataWarning)
+        warnings.showwarning = show
+        summary = prepare_cache(args.data, args.out, strategy=args.strategy or data.strategy, window_s=data.window_s,
+                                sample_rate=data.sample_rate, max_clip_s=data.max_clip_s,
+                                num_workers=args.num_workers, max_files=data.max_files)
     print(f"cache: {summary.out} ({summary.n_clips} clips, {summary.seconds_of_audio:.0f} s of audio, "
           f"{summary.bytes / 1e6:.1f} MB, {summary.elapsed_s:.1f} s)")
     if summary.n_skipped:

@@ -197,13 +197,109 @@ def test_truncated_header_is_reported(tmp_path: Path) -> None:
     assert_names_file(exc, path, "cannot decode")
 
 
-def test_truncated_body_decodes_what_is_there(tmp_path: Path) -> None:
-    good = write_ogg(tmp_path / "good.ogg", noise(20.0, level=0.3))
-    path = tmp_path / "cut.ogg"
+def ogg_pages(data: bytes) -> list[int]:
+    """Start offsets of the Ogg pages of a whole file, walked by their lengths."""
+    starts, pos = [], 0
+    while pos < len(data):
+        assert data.startswith(b"OggS", pos)
+        starts.append(pos)
+        n = data[pos + 26]
+        pos += 27 + n + sum(data[pos + 27 : pos + 27 + n])
+    return starts
+
+
+def cut_copy(good: Path, path: Path, keep: int) -> Path:
+    path.write_bytes(good.read_bytes()[:keep])
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".ogg", ".wav", ".flac"])
+def test_truncated_file_is_refused_with_both_lengths(tmp_path: Path, suffix: str) -> None:
+    good = tmp_path / f"good{suffix}"
+    sf.write(good, noise(12.0, level=0.3), SR)
+    path = cut_copy(good, tmp_path / f"cut{suffix}", good.stat().st_size * 5 // 12)
+    info = audio_info(path)
+    assert info.truncated is not None and info.truncated.startswith("truncated")
+    assert audio_info(good).truncated is None
+    with pytest.raises(AudioError) as exc:
+        load_audio(path)
+    assert_names_file(exc, path, "truncated")
+    if suffix == ".wav":
+        assert "header says 12.00 s, file holds 5.00 s" in exc.value.reason
+    if suffix == ".flac":
+        assert "header says 12.00 s" in exc.value.reason
+    with pytest.raises(AudioError, match="truncated"):
+        load_audio(path, duration_s=1.0)  # even a span the file still holds: the file is not what it claims
+
+
+def test_long_ogg_cut_between_or_inside_pages_is_flagged(tmp_path: Path) -> None:
+    from birdclef.audio.integrity import _OGG_TAIL
+
+    good = write_audio(tmp_path / "good.ogg", noise(90.0, level=0.3))  # in blocks: one long sf.write can crash
     data = good.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    wave = load_audio(path)
-    assert 3 * SR < len(wave) < 20 * SR and np.isfinite(wave).all()
+    assert len(data) > 2 * _OGG_TAIL  # only the file's tail is read: the walk starts mid-file
+    pages = ogg_pages(data)
+    assert data[pages[-1] + 5] & 0x04 and not any(data[p + 5] & 0x04 for p in pages[:-1])  # EOS on the last only
+    assert audio_info(good).truncated is None
+    path = cut_copy(good, tmp_path / "cut.ogg", pages[-3])
+    info = audio_info(path)
+    assert info.truncated is not None and "no end-of-stream page" in info.truncated
+    assert f"{info.duration_s:.2f} s" in info.truncated and info.duration_s < 90.0
+    inside = cut_copy(good, tmp_path / "inside.ogg", pages[len(pages) // 2] + 100)
+    assert "in the middle of a page" in audio_info(inside).truncated
+
+
+def test_ogg_capture_pattern_inside_packet_data_is_not_taken_for_a_page() -> None:
+    from birdclef.audio.integrity import _ogg_ending
+
+    page = b"OggS\x00\x04" + bytes(20) + b"\x01\x03" + b"abc"  # one page, EOS, a 3-byte segment
+    not_eos = page[:5] + b"\x00" + page[6:]
+    fake = b"OggS" + bytes(22) + b"\x05" + bytes(5)  # "OggS" in data: its length leads nowhere
+    assert _ogg_ending(fake + not_eos + page, from_file_start=False) is None
+    assert _ogg_ending(fake + page + not_eos, from_file_start=False) == "no-eos"
+    assert _ogg_ending(fake + not_eos + page[:-1], from_file_start=False) == "mid-page"
+    assert _ogg_ending(bytes(100), from_file_start=False) is None  # no pages found: no evidence of a cut
+
+
+@pytest.mark.parametrize("suffix,subtype", [(".ogg", None), (".flac", None), (".wav", "PCM_16"),
+                                            (".wav", "FLOAT"), (".wav", "PCM_24")])
+@pytest.mark.parametrize("duration_s", [0.01, 1.0, 31.0])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_complete_files_are_never_flagged(tmp_path: Path, suffix: str, subtype: str | None, duration_s: float,
+                                          channels: int) -> None:
+    wave = noise(duration_s, level=0.3)
+    wave = np.stack([wave, wave[::-1]], axis=1) if channels == 2 else wave
+    path = tmp_path / f"x{suffix}"
+    with sf.SoundFile(path, "w", SR, channels, subtype=subtype) as f:
+        for begin in range(0, len(wave), 65_536):  # in blocks, as write_audio does: one long OGG write can crash
+            f.write(wave[begin : begin + 65_536])
+    assert audio_info(path).truncated is None
+    assert len(load_audio(path)) == len(wave)
+
+
+def test_wav_with_an_unknown_data_size_is_not_flagged(tmp_path: Path) -> None:
+    """Streaming writers (ffmpeg to a pipe) leave the data size at 0xFFFFFFFF: the length is unknown, not cut."""
+    path = tmp_path / "stream.wav"
+    sf.write(path, noise(1.0, level=0.3), SR, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    at = data.index(b"data") + 4
+    data[at : at + 4] = b"\xff\xff\xff\xff"
+    path.write_bytes(bytes(data))
+    assert audio_info(path).truncated is None
+
+
+@pytest.mark.parametrize("rate", [1, 100, 2_000_000_000])
+def test_implausible_sample_rate_is_refused(tmp_path: Path, rate: int) -> None:
+    """At 1 Hz a second of samples would resample to gigabytes; at 2 GHz to a single sample."""
+    path = tmp_path / "rate.wav"
+    sf.write(path, noise(1.0, level=0.3), SR, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    data[24:28] = rate.to_bytes(4, "little")  # fmt chunk: sample rate
+    path.write_bytes(bytes(data))
+    assert audio_info(path).sample_rate == rate
+    with pytest.raises(AudioError) as exc:
+        load_audio(path)
+    assert_names_file(exc, path, f"sample rate {rate} Hz is outside")
 
 
 def test_zero_length_wav(tmp_path: Path) -> None:

@@ -147,7 +147,7 @@ def test_other_config_in_the_same_folder_is_refused(prepared: tuple[Path, CacheS
     changed = tmp_path / "data"
     shutil.copytree(dataset, changed)
     with open(changed / "train.csv", "a") as f:
-        f.write("aaa,[],song,aaa/XC0001.ogg,1.0,0.0,x\n")
+        f.write("aaa,[],song,aaa/XC0009.ogg,1.0,0.0,x\n")  # a new row: a repeated filename is refused
     with pytest.raises(DatasetError, match="train_csv_sha256"):
         prepare_cache(changed, out, shard_size=3, progress=False)
 

@@ -99,15 +99,17 @@ def test_duplicate_rows_and_empty_primary(dataset: Path) -> None:
     pd.DataFrame(rows).to_csv(dataset / "train.csv", index=False)
     report = _check(dataset, check_audio=False)
     duplicates = _problem(report, "duplicate_filename")
-    assert duplicates.count == 3 and "amerob/XC1.ogg (3 rows)" in duplicates.examples
-    assert _problem(report, "empty_primary_label").examples == ["row 8: amerob/XC2.ogg"]
+    assert duplicates.count == 3 and "amerob/XC1.ogg on rows 2, 6, 7" in duplicates.examples
+    assert "amerob/XC2.ogg on rows 3, 8" in duplicates.examples
+    blank = _problem(report, "empty_primary_label")
+    assert blank.examples == ["row 8 (amerob/XC2.ogg): column 'primary_label' is blank"]
 
 
 def test_malformed_secondary_labels(dataset: Path) -> None:
     _edit_train(dataset, secondary_labels_2="['a', ")
     problem = _problem(_check(dataset, check_audio=False), "malformed_secondary_labels")
     assert (problem.severity, problem.count) == ("error", 1)
-    assert problem.examples[0] == "bkcchi/XC3.ogg: \"['a', \""
+    assert problem.examples[0] == "row 4 (bkcchi/XC3.ogg), column 'secondary_labels': \"['a', \""
 
 
 def test_corrupt_and_empty_audio(dataset: Path) -> None:
@@ -126,7 +128,7 @@ def test_corrupt_and_empty_audio(dataset: Path) -> None:
 def test_zero_frame_wav_is_unreadable(dataset: Path) -> None:
     sf.write(dataset / "train_audio" / "amerob" / "XC1.ogg", np.zeros(0, dtype=np.float32), SR, format="WAV")
     problem = _problem(_check(dataset), "unreadable_audio")
-    assert problem.examples == ["train_audio/amerob/XC1.ogg: holds no audio samples (zero frames)"]
+    assert problem.examples == ["train_audio/amerob/XC1.ogg: holds no audio samples (zero length)"]
 
 
 def test_unexpected_sample_rate_is_a_warning(dataset: Path) -> None:
@@ -161,7 +163,8 @@ def test_missing_files_columns_and_soundscapes(dataset: Path) -> None:
     pd.DataFrame({"primary_label": ["amerob"], "path": ["amerob/XC1.ogg"]}).to_csv(dataset / "train.csv", index=False)
     report = _check(dataset)
     assert _problem(report, "missing_file").examples == [f"sample_submission.csv not in {dataset}"]
-    assert _problem(report, "missing_columns").examples == ["train.csv lacks 'filename'"]
+    missing = _problem(report, "missing_columns")
+    assert missing.examples == ["train.csv lacks 'filename' (its columns: ['primary_label', 'path'])"]
     assert _problem(report, "no_train_soundscapes").severity == "warning"
     assert _problem(report, "no_test_soundscapes").severity == "info"
 

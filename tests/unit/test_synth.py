@@ -168,9 +168,23 @@ def test_csa_clip_opens_with_loud_low_frequency_speech(tiny: tuple[Path, SynthSu
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"soundscape_s": 12.0}, "multiple of 5"), ({"n_species": 0}, ">= 1"), ({"sample_rate": 4_000}, "8000")],
+    [({"soundscape_s": 12.0}, "multiple of 5"), ({"n_species": 0}, ">= 1"), ({"sample_rate": 4_000}, "8000"),
+     ({"n_train_soundscapes": -1}, "n_train_soundscapes and seed must be >= 0"), ({"seed": -3}, "got 1 and -3")],
 )
 def test_bad_arguments_are_refused(tmp_path: Path, kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    from birdclef.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):  # a BirdclefError: the CLI prints one line
         synthesize_dataset(tmp_path / "x", **{**TINY, **kwargs})
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_bad_arguments_and_a_file_as_out_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from birdclef import cli
+
+    assert cli.main(["synth", "--out", str(tmp_path / "x"), "--species", "0"]) == 2
+    assert capsys.readouterr().err.strip() == ("birdclef synth: error: n_species, clips_per_species and "
+                                               "n_test_soundscapes must be >= 1, got 0, 8 and 6")
+    (tmp_path / "file").write_text("not a folder")
+    assert cli.main(["synth", "--out", str(tmp_path / "file"), "--species", "2"]) == 2
+    assert "file: exists and is not a folder" in capsys.readouterr().err

@@ -14,6 +14,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from birdclef.audio.integrity import first_nonfinite_s, truncation
 from birdclef.errors import AudioError
 
 SAMPLE_RATE = 32_000
@@ -24,6 +25,10 @@ _WRITE_BLOCK_FRAMES = 65_536
 
 _SKIP_BLOCK_FRAMES = 262_144
 """Frames decoded per call while skipping to a span's start in an Ogg file (see :func:`_seek`)."""
+
+SAMPLE_RATE_RANGE = (1_000, 768_000)
+"""Native rates (Hz) a file may have. Outside it the header is corrupt or the file useless: at 1 Hz
+a minute of samples resamples to 32k times as many (gigabytes), at 2 GHz to a single sample."""
 
 
 @dataclass(frozen=True)
@@ -37,10 +42,24 @@ class AudioInfo:
     frames: int
     """Samples per channel at the native rate."""
     format: str
+    subtype: str = ""
+    """libsndfile's sample encoding ("PCM_16", "FLOAT", "VORBIS", ...)."""
+    truncated: str | None = None
+    """Why the file looks cut short (:func:`birdclef.audio.integrity.truncation`); None when complete."""
 
     @property
     def duration_s(self) -> float:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+    @property
+    def defect(self) -> str | None:
+        """Why :func:`load_audio` refuses this file whatever the span, from its header alone; None if usable."""
+        low, high = SAMPLE_RATE_RANGE
+        if not low <= self.sample_rate <= high:
+            return f"sample rate {self.sample_rate} Hz is outside {low}-{high} Hz (corrupt header?)"
+        if self.frames == 0:
+            return "holds no audio samples (zero length)"
+        return self.truncated
 
 
 def _open(path: Path) -> sf.SoundFile:
@@ -74,14 +93,41 @@ def _seek(f: sf.SoundFile, frame: int) -> None:
 
 
 def audio_info(path: str | Path) -> AudioInfo:
-    """Read the header of `path`.
+    """Read the header of `path`, and its container structure for truncation (no decoding).
+
+    A file this returns can still be unusable: see :attr:`AudioInfo.defect`.
 
     Raises:
         AudioError: the file is missing, empty, or not a format libsndfile can open.
     """
     path = Path(path)
     with _open(path) as f:
-        return AudioInfo(path, f.samplerate, f.channels, f.frames, f.format)
+        return _info(path, f)
+
+
+def _info(path: Path, f: sf.SoundFile) -> AudioInfo:
+    try:
+        cut = truncation(path, f)
+    except OSError as exc:
+        raise AudioError(path, f"cannot read ({exc})") from None
+    return AudioInfo(path, f.samplerate, f.channels, f.frames, f.format, f.subtype, cut)
+
+
+def find_nonfinite(path: str | Path) -> float | None:
+    """Time (s) of the first NaN or Inf sample of `path`, or None when it holds none.
+
+    Only float-subtype files (WAV/AIFF/CAF "FLOAT" or "DOUBLE") can hold them; those are read in
+    blocks, every other file is answered from its header.
+
+    Raises:
+        AudioError: the file is missing, empty, not a format libsndfile can open, or fails to decode.
+    """
+    path = Path(path)
+    with _open(path) as f:
+        try:
+            return first_nonfinite_s(f)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise AudioError(path, f"cannot decode ({exc})") from None
 
 
 def load_audio(
@@ -106,15 +152,17 @@ def load_audio(
         (samples,) float32 array, channels averaged to mono.
 
     Raises:
-        AudioError: missing, empty or undecodable file; no samples in the span; NaN or Inf samples.
+        AudioError: missing, empty, truncated or undecodable file; a sample rate outside
+            :data:`SAMPLE_RATE_RANGE`; no samples in the span; NaN or Inf samples.
     """
     path = Path(path)
     if start_s < 0 or (duration_s is not None and duration_s <= 0):
         raise AudioError(path, f"invalid span start_s={start_s}, duration_s={duration_s}")
     with _open(path) as f:
         native_sr = f.samplerate
-        if f.frames == 0:
-            raise AudioError(path, "holds no audio samples (zero length)")
+        defect = _info(path, f).defect
+        if defect is not None:
+            raise AudioError(path, defect)
         start = int(round(start_s * native_sr))
         if start >= f.frames:
             raise AudioError(path, f"span starts at {start_s:.2f} s but the file lasts {f.frames / native_sr:.2f} s")
@@ -128,8 +176,10 @@ def load_audio(
     if data.shape[0] == 0:
         raise AudioError(path, "decoded to zero samples (truncated or corrupt file)")
     wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if not np.isfinite(wave).all():
-        raise AudioError(path, "holds NaN or Inf samples")
+    finite = np.isfinite(wave)
+    if not finite.all():
+        at = start_s + int(np.argmin(finite)) / native_sr
+        raise AudioError(path, f"holds NaN or Inf samples (first at {at:.3f} s)")
     if native_sr != sample_rate:
         wave = soxr.resample(wave, native_sr, sample_rate, quality="HQ")
     return np.ascontiguousarray(wave, dtype=np.float32)

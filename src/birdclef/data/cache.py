@@ -14,14 +14,20 @@ float16 samples and writes::
 Fixed strategies (center, first, energy, reference) store exactly the chosen window, tiled when the
 clip is short; ``random`` stores the first `max_clip_s` seconds so that training draws a new crop
 each epoch. Shards are independent and written atomically (the .parquet last, so its presence marks
-a finished shard): an interrupted run resumes where it stopped and gives the same files.
+a finished shard): an interrupted run, even one killed with SIGKILL, resumes where it stopped and
+gives the same files; worker processes exit when the process that started them dies.
 :class:`WaveCache` reads the result through memory maps.
+
+train.csv is checked first (:func:`birdclef.data.validate.require_valid_metadata`, the checks of
+``birdclef check``): a table error refuses the run, a broken audio file is skipped and listed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -37,7 +43,8 @@ from tqdm.auto import tqdm
 from birdclef.audio.io import audio_info, load_audio, tile_to_length
 from birdclef.audio.segments import Window, crop, select_window
 from birdclef.config import SELECTION_STRATEGIES
-from birdclef.data.metadata import REQUIRED_TRAIN_COLUMNS, read_train_csv, subset_round_robin
+from birdclef.data.metadata import subset_round_robin
+from birdclef.data.validate import require_valid_metadata
 from birdclef.errors import AudioError, ConfigError, DatasetError
 from birdclef.utils.io import write_atomic, write_csv_atomic, write_json_atomic, write_parquet_atomic
 
@@ -50,6 +57,9 @@ offset and length in the shard, stored span [start_s, end_s) in clip seconds, cl
 
 _CSV_PREFIX = "csv_"
 """A train.csv column named like a cache column (other than filename) is kept with this prefix."""
+
+_PARENT_POLL_S = 0.5
+"""How often a worker checks that the process that started it is still alive."""
 
 
 @dataclass(frozen=True)
@@ -117,18 +127,26 @@ def prepare_cache(
 
     Raises:
         ConfigError: unknown strategy or a non-positive number.
-        DatasetError: train.csv missing or lacking primary_label/filename; `out` holds a cache made
-            with another config (the message lists the differences); no clip could be decoded.
+        DatasetError: train.csv missing, or with an error ``birdclef check`` reports (blank or unknown
+            primary labels, duplicate filenames, malformed secondary_labels, a broken class table,
+            ...); `out` holds a cache made with another config (the message lists the differences);
+            no clip could be decoded.
+
+    Warns:
+        DataWarning: the warnings of ``birdclef check`` about train.csv (unknown secondary labels, ...).
     """
     started = time.perf_counter()
     data_root, out = Path(data_root), Path(out)
     _check_args(strategy, window_s, sample_rate, max_clip_s, shard_size, max_files)
-    table = _read_train_table(data_root / "train.csv", max_files)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: exists and is not a folder; give --out a cache folder")
+    table = _prepare_table(require_valid_metadata(data_root), max_files)
     config = {"format": CACHE_FORMAT, "strategy": strategy, "window_s": float(window_s),
               "sample_rate": int(sample_rate), "max_clip_s": float(max_clip_s) if strategy == "random" else None,
               "max_files": max_files, "shard_size": int(shard_size),
               "train_csv_sha256": _sha256(data_root / "train.csv")}
     _claim(out, config)
+    _remove_stale_temporaries(out / "shards")
     jobs = _plan_shards(table, data_root / "train_audio", out / "shards", config, shard_size)
     _run_jobs([job for job in jobs if not _shard_done(job)], len(table), num_workers, progress)
     index, skipped = _collect(jobs, table)
@@ -154,16 +172,11 @@ def _check_args(strategy: str, window_s: float, sample_rate: int, max_clip_s: fl
         raise ConfigError(f"prepare_cache: max_files must be positive, got {max_files}")
 
 
-def _read_train_table(path: Path, max_files: int | None) -> pd.DataFrame:
-    """train.csv as is (labels as strings), `max_files` rows round-robin over classes; object columns as strings."""
-    table = read_train_csv(path)
-    missing = [col for col in REQUIRED_TRAIN_COLUMNS if col not in table.columns]
-    if missing:
-        raise DatasetError(f"{path}: missing required column(s) {missing}; found {list(table.columns)}")
-    if table.empty:
-        raise DatasetError(f"{path}: no rows")
+def _prepare_table(table: pd.DataFrame, max_files: int | None) -> pd.DataFrame:
+    """A checked train.csv, `max_files` rows round-robin over classes; object columns as strings."""
     table = subset_round_robin(table, max_files) if max_files is not None else table
-    table["filename"] = table["filename"].fillna("").astype(str)
+    for col in ("primary_label", "filename"):  # stripped, as the checks read them
+        table[col] = table[col].astype(str).str.strip()
     for col in table.columns[table.dtypes == object]:  # mixed cells would not fit a Parquet column
         table[col] = table[col].map(lambda v: v if pd.isna(v) else str(v))
     return table.reset_index(drop=True)
@@ -200,6 +213,17 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def _remove_stale_temporaries(shard_dir: Path) -> None:
+    """Delete the half-written temporaries a killed run left (``.part-00003.npy.<random>.tmp``).
+
+    One prepare per cache folder at a time: a second one running into the same folder would lose
+    its temporaries here.
+    """
+    if shard_dir.is_dir():
+        for tmp in shard_dir.glob(".part-*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
 def _plan_shards(table: pd.DataFrame, audio_dir: Path, shard_dir: Path, config: dict[str, Any],
                  shard_size: int) -> list[_ShardJob]:
     filenames = table["filename"].tolist()
@@ -231,17 +255,31 @@ def _run_jobs(jobs: list[_ShardJob], n_rows: int, num_workers: int, progress: bo
         # The platform's default start method, as torch's DataLoader uses: fork on Linux works from
         # notebooks, stdin and unguarded scripts; where it is spawn (macOS, Windows) callers need the
         # usual `if __name__ == "__main__":` guard. Workers run numpy, libsndfile and soxr only.
-        with ProcessPoolExecutor(min(num_workers, len(jobs)), initializer=_single_blas_thread) as pool:
+        with ProcessPoolExecutor(min(num_workers, len(jobs)), initializer=_init_worker,
+                                 initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_write_shard, job): job for job in jobs}
             for future in as_completed(futures):
                 future.result()
                 bar.update(len(futures[future].rows))
 
 
-def _single_blas_thread() -> None:
-    """One BLAS thread per worker: the energy rule's small mel matmul runs about 3x slower on a
-    loaded 2-core machine when OpenBLAS spreads it over threads that the other workers need."""
+def _init_worker(parent_pid: int) -> None:
+    """One BLAS thread per worker, and a watchdog that ends the worker when its parent dies.
+
+    The energy rule's small mel matmul runs about 3x slower on a loaded 2-core machine when
+    OpenBLAS spreads it over threads that the other workers need. A parent killed with SIGKILL
+    never shuts its pool down, and ProcessPoolExecutor workers then wait on their queue forever
+    (they hold its write end themselves, so they never see end-of-file); the watchdog polls the
+    parent pid instead, which works for every start method (prctl's PDEATHSIG is Linux only).
+    """
     threadpool_limits(limits=1, user_api="blas")
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True, name="parent-watchdog").start()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(_PARENT_POLL_S)
+    os._exit(1)  # mid-shard: the shard's files are written atomically, so nothing half-done remains
 
 
 def _write_shard(job: _ShardJob, on_clip: Callable[[], object] | None = None) -> int:

@@ -9,12 +9,15 @@ kind                        severity  meaning
 missing_file                error     train.csv, taxonomy.csv, sample_submission.csv or train_audio/
 no_train_soundscapes        warning   train_soundscapes/ missing or empty (no background, no pseudo-labels)
 no_test_soundscapes         info      test_soundscapes/ missing or empty (normal in a Kaggle download)
-unreadable_table            error     a CSV that cannot be parsed, or a malformed class header
+unreadable_table            error     a CSV that cannot be parsed (or is not UTF-8), or a malformed class header
 missing_columns             error     train.csv lacks primary_label or filename
 missing_optional_columns    info      train.csv lacks secondary_labels or rating (empty / 0 assumed)
+no_rows                     error     train.csv has a header but no rows
 empty_primary_label         error     a row with a blank primary_label
-duplicate_filename          error     the same filename on several rows (count: extra rows)
+bad_filename                error     a blank filename, or one that is absolute or climbs out of train_audio/ (..)
+duplicate_filename          error     the same filename on several rows (count: extra rows); one clip is one row
 malformed_secondary_labels  error     a secondary_labels cell that does not parse strictly
+bad_rating                  warning   a rating that is not a number (treated as unrated)
 unknown_primary_label       error     a primary label that is not a class
 unknown_secondary_label     warning   a secondary label that is not a class (skipped in training)
 labels_not_checked          info      no taxonomy.csv or sample_submission.csv to check labels against
@@ -23,11 +26,20 @@ submission_not_in_taxonomy  warning   a sample_submission column with no taxonom
 bad_row_id                  error     a row_id not of the form ``<soundscape_stem>_<end_second>``
 duplicate_row_id            error     the same row_id twice in sample_submission.csv
 missing_audio               error     a train.csv filename with no file under train_audio/
-unreadable_audio            error     a training clip libsndfile cannot open, or with zero frames
-unreadable_soundscape       error     the same for a file in train_ or test_soundscapes/
+unreadable_audio            error     a training clip libsndfile cannot open, a directory, zero frames, or a
+                                      sample rate outside :data:`~birdclef.audio.io.SAMPLE_RATE_RANGE`
+truncated_audio             error     a clip cut short (:mod:`birdclef.audio.integrity`; every loader refuses it)
+nonfinite_audio             error     a float-subtype clip holding NaN or Inf (float files are read in full)
+unreadable_soundscape       error     the same three for a file in train_ or test_soundscapes/
+truncated_soundscape        error
+nonfinite_soundscape        error
 unexpected_sample_rate      warning   audio not at `expected_sample_rate` (resampled on load); per rate
 audio_not_checked           info      audio checks skipped (lone CSV, or ``check_audio=False``)
 ==========================  ========  ===================================================
+
+The train.csv and class-table kinds come from :mod:`birdclef.data.validate`; ``prepare`` and
+``train`` refuse a dataset with any of their errors, using the same lines. Audio errors are not
+refused there: those files are skipped and listed in the cache's skipped.csv.
 """
 
 from __future__ import annotations
@@ -37,42 +49,22 @@ import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from birdclef.audio.io import audio_info
-from birdclef.data.metadata import (
-    DatasetLayout,
-    parse_secondary_labels,
-    read_submission_classes,
-    read_taxonomy_classes,
-    read_train_csv,
-)
+from birdclef.audio.integrity import FLOAT_SUBTYPES
+from birdclef.audio.io import audio_info, find_nonfinite
+from birdclef.data.metadata import DatasetLayout
+from birdclef.data.validate import Problem, Problems, check_metadata
 from birdclef.errors import AudioError, DatasetError
+
+__all__ = ["CheckReport", "Problem", "check_dataset"]
 
 AUDIO_SUFFIXES = (".ogg", ".flac", ".wav", ".mp3")
 _ROW_ID = re.compile(r".+_\d+")
-_SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
-_MAX_EXAMPLES = 10
-
-
-@dataclass
-class Problem:
-    """One kind of fault, counted over the dataset."""
-
-    kind: str
-    severity: str
-    """One of "error" (unusable as is), "warning" (usable, likely not intended) or "info"."""
-    count: int
-    examples: list[str] = field(default_factory=list)
-    """A few offending items, each naming the file, row or label."""
-
-    def line(self) -> str:
-        shown = "; ".join(self.examples[:3])
-        return f"{self.severity.upper():<7} {self.kind}: {self.count}" + (f" (e.g. {shown})" if shown else "")
 
 
 @dataclass
@@ -107,26 +99,6 @@ class CheckReport:
         return [p.line() for p in self.problems] + [summary]
 
 
-class _Problems:
-    """Collects findings, merging them by kind."""
-
-    def __init__(self) -> None:
-        self.by_kind: dict[str, Problem] = {}
-
-    def add(self, kind: str, severity: str, examples: list[str], count: int | None = None) -> None:
-        count = len(examples) if count is None else count
-        if count == 0:
-            return
-        found = self.by_kind.setdefault(kind, Problem(kind, severity, 0))
-        found.count += count
-        found.examples.extend(examples[: _MAX_EXAMPLES - len(found.examples)])
-        if _SEVERITY_RANK[severity] > _SEVERITY_RANK[found.severity]:
-            found.severity = severity
-
-    def sorted(self) -> list[Problem]:
-        return sorted(self.by_kind.values(), key=lambda p: -_SEVERITY_RANK[p.severity])
-
-
 def check_dataset(
     path: str | Path,
     check_audio: bool = True,
@@ -142,7 +114,8 @@ def check_dataset(
 
     Args:
         path: dataset folder or CSV file.
-        check_audio: open the header of every clip and soundscape (in parallel threads).
+        check_audio: open the header of every clip and soundscape and check it is not truncated (in
+            parallel threads, no decoding); float-subtype files are also read in full for NaN/Inf.
         num_workers: threads reading audio headers.
         progress: show a tqdm bar while reading audio headers.
         expected_sample_rate: rate (Hz) the audio should have; others give a warning.
@@ -154,16 +127,17 @@ def check_dataset(
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: not found; expected a dataset folder or a train.csv file")
-    problems = _Problems()
+    problems = Problems()
     lone_csv = path.is_file()
     layout = DatasetLayout.from_root(path.parent if lone_csv else path)
     train_csv = path if lone_csv else layout.train_csv
     if not lone_csv:
         _check_files(layout, problems)
-    classes = _reference_classes(layout, problems)
-    train = _check_train_table(train_csv, classes, problems)
-    if not lone_csv and layout.sample_submission_csv.is_file():
-        _check_row_ids(layout.sample_submission_csv, problems)
+    metadata = check_metadata(layout, train_csv, problems)
+    train, classes = metadata.train, metadata.classes
+    submission = layout.sample_submission_csv
+    if not lone_csv and submission.is_file() and submission not in metadata.unreadable:
+        _check_row_ids(submission, problems)
     if lone_csv or not check_audio:
         why = "metadata-only check of a lone CSV" if lone_csv else "check_audio=False"
         problems.add("audio_not_checked", "info", [why])
@@ -174,7 +148,7 @@ def check_dataset(
     return CheckReport(path, n_rows, n_classes, problems.sorted(), time.perf_counter() - start)
 
 
-def _check_files(layout: DatasetLayout, problems: _Problems) -> None:
+def _check_files(layout: DatasetLayout, problems: Problems) -> None:
     """Required files and folders; optional soundscape folders."""
     required = [layout.train_csv, layout.taxonomy_csv, layout.sample_submission_csv]
     missing = [p.name for p in required if not p.is_file()]
@@ -189,102 +163,10 @@ def _check_files(layout: DatasetLayout, problems: _Problems) -> None:
 def _audio_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)  # directories too: reported
 
 
-def _reference_classes(layout: DatasetLayout, problems: _Problems) -> list[str] | None:
-    """Classes to check labels against; taxonomy first, then sample_submission columns."""
-    found: dict[str, list[str]] = {}
-    for name, path, reader in [
-        ("taxonomy", layout.taxonomy_csv, read_taxonomy_classes),
-        ("submission", layout.sample_submission_csv, read_submission_classes),
-    ]:
-        if path.is_file():
-            try:
-                found[name] = reader(path)
-            except DatasetError as exc:
-                problems.add("unreadable_table", "error", [str(exc)])
-    if "taxonomy" in found and "submission" in found:
-        taxonomy, submission = found["taxonomy"], found["submission"]
-        problems.add("taxonomy_not_in_submission", "warning", sorted(set(taxonomy) - set(submission)))
-        problems.add("submission_not_in_taxonomy", "warning", sorted(set(submission) - set(taxonomy)))
-    classes = found.get("taxonomy", found.get("submission"))
-    if classes is None:
-        why = f"no readable taxonomy.csv or sample_submission.csv in {layout.root}"
-        problems.add("labels_not_checked", "info", [why])
-    return classes
-
-
-def _check_train_table(path: Path, classes: list[str] | None, problems: _Problems) -> pd.DataFrame | None:
-    """Row-level checks of train.csv; returns the table with parsed labels, or None when unusable."""
-    if not path.is_file():
-        return None
-    try:
-        raw = read_train_csv(path)
-    except DatasetError as exc:
-        problems.add("unreadable_table", "error", [str(exc)])
-        return None
-    missing = [col for col in ("primary_label", "filename") if col not in raw.columns]
-    problems.add("missing_columns", "error", [f"{path.name} lacks {col!r}" for col in missing])
-    optional = [col for col in ("secondary_labels", "rating") if col not in raw.columns]
-    problems.add("missing_optional_columns", "info", [f"{path.name} lacks {col!r}" for col in optional])
-    if missing:
-        return None
-    train = pd.DataFrame({
-        "primary_label": raw["primary_label"].fillna("").astype(str).str.strip(),
-        "filename": raw["filename"].fillna("").astype(str).str.strip(),
-    })
-    train["secondary_labels"] = _parse_secondary_column(raw, train["filename"], problems)
-    _check_rows(train, problems)
-    if classes is not None:
-        _check_labels(train, set(classes), problems)
-    return train
-
-
-def _parse_secondary_column(raw: pd.DataFrame, filenames: pd.Series, problems: _Problems) -> list[list[str]]:
-    """Strictly parse each distinct cell once; report the malformed ones, keep best-effort labels."""
-    if "secondary_labels" not in raw.columns:
-        return [[] for _ in range(len(raw))]
-    cells = raw["secondary_labels"].fillna("").astype(str).tolist()
-    parsed: dict[str, list[str]] = {}
-    malformed: set[str] = set()
-    for cell in set(cells):
-        try:
-            parsed[cell] = parse_secondary_labels(cell, strict=True)
-        except ValueError:
-            malformed.add(cell)
-            parsed[cell] = parse_secondary_labels(cell)
-    bad = [f"{name}: {cell!r}" for name, cell in zip(filenames, cells) if cell in malformed]
-    problems.add("malformed_secondary_labels", "error", bad)
-    return [parsed[cell] for cell in cells]
-
-
-def _check_rows(train: pd.DataFrame, problems: _Problems) -> None:
-    """Blank primary labels and filenames listed more than once."""
-    blank = train.index[train["primary_label"] == ""]
-    problems.add("empty_primary_label", "error", [f"row {i + 2}: {train.at[i, 'filename']}" for i in blank])
-    repeated = train["filename"].duplicated(keep="first")
-    names = train.loc[repeated, "filename"]
-    counts = names.value_counts(sort=False)
-    examples = [f"{name} ({n + 1} rows)" for name, n in counts.items()]
-    problems.add("duplicate_filename", "error", examples, count=int(repeated.sum()))
-
-
-def _check_labels(train: pd.DataFrame, classes: set[str], problems: _Problems) -> None:
-    """Primary and secondary labels that are not classes; counts are rows."""
-    primary = train["primary_label"]
-    bad = train[(primary != "") & ~primary.isin(classes)]
-    examples = [f"{label!r} in {name}" for label, name in zip(bad["primary_label"], bad["filename"])]
-    problems.add("unknown_primary_label", "error", examples)
-    unknown = [
-        (name, sorted(set(labels) - classes))
-        for name, labels in zip(train["filename"], train["secondary_labels"])
-        if labels and not classes.issuperset(labels)
-    ]
-    problems.add("unknown_secondary_label", "warning", [f"{labels} in {name}" for name, labels in unknown])
-
-
-def _check_row_ids(path: Path, problems: _Problems) -> None:
+def _check_row_ids(path: Path, problems: Problems) -> None:
     """row_id must be ``<soundscape_stem>_<end_second>`` and unique."""
     try:
         row_ids = pd.read_csv(path, usecols=["row_id"], dtype=str)["row_id"].fillna("")
@@ -301,7 +183,7 @@ def _check_row_ids(path: Path, problems: _Problems) -> None:
 def _check_audio(
     layout: DatasetLayout,
     train: pd.DataFrame,
-    problems: _Problems,
+    problems: Problems,
     num_workers: int,
     progress: bool,
     expected_sample_rate: int,
@@ -310,11 +192,11 @@ def _check_audio(
     if not layout.train_audio.is_dir():
         return  # already a missing_file error; listing every clip as missing adds nothing
     names = [name for name in dict.fromkeys(train["filename"]) if name]
-    exists = [os.path.isfile(layout.train_audio / name) for name in names]
+    exists = [os.path.exists(layout.train_audio / name) for name in names]
     problems.add("missing_audio", "error", [f"train_audio/{n}" for n, ok in zip(names, exists) if not ok])
-    clips = [(f"train_audio/{n}", layout.train_audio / n, "unreadable_audio") for n, ok in zip(names, exists) if ok]
+    clips = [(f"train_audio/{n}", layout.train_audio / n, "audio") for n, ok in zip(names, exists) if ok]
     scapes = [
-        (f"{folder.name}/{p.name}", p, "unreadable_soundscape")
+        (f"{folder.name}/{p.name}", p, "soundscape")
         for folder in (layout.train_soundscapes, layout.test_soundscapes)
         for p in _audio_files(folder)
     ]
@@ -331,20 +213,25 @@ def _check_audio(
 def _read_headers(
     items: list[tuple[str, Path, str]], num_workers: int, progress: bool
 ) -> list[tuple[str, str, int, str | None]]:
-    """(label, kind, sample_rate, error or None) per item, read in parallel threads.
+    """(label, problem kind, sample_rate, error or None) per (label, path, "audio" or "soundscape") item.
 
-    libsndfile releases the GIL while it parses a header, so threads overlap the file I/O.
+    Headers and container structure only, except float-subtype files, which are scanned for NaN
+    and Inf. Parallel threads: libsndfile releases the GIL while it reads, so they overlap the I/O.
     """
 
     def probe(item: tuple[str, Path, str]) -> tuple[str, str, int, str | None]:
-        label, path, kind = item
+        label, path, what = item
         try:
             info = audio_info(path)
+            if info.truncated is not None:
+                return label, f"truncated_{what}", info.sample_rate, info.truncated
+            if info.defect is not None:
+                return label, f"unreadable_{what}", info.sample_rate, info.defect
+            if info.subtype in FLOAT_SUBTYPES and (at := find_nonfinite(path)) is not None:
+                return label, f"nonfinite_{what}", info.sample_rate, f"holds NaN or Inf samples (first at {at:.3f} s)"
         except AudioError as exc:
-            return label, kind, 0, exc.reason
-        if info.frames == 0:
-            return label, kind, info.sample_rate, "holds no audio samples (zero frames)"
-        return label, kind, info.sample_rate, None
+            return label, f"unreadable_{what}", 0, exc.reason
+        return label, "", info.sample_rate, None
 
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         results = pool.map(probe, items)

@@ -152,8 +152,26 @@ def read_train_csv(path: str | Path) -> pd.DataFrame:
         raise DatasetError(f"{path}: train table not found")
     try:
         return pd.read_csv(path, dtype=_LABEL_COLUMNS)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+    except UnicodeDecodeError:
+        raise DatasetError(_not_utf8(path)) from None
+    except pd.errors.EmptyDataError:
+        expected = list(REQUIRED_TRAIN_COLUMNS)
+        raise DatasetError(f"{path}: empty file; expected a header with {expected}, then rows") from None
+    except (pd.errors.ParserError, ValueError) as exc:
         raise DatasetError(f"{path}: cannot read as CSV ({exc})") from None
+
+
+def _not_utf8(path: Path) -> str:
+    """Where `path` stops being UTF-8; pandas' own error gives a position inside a read buffer, not the file."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - data.rfind(b"\n", 0, exc.start)
+        byte = data[exc.start]
+        return f"{path}: not UTF-8 text (byte 0x{byte:02x} on line {line}, column {column}); save it as UTF-8"
+    return f"{path}: not UTF-8 text; save it as UTF-8"
 
 
 def load_train_table(path: str | Path, max_files: int | None = None) -> pd.DataFrame:
@@ -213,9 +231,13 @@ def read_submission_classes(path: str | Path) -> list[str]:
     try:
         with open(path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError:
+        raise DatasetError(_not_utf8(path)) from None
+    except (OSError, csv.Error) as exc:
         raise DatasetError(f"{path}: cannot read the sample submission header ({exc})") from None
     header = [name.strip() for name in header]
+    if not header:
+        raise DatasetError(f"{path}: empty file; expected a header of 'row_id' then one column per class")
     if "row_id" not in header:
         raise DatasetError(f"{path}: no 'row_id' column; expected 'row_id' then one column per class")
     classes = [name for name in header if name != "row_id"]
@@ -232,7 +254,9 @@ def read_taxonomy_classes(path: str | Path) -> list[str]:
     path = Path(path)
     try:
         taxonomy = pd.read_csv(path, dtype={"primary_label": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise DatasetError(_not_utf8(path)) from None
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DatasetError(f"{path}: cannot read as CSV ({exc})") from None
     if "primary_label" not in taxonomy.columns:
         raise DatasetError(f"{path}: no 'primary_label' column; found {list(taxonomy.columns)}")
@@ -245,7 +269,10 @@ def _check_class_list(path: Path, classes: list[str], what: str) -> None:
     if not classes:
         raise DatasetError(f"{path}: no classes found; expected at least one {what}")
     if "" in classes:
-        raise DatasetError(f"{path}: a blank {what} at position {classes.index('') + 1}")
+        at = classes.index("")
+        if what == "class column":
+            raise DatasetError(f"{path}: class column {at + 1} of the header (not counting row_id) is blank")
+        raise DatasetError(f"{path}: column {what!r} is blank on row {at + 2}")  # spreadsheet rows: header = 1
     seen: set[str] = set()
     duplicates = sorted({name for name in classes if name in seen or seen.add(name)})
     if duplicates:

@@ -20,6 +20,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from birdclef.audio.io import write_audio
+from birdclef.errors import ConfigError, DatasetError
 from birdclef.utils.io import write_csv_atomic, write_text_atomic
 
 WINDOW_S = 5.0
@@ -347,14 +348,19 @@ def _write_tables(out: Path, specs: list[CallSpec], clips: list[_AudioJob], even
     write_csv_atomic(events, out / "test_events.csv")
 
 
-def _check_args(n_species: int, clips_per_species: int, n_test_soundscapes: int, soundscape_s: float,
-                sample_rate: int) -> None:
+def _check_args(out: Path, n_species: int, clips_per_species: int, n_train_soundscapes: int,
+                n_test_soundscapes: int, soundscape_s: float, sample_rate: int, seed: int) -> None:
     if n_species < 1 or clips_per_species < 1 or n_test_soundscapes < 1:
-        raise ValueError("n_species, clips_per_species and n_test_soundscapes must be >= 1")
+        raise ConfigError("n_species, clips_per_species and n_test_soundscapes must be >= 1, got "
+                          f"{n_species}, {clips_per_species} and {n_test_soundscapes}")
+    if n_train_soundscapes < 0 or seed < 0:
+        raise ConfigError(f"n_train_soundscapes and seed must be >= 0, got {n_train_soundscapes} and {seed}")
     if soundscape_s < WINDOW_S or abs(soundscape_s / WINDOW_S - round(soundscape_s / WINDOW_S)) > 1e-9:
-        raise ValueError(f"soundscape_s must be a positive multiple of {WINDOW_S:g} s, got {soundscape_s}")
+        raise ConfigError(f"soundscape_s must be a positive multiple of {WINDOW_S:g} s, got {soundscape_s}")
     if sample_rate < 8_000:
-        raise ValueError(f"sample_rate must be >= 8000 Hz, got {sample_rate}")
+        raise ConfigError(f"sample_rate must be >= 8000 Hz, got {sample_rate}")
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: exists and is not a folder; give a folder for the synthetic dataset")
 
 
 def _write_audio_jobs(jobs: list[_AudioJob], species: dict[str, CallSpec], sample_rate: int, progress: bool) -> float:
@@ -378,11 +384,14 @@ def synthesize_dataset(out: Path, n_species: int = 8, clips_per_species: int = 8
         >>> summary = synthesize_dataset(Path("data/synth"), n_species=4, progress=False)  # doctest: +SKIP
 
     Raises:
-        ValueError: a count below 1, `soundscape_s` not a multiple of 5 s, or `sample_rate` < 8 kHz.
+        ConfigError: a count below 1 (below 0 for train soundscapes), a negative seed, `soundscape_s`
+            not a multiple of 5 s, or `sample_rate` < 8 kHz (a ValueError too).
+        DatasetError: `out` exists and is not a folder.
     """
     settings = ", ".join(f"{key}={value}" for key, value in locals().items() if key not in ("out", "progress"))
-    _check_args(n_species, clips_per_species, n_test_soundscapes, soundscape_s, sample_rate)
     began, out = time.perf_counter(), Path(out)
+    _check_args(out, n_species, clips_per_species, n_train_soundscapes, n_test_soundscapes, soundscape_s,
+                sample_rate, seed)
     specs = design_species(n_species, seed, sample_rate)
     labels, species = sorted(s.label for s in specs), {s.label: s for s in specs}
     clips = _plan_clips(specs, clips_per_species, seed, out)
