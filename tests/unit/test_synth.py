@@ -187,4 +187,4 @@ def test_cli_bad_arguments_and_a_file_as_out_are_one_line_errors(tmp_path: Path,
                                                "n_test_soundscapes must be >= 1, got 0, 8 and 6")
     (tmp_path / "file").write_text("not a folder")
     assert cli.main(["synth", "--out", str(tmp_path / "file"), "--species", "2"]) == 2
-    assert "file: exists and is not a folder" in capsys.readouterr().err
+    assert "file: is an existing file; give a folder" in capsys.readouterr().err
