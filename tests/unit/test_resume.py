@@ -28,7 +28,7 @@ TINY = [
 ]
 
 HOLD = '''
-"""`birdclef train` that parks itself in epoch HOLD_EPOCH (batch 1) after touching HOLD_MARKER."""
+"""`birdclef train` that parks itself at batch HOLD_BATCH of epoch HOLD_EPOCH after touching HOLD_MARKER."""
 import os, sys, time
 from pathlib import Path
 import lightning as L
@@ -36,7 +36,7 @@ import birdclef.train.kfold as kfold
 
 class Hold(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, idx):
-        if trainer.current_epoch == int(os.environ["HOLD_EPOCH"]) and idx == 1:
+        if trainer.current_epoch == int(os.environ["HOLD_EPOCH"]) and idx == int(os.environ["HOLD_BATCH"]):
             Path(os.environ["HOLD_MARKER"]).touch()
             time.sleep(600)
 
@@ -97,7 +97,7 @@ def test_kill_9_in_epoch_2_then_resume_equals_uninterrupted_run(tiny_dataset: Pa
     part, marker, script = tmp_path / "part", tmp_path / "held", tmp_path / "hold.py"
     script.write_text(HOLD)
     proc = subprocess.Popen([sys.executable, str(script), *_command(tiny_dataset, part, cache, *settings)],
-                            env=_env(HOLD_EPOCH="1", HOLD_MARKER=str(marker)), stdout=subprocess.DEVNULL,
+                            env=_env(HOLD_EPOCH="1", HOLD_BATCH="1", HOLD_MARKER=str(marker)), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
@@ -107,7 +107,8 @@ def test_kill_9_in_epoch_2_then_resume_equals_uninterrupted_run(tiny_dataset: Pa
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children, "expected DataLoader worker processes"
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     # torch's own worker watchdog needs 5 s or more; dying with the parent takes no polling.
     assert not _gone(children, timeout=4.0), "DataLoader workers outlived kill -9 of their parent"
