@@ -15,7 +15,7 @@ from birdclef.config import load_config
 from birdclef.data.augment import add_background, mix_batch, mixed_target, mixup_loss
 from birdclef.data.folds import assign_folds
 from birdclef.models import load_checkpoint
-from birdclef.train.kfold import train_kfold
+from birdclef.train.kfold import build_targets, train_kfold
 from birdclef.train.losses import create_loss
 from birdclef.train.module import BirdModule
 
@@ -203,3 +203,32 @@ def test_run_folder_contents_and_checkpoint_reload(tiny_dataset: Path, tmp_path:
     classes = pd.read_csv(tiny_dataset / "sample_submission.csv").columns[1:].tolist()
     assert loaded.classes == classes and loaded.config.model.head == "sed"
     assert summary.oof_auc is None or 0.0 <= summary.oof_auc <= 1.0
+
+
+def test_oof_is_keyed_by_clip_when_a_file_is_skipped_and_max_files_is_set(tmp_path: Path):
+    """Cache positions shift past a broken file and under max_files; OOF rows must still name their clip."""
+    import json
+
+    from birdclef.data.synth import synthesize_dataset
+    from birdclef.train.module import validation_auc
+
+    data = tmp_path / "data"
+    synthesize_dataset(data, n_species=3, clips_per_species=5, n_train_soundscapes=1, n_test_soundscapes=1,
+                       soundscape_s=10.0, seed=4, progress=False)
+    table = pd.read_csv(data / "train.csv")
+    (data / "train_audio" / table["filename"][0]).write_bytes(b"not audio")  # skipped by the cache
+    config = load_config(None, TINY + ["train.epochs=1", "data.max_files=13", "train.folds=[0, 1]"])
+    summary = train_kfold(config, data, tmp_path / "run", progress=False)
+
+    index = pd.read_parquet(tmp_path / "run" / "cache" / "index.parquet")
+    assert table["filename"][0] not in set(index["filename"]) and len(index) == 12
+    oof = pd.read_parquet(tmp_path / "run" / "oof.parquet")
+    joined = oof.merge(index[["filename", "row"]], on="filename", suffixes=("", "_cache"), validate="one_to_one")
+    assert len(joined) == len(oof) and (joined["row"] == joined["row_cache"]).all()
+    labels = table.set_index("filename")["primary_label"]
+    assert (oof["primary_label"].to_numpy() == labels[oof["filename"]].to_numpy()).all()
+    classes = pd.read_csv(data / "sample_submission.csv").columns[1:].tolist()
+    clips = table.set_index("filename").loc[oof["filename"]].reset_index()  # train.csv rows, found by clip
+    truth, _ = build_targets(clips, classes, config.data.secondary_label_weight, rating_weight=False)
+    assert summary.oof_auc == pytest.approx(validation_auc(truth, oof[classes].to_numpy()))
+    assert "optimistic" in json.loads((tmp_path / "run" / "summary.json").read_text())["oof_note"]
