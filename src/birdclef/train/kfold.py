@@ -6,7 +6,12 @@ Run folder (STYLE §3.5)::
     RUN/fold{k}/best.pt  last.ckpt  metrics.csv  oof.parquet  done.json
 
 ``best.pt`` is the self-describing checkpoint inference loads; ``last.ckpt`` is Lightning's full
-state (optimizer, scheduler, callbacks) for ``--resume``; ``done.json`` marks a finished fold.
+state (optimizer, scheduler, callbacks) for ``--resume``, written atomically (an unreadable one is
+moved to ``last.ckpt.corrupt`` and its fold restarts, with a warning); ``done.json`` marks a
+finished fold. ``oof.parquet`` is keyed by clip (``filename``, and the cache index's ``row``).
+
+Under DDP (``train.devices`` > 1) Lightning re-runs the command for ranks 1..N-1 once rank 0
+reaches its first fit; those ranks read the run folder and cache but never write them.
 """
 
 from __future__ import annotations
