@@ -64,7 +64,8 @@ def readable_checkpoint(path: Path) -> str | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - truncated zip, unpickling error, ...: all mean "unusable"
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
+        first = str(exc).splitlines()[0].split(". ")[0] if str(exc) else "unreadable"
+        return f"{type(exc).__name__}: {first[:160]}"
     if not isinstance(state, dict) or not {"state_dict", "loops", "epoch"} <= set(state):
         return "not a Lightning checkpoint (no state_dict / loops / epoch)"
     return None
