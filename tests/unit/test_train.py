@@ -232,3 +232,13 @@ def test_oof_is_keyed_by_clip_when_a_file_is_skipped_and_max_files_is_set(tmp_pa
     truth, _ = build_targets(clips, classes, config.data.secondary_label_weight, rating_weight=False)
     assert summary.oof_auc == pytest.approx(validation_auc(truth, oof[classes].to_numpy()))
     assert "optimistic" in json.loads((tmp_path / "run" / "summary.json").read_text())["oof_note"]
+
+
+@pytest.mark.parametrize(("override", "key"), [("train.loss=focall", "train.loss"), ("model.head=attn", "model.head"),
+                                               ("model.backbone=efficientnet_b9x", "model.backbone")])
+def test_misspelt_names_fail_before_the_run_folder_is_made(tiny_dataset: Path, tmp_path: Path, override: str, key: str):
+    from birdclef.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key):
+        train_kfold(load_config(None, TINY + [override]), tiny_dataset, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -39,10 +39,12 @@ from birdclef.data.cache import WaveCache, prepare_cache
 from birdclef.data.folds import assign_folds
 from birdclef.data.metadata import DatasetLayout, label_matrix, load_classes, parse_secondary_labels
 from birdclef.errors import ConfigError, DatasetError
-from birdclef.models import load_checkpoint
+from birdclef.models import list_heads, load_checkpoint
+from birdclef.models.classifier import check_backbone_name
 from birdclef.train.callbacks import FoldRecorder
 from birdclef.train.fold_data import FoldData
 from birdclef.train.lifecycle import AtomicCheckpointIO, die_with_parent, is_launched_rank, readable_checkpoint
+from birdclef.train.losses import loss_from_config
 from birdclef.train.module import BirdModule, validation_auc
 from birdclef.utils.device import autocast_for, resolve_device
 from birdclef.utils.io import write_csv_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
@@ -145,6 +147,17 @@ def _precision(config: Config) -> str:
         return config.train.precision
     on_gpu = config.train.accelerator != "cpu" and resolve_device("auto").type != "cpu"
     return "bf16-mixed" if on_gpu else "32-true"
+
+
+def check_names(config: Config) -> None:
+    """ConfigError on a misspelt loss, head or backbone before the (slow) cache step, not after it."""
+    try:
+        loss_from_config(config.train)
+    except ConfigError as exc:
+        raise ConfigError(f"train.loss: {exc}") from None
+    if config.model.head not in list_heads():
+        raise ConfigError(f"model.head {config.model.head!r} is not a registered head; choose from {list_heads()}")
+    check_backbone_name(config.model.backbone)
 
 
 def _resume_checkpoint(fold_dir: Path, resume: bool) -> Path | None:
@@ -262,6 +275,7 @@ def train_kfold(
     started = time.perf_counter()
     run = Path(out)
     child = is_launched_rank()  # a DDP rank > 0 re-running the command: rank 0 owns the run folder
+    check_names(config)
     if child:
         die_with_parent()
     else:
