@@ -239,8 +239,9 @@ def _collect(run: Path, folds: list[int], classes: list[str], targets: np.ndarra
     if done:
         oof = pd.concat([pd.read_parquet(run / f"fold{f}" / "oof.parquet") for f in done], ignore_index=True)
         write_parquet_atomic(oof, run / "oof.parquet")
-        keys = index[["filename", "row"]].assign(position=np.arange(len(index)))
-        position = oof[["filename", "row"]].merge(keys, on=["filename", "row"], how="left", validate="one_to_one")
+        on = ["filename"] if index["filename"].is_unique else ["filename", "row"]  # the clip's identity
+        keys = index[on].assign(position=np.arange(len(index)))
+        position = oof[on].merge(keys, on=on, how="left", validate="many_to_one")
         if position["position"].isna().any():
             raise DatasetError(f"{run}/oof.parquet names clips that are not in the cache: "
                                f"{position.loc[position['position'].isna(), 'filename'].tolist()[:5]}")
