@@ -163,7 +163,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resumed_run_equals_uninterrupted_run(tiny_dataset: Path, tmp_path: Path):
-    config = load_config(None, TINY + ["train.epochs=3", "train.background_prob=0.5"])
+    # A worker process: its iterator prefetches at creation, before Lightning sets the resumed epoch.
+    config = load_config(None, TINY + ["train.epochs=3", "train.background_prob=0.5", "train.num_workers=1"])
     cache = tmp_path / "cache"
     full = train_kfold(config, tiny_dataset, tmp_path / "full", cache_dir=cache, progress=False)
 
