@@ -218,14 +218,17 @@ def _train(args: argparse.Namespace) -> int:
     saved = args.out / "config.yaml"
     base = args.config if args.config or not (args.resume and saved.is_file()) else saved
     config = load_config(base, overrides)
-    from birdclef.train.kfold import train_kfold  # imports torch and Lightning
+    from birdclef.train.kfold import OOF_NOTE, train_kfold  # imports torch and Lightning
+    from birdclef.train.lifecycle import is_launched_rank
 
     summary = train_kfold(config, args.data, args.out, cache_dir=args.cache, resume=args.resume,
                           progress=not args.no_progress)
+    if is_launched_rank():  # a DDP rank > 0: rank 0 reports
+        return 0
     for fold, score in sorted(summary.fold_scores.items()):
         print(f"fold {fold}: best validation macro ROC-AUC {score:.4f}")
     oof = "n/a" if summary.oof_auc is None else f"{summary.oof_auc:.4f}"
-    print(f"out-of-fold macro ROC-AUC: {oof} ({summary.n_clips} clips, {summary.elapsed_s:.0f} s)")
+    print(f"out-of-fold macro ROC-AUC: {oof} ({summary.n_clips} clips, {summary.elapsed_s:.0f} s)\n  ({OOF_NOTE})")
     print(f"run: {summary.run_dir}")
     return 0
 

@@ -24,11 +24,32 @@ import yaml
 from birdclef.errors import ConfigError
 
 SELECTION_STRATEGIES = ("center", "first", "random", "energy", "reference")
+MIXUP_TARGETS = ("weighted", "blend", "max")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key} {message}")
+
+
+def _positive(obj: Any, section: str, *names: str, allow_none: bool = False) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _check((allow_none and value is None) or (value is not None and value > 0), f"{section}.{name}",
+               f"must be positive, got {value}")
+
+
+def _unit(obj: Any, section: str, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _check(0.0 <= value <= 1.0, f"{section}.{name}", f"must be in [0, 1], got {value}")
+
+
+def _span(obj: Any, section: str, *names: str, low: float = 0.0) -> None:
+    """Each named (lo, hi) pair must satisfy low <= lo <= hi."""
+    for name in names:
+        lo, hi = getattr(obj, name)
+        _check(low <= lo <= hi, f"{section}.{name}", f"must be a range [lo, hi] with {low} <= lo <= hi, got {[lo, hi]}")
 
 
 @dataclass(frozen=True)
@@ -54,10 +75,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(self.strategy in SELECTION_STRATEGIES, "data.strategy", f"must be one of {SELECTION_STRATEGIES}, got {self.strategy!r}")
-        _check(self.sample_rate > 0, "data.sample_rate", f"must be positive, got {self.sample_rate}")
-        _check(self.window_s > 0, "data.window_s", f"must be positive, got {self.window_s}")
+        _positive(self, "data", "sample_rate", "window_s", "max_clip_s")
+        _positive(self, "data", "max_files", allow_none=True)
+        _unit(self, "data", "secondary_label_weight")
         _check(self.n_folds >= 2, "data.n_folds", f"must be at least 2, got {self.n_folds}")
-        _check(self.max_files is None or self.max_files > 0, "data.max_files", f"must be positive, got {self.max_files}")
 
 
 @dataclass(frozen=True)
@@ -65,6 +86,7 @@ class FrontendConfig:
     """Log-mel front end; names follow torch/librosa so values pass through with ``**asdict``."""
 
     sample_rate: int = 32_000
+    """Must equal ``data.sample_rate`` (setting only ``data.sample_rate`` carries it here)."""
     n_fft: int = 1_024
     hop_length: int = 512
     """STFT hop in samples."""
@@ -87,7 +109,8 @@ class FrontendConfig:
     """Resize the mel image to image_size x image_size (the reference used 256); None keeps it."""
 
     def __post_init__(self) -> None:
-        _check(self.n_fft > 0 and self.hop_length > 0, "model.frontend.n_fft/hop_length", "must be positive")
+        _positive(self, "model.frontend", "sample_rate", "n_fft", "hop_length", "n_mels", "power")
+        _positive(self, "model.frontend", "top_db", "image_size", allow_none=True)
         _check(0 <= self.f_min < self.f_max <= self.sample_rate / 2, "model.frontend.f_min/f_max",
                f"need 0 <= f_min < f_max <= {self.sample_rate / 2}, got {self.f_min}, {self.f_max}")
         _check(self.norm in ("slaney", None), "model.frontend.norm", f"must be 'slaney' or null, got {self.norm!r}")
@@ -126,9 +149,10 @@ class SpecAugmentConfig:
     bias: tuple[float, float] = (-0.1, 0.1)
 
     def __post_init__(self) -> None:
-        for name in ("time_mask_prob", "freq_mask_prob", "brightness_prob"):
-            value = getattr(self, name)
-            _check(0.0 <= value <= 1.0, f"model.spec_augment.{name}", f"must be in [0, 1], got {value}")
+        _unit(self, "model.spec_augment", "time_mask_prob", "freq_mask_prob", "brightness_prob")
+        _span(self, "model.spec_augment", "time_masks", "freq_masks")
+        _span(self, "model.spec_augment", "time_mask_frames", "freq_mask_bins", "gain", low=1e-12)
+        _check(self.bias[0] <= self.bias[1], "model.spec_augment.bias", f"must have lo <= hi, got {list(self.bias)}")
 
 
 @dataclass(frozen=True)
@@ -169,8 +193,10 @@ class TrainConfig:
     """Beta(alpha, alpha) mixing weight of waveform mixup; 0 disables mixup."""
     mixup_prob: float = 1.0
     """Probability that a batch is mixed."""
-    mixup_target: str = "blend"
-    """Mixed targets: blend (lam-weighted, the usual rule) or max (both calls are present)."""
+    mixup_target: str = "weighted"
+    """Loss of a mixed batch: weighted = lam * loss(t) + (1 - lam) * loss(t[perm]) (the reference's mixup
+    criterion), blend = loss(lam * t + (1 - lam) * t[perm]) (equal to weighted only for BCE), or
+    max = loss(max(t, t[perm])) (both calls are audible, so both are present)."""
     background_prob: float = 0.0
     """Probability that a training window gets a random train_soundscapes excerpt added."""
     background_gain: tuple[float, float] = (0.1, 0.5)
@@ -190,15 +216,17 @@ class TrainConfig:
     """auto: bf16-mixed on GPU, 32-true on CPU; or any Lightning precision string."""
 
     def __post_init__(self) -> None:
-        _check(self.epochs > 0, "train.epochs", f"must be positive, got {self.epochs}")
-        _check(self.batch_size > 0, "train.batch_size", f"must be positive, got {self.batch_size}")
-        _check(self.lr > 0 and self.min_lr >= 0, "train.lr/min_lr", f"must be positive, got {self.lr}, {self.min_lr}")
-        _check(self.mixup_alpha >= 0, "train.mixup_alpha", f"must be >= 0, got {self.mixup_alpha}")
-        for name in ("mixup_prob", "background_prob"):
-            value = getattr(self, name)
-            _check(0.0 <= value <= 1.0, f"train.{name}", f"must be in [0, 1], got {value}")
+        _positive(self, "train", "epochs", "batch_size", "lr", "background_max_files", "devices")
+        _check(0 <= self.min_lr <= self.lr, "train.min_lr", f"must be in [0, train.lr={self.lr}], got {self.min_lr}")
+        for name in ("weight_decay", "mixup_alpha", "focal_gamma", "num_workers"):
+            _check(getattr(self, name) >= 0, f"train.{name}", f"must be >= 0, got {getattr(self, name)}")
+        _check(self.focal_alpha <= 1, "train.focal_alpha", f"must be in [0, 1] (or negative: off), got {self.focal_alpha}")
+        _unit(self, "train", "mixup_prob", "background_prob")
+        _span(self, "train", "background_gain")
         _check(len(self.folds) > 0, "train.folds", "must name at least one fold")
-        _check(self.mixup_target in ("blend", "max"), "train.mixup_target", f"must be blend or max, got {self.mixup_target!r}")
+        _check(len(set(self.folds)) == len(self.folds), "train.folds", f"names a fold twice: {list(self.folds)}")
+        _check(self.mixup_target in MIXUP_TARGETS, "train.mixup_target",
+               f"must be one of {MIXUP_TARGETS}, got {self.mixup_target!r}")
 
 
 @dataclass(frozen=True)
@@ -224,6 +252,15 @@ class InferConfig:
     def __post_init__(self) -> None:
         _check(self.postprocess_stage in ("per_model", "blend"), "infer.postprocess_stage",
                f"must be per_model or blend, got {self.postprocess_stage!r}")
+        _positive(self, "infer", "batch_size", "power_rest")
+        _check(self.power_keep_top >= 0, "infer.power_keep_top", f"must be >= 0, got {self.power_keep_top}")
+        for name in ("smoothing_middle", "smoothing_edge"):
+            weights = getattr(self, name)
+            _check(min(weights) >= 0 and sum(weights) > 0, f"infer.{name}", f"must be non-negative weights, got {list(weights)}")
+        ranks = [self.power_keep_top] + [rank for rank, _ in self.power_tiers]
+        _check(all(a < b for a, b in zip(ranks, ranks[1:])) and all(p > 0 for _, p in self.power_tiers),
+               "infer.power_tiers", f"need ranks increasing after power_keep_top={self.power_keep_top} and positive "
+               f"exponents, got {[list(t) for t in self.power_tiers]}")
 
 
 @dataclass(frozen=True)
@@ -232,6 +269,13 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+
+    def __post_init__(self) -> None:
+        rate, front = self.data.sample_rate, self.model.frontend.sample_rate
+        _check(rate == front, "model.frontend.sample_rate", f"({front}) must equal data.sample_rate ({rate}): the "
+               "model hears audio at the rate the data is decoded at; set data.sample_rate only")
+        bad = [f for f in self.train.folds if not 0 <= f < self.data.n_folds]
+        _check(not bad, "train.folds", f"{bad} outside range(data.n_folds={self.data.n_folds})")
 
 
 # ---------------------------------------------------------------- dict <-> dataclass
@@ -298,9 +342,23 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         raise ConfigError(f"{prefix or 'config'}: {exc}") from None
 
 
+def _follow_sample_rate(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with ``model.frontend.sample_rate`` set to ``data.sample_rate`` when only the latter is given."""
+    rate = (data.get("data") or {}).get("sample_rate") if isinstance(data.get("data"), dict) else None
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    frontend = model.get("frontend") if isinstance(model.get("frontend"), dict) else {}
+    if rate is None or "sample_rate" in frontend:
+        return data
+    return _merge(data, {"model": {"frontend": {"sample_rate": rate}}})
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Build a Config from a (possibly partial) nested dict; missing keys keep their defaults."""
-    return _from_dict(Config, data or {})
+    """Build a Config from a (possibly partial) nested dict; missing keys keep their defaults.
+
+    ``data.sample_rate`` is the one source of truth of the audio rate: given alone it also sets
+    ``model.frontend.sample_rate``; two different values are a ConfigError.
+    """
+    return _from_dict(Config, _follow_sample_rate(data or {}))
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -351,7 +409,7 @@ def merge_config(cfg: Config, overrides: dict[str, Any] | list[str]) -> Config:
         for text in overrides:
             merged = _merge(merged, parse_override(text))
         overrides = merged
-    return config_from_dict(_merge(config_to_dict(cfg), overrides))
+    return config_from_dict(_merge(config_to_dict(cfg), _follow_sample_rate(overrides)))
 
 
 def read_overrides(path: str | Path) -> dict[str, Any]:

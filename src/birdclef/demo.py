@@ -96,7 +96,7 @@ def run_demo(
         f"{config.train.epochs} epochs -> {run}")
     trained = train_kfold(config, data, run, resume=(run / "config.yaml").is_file(), progress=progress)
     oof = "n/a" if trained.oof_auc is None else f"{trained.oof_auc:.4f}"
-    log(f"      out-of-fold macro ROC-AUC {oof}")
+    log(f"      out-of-fold macro ROC-AUC {oof} (optimistic: each best.pt was chosen on the fold it predicts)")
     submission = out / "submission.csv"
     sample = data / "sample_submission.csv"
     log(f"[3/5] predicting {data / 'test_soundscapes'} -> {submission}")

@@ -86,3 +86,65 @@ def test_parse_override_requires_equals():
     with pytest.raises(ConfigError):
         parse_override("train.lr")
     assert parse_override("a.b.c=1") == {"a": {"b": {"c": 1}}}
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    (["infer.batch_size=0"], "infer.batch_size"),
+    (["infer.power_rest=0"], "infer.power_rest"),
+    (["infer.power_keep_top=-1"], "infer.power_keep_top"),
+    (["infer.power_tiers=[[20, 2.0]]"], "infer.power_tiers"),  # a tier rank below power_keep_top=30
+    (["infer.power_tiers=[[100, 0.0]]"], "infer.power_tiers"),
+    (["infer.smoothing_middle=[0.2, -0.6, 0.2]"], "infer.smoothing_middle"),
+    (["train.batch_size=0"], "train.batch_size"),
+    (["train.epochs=-1"], "train.epochs"),
+    (["train.lr=0"], "train.lr"),
+    (["train.min_lr=1e-3"], "train.min_lr"),  # above lr
+    (["train.weight_decay=-1e-5"], "train.weight_decay"),
+    (["train.focal_gamma=-1"], "train.focal_gamma"),
+    (["train.focal_alpha=1.5"], "train.focal_alpha"),
+    (["train.background_prob=-0.1"], "train.background_prob"),
+    (["train.background_gain=[0.5, 0.1]"], "train.background_gain"),
+    (["train.background_max_files=0"], "train.background_max_files"),
+    (["train.num_workers=-1"], "train.num_workers"),
+    (["train.devices=0"], "train.devices"),
+    (["train.folds=[]"], "train.folds"),
+    (["train.folds=[0, 0]"], "train.folds"),
+    (["train.folds=[5]"], "train.folds"),  # data.n_folds=5
+    (["data.n_folds=3", "train.folds=[0, 3]"], "train.folds"),
+    (["train.mixup_target=sum"], "train.mixup_target"),
+    (["data.max_files=0"], "data.max_files"),
+    (["data.window_s=0"], "data.window_s"),
+    (["data.max_clip_s=0"], "data.max_clip_s"),
+    (["data.secondary_label_weight=2"], "data.secondary_label_weight"),
+    (["data.n_folds=1"], "data.n_folds"),
+    (["model.frontend.n_mels=0"], "model.frontend.n_mels"),
+    (["model.frontend.image_size=0"], "model.frontend.image_size"),
+    (["model.frontend.top_db=-80"], "model.frontend.top_db"),
+    (["model.spec_augment.time_mask_prob=1.5"], "model.spec_augment.time_mask_prob"),
+    (["model.spec_augment.freq_masks=[3, 1]"], "model.spec_augment.freq_masks"),
+    (["model.spec_augment.time_mask_frames=[0, 5]"], "model.spec_augment.time_mask_frames"),
+    (["model.spec_augment.gain=[1.2, 0.8]"], "model.spec_augment.gain"),
+    (["model.drop_rate=1.0"], "model.drop_rate"),
+])
+def test_invalid_values_are_config_errors_naming_the_key(override: list[str], key: str):
+    with pytest.raises(ConfigError, match=f"^{key.replace('.', '[.]')} "):
+        load_config(None, override)
+
+
+def test_data_sample_rate_is_the_one_source_of_the_audio_rate(tmp_path: Path):
+    cfg = load_config(None, ["data.sample_rate=16000", "model.frontend.f_max=8000"])
+    assert cfg.model.frontend.sample_rate == 16_000
+    path = tmp_path / "rate.yaml"
+    path.write_text("data:\n  sample_rate: 22050\nmodel:\n  frontend:\n    f_max: 11000\n")
+    assert load_config(path).model.frontend.sample_rate == 22_050
+    again = merge_config(cfg, ["data.sample_rate=24000"])  # a resolved config follows a later override too
+    assert again.model.frontend.sample_rate == 24_000
+    with pytest.raises(ConfigError, match=r"model.frontend.sample_rate \(32000\) must equal data.sample_rate \(16000\)"):
+        load_config(None, ["data.sample_rate=16000", "model.frontend.sample_rate=32000", "model.frontend.f_max=8000"])
+    with pytest.raises(ConfigError, match="must equal data.sample_rate"):
+        config_from_dict({"model": {"frontend": {"sample_rate": 16_000, "f_max": 8_000.0}}})
+
+
+def test_full_config_dicts_still_round_trip_with_a_matching_rate():
+    cfg = load_config(None, ["data.sample_rate=16000", "model.frontend.f_max=8000"])
+    assert config_from_dict(config_to_dict(cfg)) == cfg

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from birdclef.config import load_config
-from birdclef.data.augment import add_background, mixup
+from birdclef.data.augment import add_background, mix_batch, mixed_target, mixup_loss
 from birdclef.data.folds import assign_folds
 from birdclef.models import load_checkpoint
-from birdclef.train.kfold import train_kfold
+from birdclef.train.kfold import build_targets, train_kfold
 from birdclef.train.losses import create_loss
 from birdclef.train.module import BirdModule
 
@@ -55,16 +55,35 @@ def test_too_many_folds_for_the_data_is_a_clear_error():
 def test_mixup_blend_and_max_rules():
     wave = torch.tensor([[1.0, 2.0], [3.0, 5.0], [7.0, 11.0]])
     target = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
-    mixed, mixed_target, lam = mixup(wave, target, 0.5, np.random.default_rng(0), "blend")
+    mixed = mix_batch(wave, target, 0.5, np.random.default_rng(0))
     expect = np.random.default_rng(0)
-    lam_expected, perm = expect.beta(0.5, 0.5), expect.permutation(3)
-    assert lam == pytest.approx(lam_expected)
-    assert torch.allclose(mixed, lam * wave + (1 - lam) * wave[perm])
-    assert torch.allclose(mixed_target, lam * target + (1 - lam) * target[perm])
-    _, max_target, _ = mixup(wave, target, 0.5, np.random.default_rng(0), "max")
-    assert torch.equal(max_target, torch.maximum(target, target[perm]))
+    lam, perm = expect.beta(0.5, 0.5), expect.permutation(3)
+    assert mixed.lam == pytest.approx(lam)
+    assert torch.allclose(mixed.wave, lam * wave + (1 - lam) * wave[perm])
+    assert torch.equal(mixed.target, target) and torch.equal(mixed.partner, target[perm])
+    assert torch.allclose(mixed_target(mixed, "blend"), lam * target + (1 - lam) * target[perm])
+    assert torch.equal(mixed_target(mixed, "max"), torch.maximum(target, target[perm]))
     with pytest.raises(ValueError, match="blend"):
-        mixup(wave, target, 0.5, np.random.default_rng(0), "sum")
+        mixed_target(mixed, "sum")
+
+
+@pytest.mark.parametrize("loss", ["bce", "focal_bce"])
+def test_weighted_mixup_loss_is_the_lam_weighted_loss_of_both_targets(loss: str):
+    """Equal to the loss of the blended target for BCE (linear in the target) but not for focal BCE."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3) * 3
+    target = torch.eye(3)[[0, 1, 2, 0]]
+    mixed = mix_batch(torch.randn(4, 8), target, 0.5, np.random.default_rng(1))
+    fn = create_loss(loss)
+    weighted = mixup_loss(fn, logits, mixed, "weighted")
+    assert weighted.item() == pytest.approx(
+        (mixed.lam * fn(logits, target) + (1 - mixed.lam) * fn(logits, mixed.partner)).item(), rel=1e-6)
+    blended = mixup_loss(fn, logits, mixed, "blend")
+    assert blended.item() == pytest.approx(fn(logits, mixed_target(mixed, "blend")).item(), rel=1e-6)
+    if loss == "bce":
+        assert weighted.item() == pytest.approx(blended.item(), rel=1e-5)
+    else:
+        assert abs(weighted.item() - blended.item()) > 1e-3
 
 
 def test_background_is_scaled_to_the_requested_gain():
@@ -76,9 +95,14 @@ def test_background_is_scaled_to_the_requested_gain():
     assert np.sqrt(np.mean(added**2)) == pytest.approx(0.5 * np.sqrt(np.mean(clip**2)), rel=1e-3)
 
 
-def test_configured_focal_loss_is_used_under_mixup(monkeypatch: pytest.MonkeyPatch):
-    """The reference fell back to plain BCE when mixup was on; here the configured loss must apply."""
-    config = load_config(None, TINY + ["train.loss=focal_bce", "train.mixup_prob=1.0"])
+@pytest.mark.parametrize("mode", ["weighted", "blend"])
+def test_configured_focal_loss_is_used_under_mixup(monkeypatch: pytest.MonkeyPatch, mode: str):
+    """The reference fell back to plain BCE when mixup was on; here the configured loss must apply.
+
+    The default (``weighted``, the reference's mixup criterion) calls it on both targets.
+    """
+    config = load_config(None, TINY + ["train.loss=focal_bce", "train.mixup_prob=1.0", f"train.mixup_target={mode}"])
+    assert load_config(None, []).train.mixup_target == "weighted"
     module = BirdModule(config, ["a", "b", "c"])
     seen = []
     real_forward = module.criterion.forward
@@ -90,13 +114,19 @@ def test_configured_focal_loss_is_used_under_mixup(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(module.criterion, "forward", spy)
     target = torch.eye(3)[[0, 1, 2, 0]]
     loss = module.training_step((torch.randn(4, 32_000), target, torch.ones(4)), 0)
-    assert len(seen) == 1
-    logits, mixed_target = seen[0]
-    assert not torch.equal(mixed_target, target)  # the loss saw mixed (soft) targets
-    focal = create_loss("focal_bce")(logits, mixed_target)
-    bce = create_loss("bce")(logits, mixed_target)
-    assert loss.item() == pytest.approx(focal.item(), rel=1e-6)
-    assert abs(loss.item() - bce.item()) > 1e-4
+    logits = seen[0][0]
+    focal, bce = create_loss("focal_bce"), create_loss("bce")
+    if mode == "weighted":
+        assert len(seen) == 2 and torch.equal(seen[0][1], target) and not torch.equal(seen[1][1], target)
+        rng = np.random.default_rng([config.train.seed, 0, 0, 0, 0])  # the step's key: seed, fold, epoch, batch, rank
+        rng.random()  # the mixup_prob draw
+        lam = rng.beta(config.train.mixup_alpha, config.train.mixup_alpha)
+        expected = lam * focal(logits, target) + (1 - lam) * focal(logits, seen[1][1])
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    else:
+        assert len(seen) == 1 and not torch.equal(seen[0][1], target)  # the loss saw the blended (soft) target
+        assert loss.item() == pytest.approx(focal(logits, seen[0][1]).item(), rel=1e-6)
+        assert abs(loss.item() - bce(logits, seen[0][1]).item()) > 1e-4
 
 
 def test_model_is_deterministic_in_eval():
@@ -133,7 +163,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_resumed_run_equals_uninterrupted_run(tiny_dataset: Path, tmp_path: Path):
-    config = load_config(None, TINY + ["train.epochs=3", "train.background_prob=0.5"])
+    # A worker process: its iterator prefetches at creation, before Lightning sets the resumed epoch.
+    config = load_config(None, TINY + ["train.epochs=3", "train.background_prob=0.5", "train.num_workers=1"])
     cache = tmp_path / "cache"
     full = train_kfold(config, tiny_dataset, tmp_path / "full", cache_dir=cache, progress=False)
 
@@ -173,3 +204,42 @@ def test_run_folder_contents_and_checkpoint_reload(tiny_dataset: Path, tmp_path:
     classes = pd.read_csv(tiny_dataset / "sample_submission.csv").columns[1:].tolist()
     assert loaded.classes == classes and loaded.config.model.head == "sed"
     assert summary.oof_auc is None or 0.0 <= summary.oof_auc <= 1.0
+
+
+def test_oof_is_keyed_by_clip_when_a_file_is_skipped_and_max_files_is_set(tmp_path: Path):
+    """Cache positions shift past a broken file and under max_files; OOF rows must still name their clip."""
+    import json
+
+    from birdclef.data.synth import synthesize_dataset
+    from birdclef.train.module import validation_auc
+
+    data = tmp_path / "data"
+    synthesize_dataset(data, n_species=3, clips_per_species=5, n_train_soundscapes=1, n_test_soundscapes=1,
+                       soundscape_s=10.0, seed=4, progress=False)
+    table = pd.read_csv(data / "train.csv")
+    (data / "train_audio" / table["filename"][0]).write_bytes(b"not audio")  # skipped by the cache
+    config = load_config(None, TINY + ["train.epochs=1", "data.max_files=13", "train.folds=[0, 1]"])
+    summary = train_kfold(config, data, tmp_path / "run", progress=False)
+
+    index = pd.read_parquet(tmp_path / "run" / "cache" / "index.parquet")
+    assert table["filename"][0] not in set(index["filename"]) and len(index) == 12
+    oof = pd.read_parquet(tmp_path / "run" / "oof.parquet")
+    joined = oof.merge(index[["filename", "row"]], on="filename", suffixes=("", "_cache"), validate="one_to_one")
+    assert len(joined) == len(oof) and (joined["row"] == joined["row_cache"]).all()
+    labels = table.set_index("filename")["primary_label"]
+    assert (oof["primary_label"].to_numpy() == labels[oof["filename"]].to_numpy()).all()
+    classes = pd.read_csv(data / "sample_submission.csv").columns[1:].tolist()
+    clips = table.set_index("filename").loc[oof["filename"]].reset_index()  # train.csv rows, found by clip
+    truth, _ = build_targets(clips, classes, config.data.secondary_label_weight, rating_weight=False)
+    assert summary.oof_auc == pytest.approx(validation_auc(truth, oof[classes].to_numpy()))
+    assert "optimistic" in json.loads((tmp_path / "run" / "summary.json").read_text())["oof_note"]
+
+
+@pytest.mark.parametrize(("override", "key"), [("train.loss=focall", "train.loss"), ("model.head=attn", "model.head"),
+                                               ("model.backbone=efficientnet_b9x", "model.backbone")])
+def test_misspelt_names_fail_before_the_run_folder_is_made(tiny_dataset: Path, tmp_path: Path, override: str, key: str):
+    from birdclef.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key):
+        train_kfold(load_config(None, TINY + [override]), tiny_dataset, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,37 +13,60 @@ from birdclef.audio.io import load_audio
 from birdclef.errors import AudioError
 
 
-def mixup(
-    wave: torch.Tensor,
-    target: torch.Tensor,
-    alpha: float,
-    rng: np.random.Generator,
-    mode: str = "blend",
-) -> tuple[torch.Tensor, torch.Tensor, float]:
+@dataclass(frozen=True)
+class MixedBatch:
+    """A mixup batch: ``wave = lam * wave + (1 - lam) * wave[perm]`` and the two targets it mixes."""
+
+    wave: torch.Tensor
+    """(B, T) mixed waveforms."""
+    target: torch.Tensor
+    """(B, K) targets of the examples."""
+    partner: torch.Tensor
+    """(B, K) targets of their partners (``target[perm]``)."""
+    lam: float
+
+
+def mix_batch(wave: torch.Tensor, target: torch.Tensor, alpha: float, rng: np.random.Generator) -> MixedBatch:
     """Mix each example with a random partner of the same batch (Zhang et al., 2018).
 
     Args:
         wave: (B, T) waveforms.
         target: (B, K) targets in [0, 1].
         alpha: Beta(alpha, alpha) parameter of the mixing weight `lam`.
-        rng: draws `lam` and the partner permutation (seeded per step, so resumed runs repeat it).
-        mode: "blend" gives lam * t + (1 - lam) * t[perm] (the usual rule; for BCE it equals the
-            lam-weighted loss of the two targets); "max" gives the element-wise max (both calls are
-            audible in the mix, so both are present).
-
-    Returns:
-        (mixed wave (B, T), mixed target (B, K), lam).
+        rng: draws `lam`, then the partner permutation (seeded per step, so resumed runs repeat it).
     """
-    if mode not in ("blend", "max"):
-        raise ValueError(f"mixup mode must be 'blend' or 'max', got {mode!r}")
     lam = float(rng.beta(alpha, alpha))
     perm = torch.from_numpy(rng.permutation(wave.shape[0])).to(wave.device)
-    mixed_wave = lam * wave + (1.0 - lam) * wave[perm]
+    return MixedBatch(lam * wave + (1.0 - lam) * wave[perm], target, target[perm], lam)
+
+
+def mixup_loss(loss_fn, logits: torch.Tensor, mixed: MixedBatch, mode: str = "weighted",
+               sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss of a mixed batch.
+
+    Args:
+        loss_fn: called as ``loss_fn(logits, target, sample_weight)``.
+        logits: (B, K) predictions for ``mixed.wave``.
+        mixed: the batch from :func:`mix_batch`.
+        mode: "weighted": ``lam * loss(t) + (1 - lam) * loss(t[perm])`` (the reference's mixup
+            criterion); "blend": ``loss(lam * t + (1 - lam) * t[perm])``, which equals "weighted"
+            only for losses linear in the target (BCE), not focal; "max": ``loss(max(t, t[perm]))``
+            (both calls are audible in the mix, so both are present).
+        sample_weight: optional (B,) weights of the examples (not their partners).
+    """
+    if mode == "weighted":
+        return (mixed.lam * loss_fn(logits, mixed.target, sample_weight)
+                + (1.0 - mixed.lam) * loss_fn(logits, mixed.partner, sample_weight))
+    return loss_fn(logits, mixed_target(mixed, mode), sample_weight)
+
+
+def mixed_target(mixed: MixedBatch, mode: str = "blend") -> torch.Tensor:
+    """(B, K) single target of a mixed batch: the lam-blend ("blend") or the element-wise max ("max")."""
     if mode == "blend":
-        mixed_target = lam * target + (1.0 - lam) * target[perm]
-    else:
-        mixed_target = torch.maximum(target, target[perm])
-    return mixed_wave, mixed_target, lam
+        return mixed.lam * mixed.target + (1.0 - mixed.lam) * mixed.partner
+    if mode == "max":
+        return torch.maximum(mixed.target, mixed.partner)
+    raise ValueError(f"mixup target mode must be 'weighted', 'blend' or 'max', got {mode!r}")
 
 
 class BackgroundBank:

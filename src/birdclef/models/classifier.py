@@ -123,7 +123,7 @@ def create_backbone(cfg: ModelConfig) -> nn.Module:
         ConfigError: `cfg.backbone` is not a timm model name (close matches are suggested).
         PretrainedWeightsError: the download or the local file failed.
     """
-    _check_backbone_name(cfg.backbone)
+    check_backbone_name(cfg.backbone)
     from_hub = cfg.pretrained and not cfg.pretrained_path
     backbone = _timm_create(cfg.backbone, from_hub, cfg.drop_path_rate)
     if cfg.pretrained and cfg.pretrained_path:
@@ -131,7 +131,8 @@ def create_backbone(cfg: ModelConfig) -> nn.Module:
     return backbone
 
 
-def _check_backbone_name(name: str) -> None:
+def check_backbone_name(name: str) -> None:
+    """ConfigError naming close matches when `name` is not a timm model (or names an unknown pretrained tag)."""
     if not timm.is_model(name):
         close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=5)
         raise ConfigError(f"model.backbone {name!r} is not a timm model; close matches: {close} "

@@ -6,7 +6,12 @@ Run folder (STYLE §3.5)::
     RUN/fold{k}/best.pt  last.ckpt  metrics.csv  oof.parquet  done.json
 
 ``best.pt`` is the self-describing checkpoint inference loads; ``last.ckpt`` is Lightning's full
-state (optimizer, scheduler, callbacks) for ``--resume``; ``done.json`` marks a finished fold.
+state (optimizer, scheduler, callbacks) for ``--resume``, written atomically (an unreadable one is
+moved to ``last.ckpt.corrupt`` and its fold restarts, with a warning); ``done.json`` marks a
+finished fold. ``oof.parquet`` is keyed by clip (``filename``, and the cache index's ``row``).
+
+Under DDP (``train.devices`` > 1) Lightning re-runs the command for ranks 1..N-1 once rank 0
+reaches its first fit; those ranks read the run folder and cache but never write them.
 """
 
 from __future__ import annotations
@@ -31,15 +36,24 @@ from torch.utils.data import DataLoader
 from birdclef.config import Config, config_to_dict, dump_config, load_config
 from birdclef.data.augment import BackgroundBank
 from birdclef.data.cache import WaveCache, prepare_cache
-from birdclef.data.dataset import EpochSampler, WindowDataset
 from birdclef.data.folds import assign_folds
 from birdclef.data.metadata import DatasetLayout, label_matrix, load_classes, parse_secondary_labels
 from birdclef.errors import ConfigError, DatasetError
-from birdclef.models import load_checkpoint
+from birdclef.models import list_heads, load_checkpoint
+from birdclef.models.classifier import check_backbone_name
 from birdclef.train.callbacks import FoldRecorder
+from birdclef.train.fold_data import FoldData
+from birdclef.train.lifecycle import AtomicCheckpointIO, die_with_parent, is_launched_rank, readable_checkpoint
+from birdclef.train.losses import loss_from_config
 from birdclef.train.module import BirdModule, validation_auc
 from birdclef.utils.device import autocast_for, resolve_device
 from birdclef.utils.io import write_csv_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+OOF_NOTE = ("optimistic: each fold's best.pt was chosen on the same held-out fold it predicts; "
+            "score the test soundscapes for an unbiased estimate")
+"""Shown wherever the out-of-fold score is (CLI, summary.json and the report that reads it)."""
 
 RESUMABLE_KEYS = ("train.folds", "train.num_workers", "train.devices", "train.accelerator", "train.precision")
 """Config keys that may change when a run is resumed (which folds, and where they run)."""
@@ -51,7 +65,7 @@ class TrainSummary:
     fold_scores: dict[int, float] = field(default_factory=dict)
     """Best validation score (macro ROC-AUC) of each finished fold."""
     oof_auc: float | None = None
-    """Macro ROC-AUC of the out-of-fold predictions of all finished folds."""
+    """Macro ROC-AUC of the out-of-fold predictions of all finished folds (optimistic, see OOF_NOTE)."""
     n_clips: int = 0
     elapsed_s: float = 0.0
 
@@ -135,28 +149,41 @@ def _precision(config: Config) -> str:
     return "bf16-mixed" if on_gpu else "32-true"
 
 
-def _loaders(config: Config, cache: WaveCache, targets, weights, folds, fold, background):
-    train_rows, val_rows = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
-    seed, bs, workers = config.train.seed + fold, config.train.batch_size, config.train.num_workers
-    train_set = WindowDataset(cache, train_rows, targets, weights, train=True, seed=seed, background=background,
-                              background_prob=config.train.background_prob, background_gain=config.train.background_gain)
-    val_set = WindowDataset(cache, val_rows, targets, weights, train=False, seed=seed)
-    # A last batch of one example would break BatchNorm in train mode; drop it, keep every other.
-    train_dl = DataLoader(train_set, batch_size=bs, sampler=EpochSampler(len(train_set), seed), num_workers=workers,
-                          drop_last=len(train_set) % bs == 1, persistent_workers=False)
-    val_dl = DataLoader(val_set, batch_size=bs, shuffle=False, num_workers=workers)
-    return train_dl, val_dl
+def check_names(config: Config) -> None:
+    """ConfigError on a misspelt loss, head or backbone before the (slow) cache step, not after it."""
+    try:
+        loss_from_config(config.train)
+    except ConfigError as exc:
+        raise ConfigError(f"train.loss: {exc}") from None
+    if config.model.head not in list_heads():
+        raise ConfigError(f"model.head {config.model.head!r} is not a registered head; choose from {list_heads()}")
+    check_backbone_name(config.model.backbone)
+
+
+def _resume_checkpoint(fold_dir: Path, resume: bool) -> Path | None:
+    """The fold's last.ckpt to resume from; an unreadable one is moved aside and the fold restarts."""
+    ckpt = fold_dir / "last.ckpt"
+    if not resume or not ckpt.is_file():
+        return None
+    reason = readable_checkpoint(ckpt)
+    if reason is None:
+        return ckpt
+    aside = ckpt.with_name("last.ckpt.corrupt")
+    ckpt.replace(aside)
+    log.warning("%s is unreadable (%s); moved to %s and restarting fold %s from epoch 0", ckpt, reason,
+                aside.name, fold_dir.name.removeprefix("fold"))
+    return None
 
 
 def _fit_fold(config, classes, cache, targets, weights, folds, fold, run, background, resume, progress, callbacks):
     fold_dir = run / f"fold{fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.train.seed + fold, verbose=False)
-    module = BirdModule(config, classes)
-    train_dl, val_dl = _loaders(config, cache, targets, weights, folds, fold, background)
+    module = BirdModule(config, classes, fold)
+    data = FoldData(config, cache, targets, weights, folds, fold, background)
     last = ModelCheckpoint(dirpath=fold_dir, filename="last", monitor=None, save_top_k=1,
                            save_on_train_epoch_end=True, enable_version_counter=False)
-    ckpt = fold_dir / "last.ckpt"
+    ckpt = _resume_checkpoint(fold_dir, resume) if not is_launched_rank() else _existing(fold_dir / "last.ckpt", resume)
     with _quiet_lightning():
         trainer = L.Trainer(
             max_epochs=config.train.epochs, accelerator=config.train.accelerator, devices=config.train.devices,
@@ -164,12 +191,18 @@ def _fit_fold(config, classes, cache, targets, weights, folds, fold, run, backgr
             callbacks=[FoldRecorder(fold_dir, fold, config, classes), last, *(callbacks or [])], logger=False,
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
             use_distributed_sampler=False, default_root_dir=fold_dir, log_every_n_steps=1,
+            plugins=[AtomicCheckpointIO()],
         )
-        trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt if resume and ckpt.is_file() else None)
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt)
     finished = trainer.current_epoch >= config.train.epochs and not trainer.interrupted
     if finished and trainer.is_global_zero:
-        _write_oof(fold_dir, fold, val_dl, cache.index, classes, config)
+        _write_oof(fold_dir, fold, data.val_dataloader(), cache.index, classes, config)
     return finished
+
+
+def _existing(path: Path, resume: bool) -> Path | None:
+    """A launched DDP rank resumes from what rank 0 chose (rank 0 has moved an unreadable file aside)."""
+    return path if resume and path.is_file() else None
 
 
 @torch.no_grad()
@@ -182,20 +215,20 @@ def _write_oof(fold_dir: Path, fold: int, val_dl: DataLoader, index: pd.DataFram
     for wave, _, _ in val_dl:
         with autocast_for(device):
             chunks.append(torch.sigmoid(model(wave.to(device))["clip_logits"].float()).cpu().numpy())
-    rows = val_dl.dataset.rows
+    positions = val_dl.dataset.rows  # positions in the cache, which are not the cache index's `row`
     probs = np.concatenate(chunks) if chunks else np.zeros((0, len(classes)), np.float32)
     oof = pd.DataFrame(probs, columns=classes)
     oof.insert(0, "fold", fold)
-    oof.insert(0, "primary_label", index["primary_label"].to_numpy()[rows])
-    oof.insert(0, "filename", index["filename"].to_numpy()[rows])
-    oof.insert(0, "row", rows)
+    oof.insert(0, "primary_label", index["primary_label"].to_numpy()[positions])
+    oof.insert(0, "row", index["row"].to_numpy()[positions])  # the same `row` as the cache index
+    oof.insert(0, "filename", index["filename"].to_numpy()[positions])
     write_parquet_atomic(oof, fold_dir / "oof.parquet")
     write_json_atomic({"fold": fold, "best_epoch": best.epoch, "best_score": best.score, "epochs": config.train.epochs},
                       fold_dir / "done.json")
 
 
-def _collect(run: Path, folds: list[int], classes: list[str], targets: np.ndarray) -> TrainSummary:
-    """Concatenate fold metrics and OOF predictions; score the OOF predictions."""
+def _collect(run: Path, folds: list[int], classes: list[str], targets: np.ndarray, index: pd.DataFrame) -> TrainSummary:
+    """Concatenate fold metrics and OOF predictions; score the OOF predictions against their clips' targets."""
     summary = TrainSummary(run)
     done = [f for f in folds if (run / f"fold{f}" / "done.json").is_file()]
     metrics = [pd.read_csv(run / f"fold{f}" / "metrics.csv") for f in done if (run / f"fold{f}" / "metrics.csv").is_file()]
@@ -206,7 +239,13 @@ def _collect(run: Path, folds: list[int], classes: list[str], targets: np.ndarra
     if done:
         oof = pd.concat([pd.read_parquet(run / f"fold{f}" / "oof.parquet") for f in done], ignore_index=True)
         write_parquet_atomic(oof, run / "oof.parquet")
-        auc = validation_auc(targets[oof["row"].to_numpy()], oof[classes].to_numpy())
+        on = ["filename"] if index["filename"].is_unique else ["filename", "row"]  # the clip's identity
+        keys = index[on].assign(position=np.arange(len(index)))
+        position = oof[on].merge(keys, on=on, how="left", validate="many_to_one")
+        if position["position"].isna().any():
+            raise DatasetError(f"{run}/oof.parquet names clips that are not in the cache: "
+                               f"{position.loc[position['position'].isna(), 'filename'].tolist()[:5]}")
+        auc = validation_auc(targets[position["position"].to_numpy(np.int64)], oof[classes].to_numpy())
         summary.oof_auc = None if math.isnan(auc) else auc
     return summary
 
@@ -236,22 +275,26 @@ def train_kfold(
     """
     started = time.perf_counter()
     run = Path(out)
-    bad = [f for f in config.train.folds if not 0 <= f < config.data.n_folds]
-    if bad:
-        raise ConfigError(f"train.folds {bad} outside range(data.n_folds={config.data.n_folds})")
-    init_run(run, config, resume)
+    child = is_launched_rank()  # a DDP rank > 0 re-running the command: rank 0 owns the run folder
+    check_names(config)
+    if child:
+        die_with_parent()
+    else:
+        init_run(run, config, resume)
     layout = DatasetLayout.from_root(data_root)
     classes = load_classes(layout)
     data = config.data
-    prepare_cache(layout.root, cache_dir or run / "cache", strategy=data.strategy, window_s=data.window_s,
-                  sample_rate=data.sample_rate, max_clip_s=data.max_clip_s, num_workers=config.train.num_workers,
-                  max_files=data.max_files, progress=progress)
+    if not child:  # the cache is complete before rank 0 launches the other ranks
+        prepare_cache(layout.root, cache_dir or run / "cache", strategy=data.strategy, window_s=data.window_s,
+                      sample_rate=data.sample_rate, max_clip_s=data.max_clip_s, num_workers=config.train.num_workers,
+                      max_files=data.max_files, progress=progress)
     cache = WaveCache(cache_dir or run / "cache")
     write_json_atomic({"data_root": str(layout.root.resolve()), "cache": str(cache.path.resolve())}, run / "data.json")
     targets, weights = build_targets(cache.index, classes, data.secondary_label_weight, data.rating_weight)
     folds = assign_folds(cache.index["primary_label"].astype(str).tolist(), data.n_folds, data.fold_seed)
-    write_csv_atomic(pd.DataFrame({"filename": cache.index["filename"], "primary_label": cache.index["primary_label"],
-                                   "fold": folds}), run / "folds.csv")
+    if not child:
+        write_csv_atomic(pd.DataFrame({"filename": cache.index["filename"],
+                                       "primary_label": cache.index["primary_label"], "fold": folds}), run / "folds.csv")
     background = None
     if config.train.background_prob > 0 and layout.train_soundscapes.is_dir():
         background = BackgroundBank(sorted(layout.train_soundscapes.glob("*.ogg")), data.sample_rate,
@@ -262,8 +305,11 @@ def train_kfold(
         if not _fit_fold(config, classes, cache, targets, weights, folds, fold, run, background, resume, progress,
                          callbacks):
             break  # interrupted: leave the remaining folds for --resume
-    summary = _collect(run, list(config.train.folds), classes, targets)
+    if child:
+        return TrainSummary(run, n_clips=len(cache.index), elapsed_s=time.perf_counter() - started)
+    summary = _collect(run, list(config.train.folds), classes, targets, cache.index)
     summary.n_clips, summary.elapsed_s = len(cache.index), time.perf_counter() - started
-    write_json_atomic({"fold_scores": summary.fold_scores, "oof_auc": summary.oof_auc, "n_clips": summary.n_clips,
-                       "classes": len(classes), "elapsed_s": round(summary.elapsed_s, 1)}, run / "summary.json")
+    write_json_atomic({"fold_scores": summary.fold_scores, "oof_auc": summary.oof_auc, "oof_note": OOF_NOTE,
+                       "n_clips": summary.n_clips, "classes": len(classes), "elapsed_s": round(summary.elapsed_s, 1)},
+                      run / "summary.json")
     return summary

@@ -1,8 +1,9 @@
 """LightningModule: the reference recipe's training and validation steps.
 
 The Trainer owns the loop, devices, DDP, precision, checkpoints and the progress bar. Every random
-draw of a step (mixup, SpecAugment, dropout) is seeded from (seed, epoch, batch, rank), so a run
-resumed from ``last.ckpt`` repeats exactly what the uninterrupted run would have done.
+draw of a step (mixup, SpecAugment, dropout, stochastic depth) is seeded from (seed, fold, epoch,
+batch, rank), so a run resumed from ``last.ckpt`` repeats exactly what the uninterrupted run would
+have done; the data side is keyed the same way (:mod:`birdclef.data.dataset`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from birdclef.config import Config
-from birdclef.data.augment import mixup
+from birdclef.data.augment import mix_batch, mixup_loss
 from birdclef.eval.metrics import macro_roc_auc
 from birdclef.models import create_model
 from birdclef.train.losses import loss_from_config
@@ -32,9 +33,9 @@ def validation_auc(target: np.ndarray, probs: np.ndarray) -> float:
 class BirdModule(L.LightningModule):
     """Wraps a :class:`~birdclef.models.BirdClassifier` with the configured loss, mixup and AdamW + cosine."""
 
-    def __init__(self, config: Config, classes: list[str]):
+    def __init__(self, config: Config, classes: list[str], fold: int = 0):
         super().__init__()
-        self.config, self.classes = config, list(classes)
+        self.config, self.classes, self.fold = config, list(classes), fold
         self.model = create_model(config.model, len(self.classes))
         self.criterion = loss_from_config(config.train)  # used with and without mixup (the reference was not)
         self._val_probs: list[torch.Tensor] = []
@@ -44,7 +45,7 @@ class BirdModule(L.LightningModule):
         return self.model(wave)
 
     def _step_rng(self, batch_idx: int) -> np.random.Generator:
-        key = [self.config.train.seed, self.current_epoch, batch_idx, self.global_rank]
+        key = [self.config.train.seed, self.fold, self.current_epoch, batch_idx, self.global_rank]
         torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))  # SpecAugment, dropout
         return np.random.default_rng(key)
 
@@ -53,16 +54,21 @@ class BirdModule(L.LightningModule):
         rng = self._step_rng(batch_idx)
         train = self.config.train
         if train.mixup_alpha > 0 and len(wave) > 1 and rng.random() < train.mixup_prob:
-            wave, target, _ = mixup(wave, target, train.mixup_alpha, rng, train.mixup_target)
-        logits = self.model(wave)["clip_logits"]
-        loss = self.criterion(logits, target, weight)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(wave))
+            mixed = mix_batch(wave, target, train.mixup_alpha, rng)
+            loss = mixup_loss(self.criterion, self.model(mixed.wave)["clip_logits"], mixed, train.mixup_target, weight)
+        else:
+            loss = self.criterion(self.model(wave)["clip_logits"], target, weight)
+        self.log("train_loss", loss, on_step=True, prog_bar=True, batch_size=len(wave))
+        # The epoch mean is averaged over all DDP ranks (each trains on its own shard).
+        self.log("train_loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(wave))
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         wave, target, weight = batch
         logits = self.model(wave)["clip_logits"]
-        self.log("val_loss", self.criterion(logits, target, weight), on_epoch=True, prog_bar=True, batch_size=len(wave))
+        # Every DDP rank validates the whole fold (no distributed sampler), so the sync averages equal values.
+        self.log("val_loss", self.criterion(logits, target, weight), on_epoch=True, prog_bar=True, batch_size=len(wave),
+                 sync_dist=True)
         self._val_probs.append(torch.sigmoid(logits.float()).cpu())
         self._val_targets.append(target.float().cpu())
 
@@ -73,7 +79,7 @@ class BirdModule(L.LightningModule):
         target = torch.cat(self._val_targets).numpy()
         self._val_probs.clear()
         self._val_targets.clear()
-        self.log("val_auc", validation_auc(target, probs), prog_bar=True)
+        self.log("val_auc", validation_auc(target, probs), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
         train = self.config.train
