@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -47,6 +46,7 @@ from birdclef.data.metadata import subset_round_robin
 from birdclef.data.validate import require_valid_metadata
 from birdclef.errors import AudioError, ConfigError, DatasetError
 from birdclef.utils.io import write_atomic, write_csv_atomic, write_json_atomic, write_parquet_atomic
+from birdclef.utils.process import die_with_parent
 
 CACHE_FORMAT = 1
 """Version of the folder layout, stored in cache.json."""
@@ -58,7 +58,6 @@ offset and length in the shard, stored span [start_s, end_s) in clip seconds, cl
 _CSV_PREFIX = "csv_"
 """A train.csv column named like a cache column (other than filename) is kept with this prefix."""
 
-_PARENT_POLL_S = 0.5
 """How often a worker checks that the process that started it is still alive."""
 
 
@@ -264,22 +263,14 @@ def _run_jobs(jobs: list[_ShardJob], n_rows: int, num_workers: int, progress: bo
 
 
 def _init_worker(parent_pid: int) -> None:
-    """One BLAS thread per worker, and a watchdog that ends the worker when its parent dies.
+    """One BLAS thread per worker, and end the worker when its parent dies (no orphan after kill -9).
 
     The energy rule's small mel matmul runs about 3x slower on a loaded 2-core machine when
-    OpenBLAS spreads it over threads that the other workers need. A parent killed with SIGKILL
-    never shuts its pool down, and ProcessPoolExecutor workers then wait on their queue forever
-    (they hold its write end themselves, so they never see end-of-file); the watchdog polls the
-    parent pid instead, which works for every start method (prctl's PDEATHSIG is Linux only).
+    OpenBLAS spreads it over threads that the other workers need. A worker killed mid-shard leaves
+    nothing half-done: the shard's files are written atomically.
     """
     threadpool_limits(limits=1, user_api="blas")
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True, name="parent-watchdog").start()
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    while os.getppid() == parent_pid:
-        time.sleep(_PARENT_POLL_S)
-    os._exit(1)  # mid-shard: the shard's files are written atomically, so nothing half-done remains
+    die_with_parent(parent_pid)
 
 
 def _write_shard(job: _ShardJob, on_clip: Callable[[], object] | None = None) -> int:

@@ -17,7 +17,7 @@ from birdclef.config import Config
 from birdclef.data.augment import BackgroundBank
 from birdclef.data.cache import WaveCache
 from birdclef.data.dataset import EpochSampler, WindowDataset
-from birdclef.train.lifecycle import die_with_parent
+from birdclef.utils.process import worker_dies_with_parent
 
 
 class FoldData(L.LightningDataModule):
@@ -47,7 +47,7 @@ class FoldData(L.LightningDataModule):
         # An explicit generator keeps worker base seeds off the global torch RNG; the data itself is
         # keyed on (seed, epoch, clip) and does not depend on them.
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                          worker_init_fn=die_with_parent, generator=torch.Generator().manual_seed(self.seed), **kwargs)
+                          worker_init_fn=worker_dies_with_parent, generator=torch.Generator().manual_seed(self.seed), **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         sampler = EpochSampler(len(self.train_set), self.seed)

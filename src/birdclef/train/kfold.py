@@ -43,11 +43,12 @@ from birdclef.models import list_heads, load_checkpoint
 from birdclef.models.classifier import check_backbone_name
 from birdclef.train.callbacks import FoldRecorder
 from birdclef.train.fold_data import FoldData
-from birdclef.train.lifecycle import AtomicCheckpointIO, die_with_parent, is_launched_rank, readable_checkpoint
+from birdclef.train.lifecycle import AtomicCheckpointIO, is_launched_rank, readable_checkpoint
 from birdclef.train.losses import loss_from_config
 from birdclef.train.module import BirdModule, validation_auc
 from birdclef.utils.device import autocast_for, resolve_device
 from birdclef.utils.io import write_csv_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
+from birdclef.utils.process import die_with_parent
 
 log = logging.getLogger(__name__)
 

@@ -1,18 +1,14 @@
 """Process and checkpoint safety of a training run: atomic ``last.ckpt``, readable-checkpoint check,
-children that die with their parent, and whether this process is a launched DDP rank.
+and whether this process is a launched DDP rank.
 
 A ``kill -9`` of ``birdclef train`` leaves neither a half-written ``last.ckpt`` (it is written to a
-temporary file and renamed) nor orphaned DataLoader workers or DDP ranks (on Linux they ask the
-kernel for SIGKILL when their parent dies, ``prctl(PR_SET_PDEATHSIG)``).
+temporary file and renamed) nor orphaned DataLoader workers or DDP ranks
+(:func:`birdclef.utils.process.die_with_parent`).
 """
 
 from __future__ import annotations
 
-import ctypes
-import logging
 import os
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,28 +16,6 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from birdclef.utils.io import write_atomic
-
-log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(_worker_id: int | None = None) -> None:
-    """Ask the kernel to SIGKILL this process when its parent exits (Linux; a no-op elsewhere).
-
-    Usable as a DataLoader ``worker_init_fn``. If the parent is already gone (we were re-parented
-    before the request took effect), exit at once.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # no prctl in this libc: workers fall back to torch's own watchdog
-        return
-    if parent == 1 or os.getppid() != parent:
-        os._exit(1)
 
 
 def is_launched_rank() -> bool:
