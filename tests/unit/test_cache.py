@@ -164,7 +164,14 @@ def test_max_files_takes_rows_round_robin_over_classes(dataset: Path, tmp_path: 
     # "ccc" row is the corrupt file, so it is taken and skipped, not replaced.
     assert (summary.n_clips, summary.n_skipped) == (3, 1)
     expected = ["aaa/XC0001.ogg", "aaa/XC0002.ogg", "bbb/CSA0003.ogg"]
-    assert WaveCache(tmp_path / "head").index["filename"].tolist() == expected
+    index = WaveCache(tmp_path / "head").index
+    assert index["filename"].tolist() == expected
+    # `row` is the clip's train.csv row (0 = first data row), not its position in the subset.
+    train = pd.read_csv(dataset / "train.csv")
+    assert [train["filename"][r] for r in index["row"]] == expected
+    two = WaveCache(prepare_cache(dataset, tmp_path / "two", strategy="first", max_files=2, num_workers=1,
+                                  progress=False).out).index
+    assert [train["filename"][r] for r in two["row"]] == two["filename"].tolist() == ["aaa/XC0001.ogg", "bbb/CSA0003.ogg"]
 
 
 def test_missing_columns_and_all_broken_files_are_dataset_errors(tmp_path: Path) -> None:

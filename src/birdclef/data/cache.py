@@ -48,8 +48,8 @@ from birdclef.errors import AudioError, ConfigError, DatasetError
 from birdclef.utils.io import write_atomic, write_csv_atomic, write_json_atomic, write_parquet_atomic
 from birdclef.utils.process import die_with_parent
 
-CACHE_FORMAT = 1
-"""Version of the folder layout, stored in cache.json."""
+CACHE_FORMAT = 2
+"""Version of the folder layout, stored in cache.json (2: ``row`` is the train.csv row also with max_files)."""
 
 CACHE_COLUMNS = ("row", "filename", "shard", "offset", "length", "start_s", "end_s", "duration_s")
 """Per-clip columns of the shard tables and index.parquet: row in train.csv, shard number, sample
@@ -172,13 +172,16 @@ def _check_args(strategy: str, window_s: float, sample_rate: int, max_clip_s: fl
 
 
 def _prepare_table(table: pd.DataFrame, max_files: int | None) -> pd.DataFrame:
-    """A checked train.csv, `max_files` rows round-robin over classes; object columns as strings."""
+    """A checked train.csv, `max_files` rows round-robin over classes; object columns as strings.
+
+    The index stays train.csv's row number (0 = the first data row): it becomes the cache's ``row``.
+    """
     table = subset_round_robin(table, max_files) if max_files is not None else table
     for col in ("primary_label", "filename"):  # stripped, as the checks read them
         table[col] = table[col].astype(str).str.strip()
     for col in table.columns[table.dtypes == object]:  # mixed cells would not fit a Parquet column
         table[col] = table[col].map(lambda v: v if pd.isna(v) else str(v))
-    return table.reset_index(drop=True)
+    return table
 
 
 def _sha256(path: Path) -> str:
@@ -225,8 +228,8 @@ def _remove_stale_temporaries(shard_dir: Path) -> None:
 
 def _plan_shards(table: pd.DataFrame, audio_dir: Path, shard_dir: Path, config: dict[str, Any],
                  shard_size: int) -> list[_ShardJob]:
-    filenames = table["filename"].tolist()
-    return [_ShardJob(k, tuple(range(begin, min(begin + shard_size, len(table)))),
+    filenames, rows = table["filename"].tolist(), [int(r) for r in table.index]
+    return [_ShardJob(k, tuple(rows[begin : begin + shard_size]),
                       tuple(filenames[begin : begin + shard_size]), audio_dir, shard_dir, config["strategy"],
                       config["window_s"], config["sample_rate"], config["max_clip_s"] or 0.0)
             for k, begin in enumerate(range(0, len(table), shard_size))]
@@ -325,7 +328,7 @@ def _collect(jobs: list[_ShardJob], table: pd.DataFrame) -> tuple[pd.DataFrame, 
     bad = parts["skip_reason"] != ""
     skipped = parts.loc[bad, ["filename", "skip_reason"]].rename(columns={"skip_reason": "reason"})
     good = parts.loc[~bad, list(CACHE_COLUMNS)].reset_index(drop=True)
-    meta = table.iloc[good["row"].to_numpy()].drop(columns=["filename"]).reset_index(drop=True)
+    meta = table.loc[good["row"].to_numpy()].drop(columns=["filename"]).reset_index(drop=True)
     meta = meta.rename(columns={col: _CSV_PREFIX + col for col in meta.columns if col in CACHE_COLUMNS})
     return pd.concat([good, meta], axis=1), skipped.reset_index(drop=True)
 
