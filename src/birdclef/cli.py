@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from birdclef.errors import BirdclefError
@@ -153,25 +155,31 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-@verb("prepare")
-def _prepare(args: argparse.Namespace) -> int:
-    import warnings
-
-    from birdclef.config import load_config
-    from birdclef.data.cache import prepare_cache
+@contextmanager
+def _data_warnings_as_lines(verb: str) -> Iterator[None]:
+    """Print each DataWarning (unknown secondary labels, ...) as one plain line, as `check` does."""
     from birdclef.data.validate import DataWarning
 
-    data = load_config(args.config, args.overrides).data
     default_show = warnings.showwarning
 
-    def show(message, category, *rest):  # data warnings as one plain line each, as `check` prints them
+    def show(message, category, *rest):
         if not issubclass(category, DataWarning):
             return default_show(message, category, *rest)
-        print(f"birdclef prepare: warning: {message}", file=sys.stderr)
+        print(f"birdclef {verb}: warning: {message}", file=sys.stderr)
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", DataWarning)
         warnings.showwarning = show
+        yield
+
+
+@verb("prepare")
+def _prepare(args: argparse.Namespace) -> int:
+    from birdclef.config import load_config
+    from birdclef.data.cache import prepare_cache
+
+    data = load_config(args.config, args.overrides).data
+    with _data_warnings_as_lines("prepare"):
         summary = prepare_cache(args.data, args.out, strategy=args.strategy or data.strategy, window_s=data.window_s,
                                 sample_rate=data.sample_rate, max_clip_s=data.max_clip_s,
                                 num_workers=args.num_workers, max_files=data.max_files)
@@ -221,14 +229,19 @@ def _train(args: argparse.Namespace) -> int:
     from birdclef.train.kfold import OOF_NOTE, train_kfold  # imports torch and Lightning
     from birdclef.train.lifecycle import is_launched_rank
 
-    summary = train_kfold(config, args.data, args.out, cache_dir=args.cache, resume=args.resume,
-                          progress=not args.no_progress)
+    with _data_warnings_as_lines("train"):
+        summary = train_kfold(config, args.data, args.out, cache_dir=args.cache, resume=args.resume,
+                              progress=not args.no_progress)
     if is_launched_rank():  # a DDP rank > 0: rank 0 reports
         return 0
     for fold, score in sorted(summary.fold_scores.items()):
         print(f"fold {fold}: best validation macro ROC-AUC {score:.4f}")
     oof = "n/a" if summary.oof_auc is None else f"{summary.oof_auc:.4f}"
     print(f"out-of-fold macro ROC-AUC: {oof} ({summary.n_clips} clips, {summary.elapsed_s:.0f} s)\n  ({OOF_NOTE})")
+    if summary.skipped_clips:
+        print(f"skipped {summary.skipped_clips} broken training clips: see {summary.cache_dir / 'skipped.csv'}")
+    for path, reason in summary.skipped_background:
+        print(f"skipped background soundscape {path}: {reason}")
     print(f"run: {summary.run_dir}")
     return 0
 
@@ -292,8 +305,9 @@ def _report(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from birdclef.demo import demo_config, run_demo
 
-    summary = run_demo(args.out, data=args.data, config=demo_config(args.config, args.overrides), device=args.device,
-                       progress=not args.no_progress)
+    with _data_warnings_as_lines("demo"):
+        summary = run_demo(args.out, data=args.data, config=demo_config(args.config, args.overrides),
+                           device=args.device, progress=not args.no_progress)
     score = "n/a" if summary.score is None else f"{summary.score:.4f}"
     print(f"\ndone in {summary.elapsed_s:.0f} s: macro ROC-AUC {score} on {summary.data / 'test_soundscapes'}")
     print(f"  data:       {summary.data}\n  run:        {summary.run}\n  submission: {summary.submission}")

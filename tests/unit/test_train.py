@@ -243,3 +243,26 @@ def test_misspelt_names_fail_before_the_run_folder_is_made(tiny_dataset: Path, t
     with pytest.raises(ConfigError, match=key):
         train_kfold(load_config(None, TINY + [override]), tiny_dataset, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_train_cli_reports_broken_clips_broken_background_and_data_warnings(
+        tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    from birdclef import cli
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    table = pd.read_csv(data / "train.csv")
+    table.loc[0, "secondary_labels"] = "['not_a_class']"
+    table.to_csv(data / "train.csv", index=False)
+    (data / "train_audio" / table.loc[1, "filename"]).write_bytes(b"not audio")
+    background = sorted((data / "train_soundscapes").glob("*.ogg"))[0]
+    background.write_bytes(b"OggS broken")
+    code = cli.main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--no-progress", "--set", *TINY,
+                     "train.epochs=1", "train.background_prob=0.5"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert f"birdclef train: warning: {data / 'train.csv'}: unknown_secondary_label: 1" in err
+    assert f"skipped 1 broken training clips: see {tmp_path / 'run' / 'cache' / 'skipped.csv'}" in out
+    assert f"skipped background soundscape {background}: " in out

@@ -69,6 +69,11 @@ class TrainSummary:
     """Macro ROC-AUC of the out-of-fold predictions of all finished folds (optimistic, see OOF_NOTE)."""
     n_clips: int = 0
     elapsed_s: float = 0.0
+    skipped_clips: int = 0
+    """Training clips the cache could not decode (listed in the cache's skipped.csv)."""
+    cache_dir: Path | None = None
+    skipped_background: list[tuple[str, str]] = field(default_factory=list)
+    """(file, reason) of train_soundscapes that could not be decoded for background mixing."""
 
 
 def build_targets(index: pd.DataFrame, classes: list[str], secondary_weight: float, rating_weight: bool):
@@ -285,12 +290,16 @@ def train_kfold(
     layout = DatasetLayout.from_root(data_root)
     classes = load_classes(layout)
     data = config.data
+    skipped_clips = 0
     if not child:  # the cache is complete before rank 0 launches the other ranks
-        prepare_cache(layout.root, cache_dir or run / "cache", strategy=data.strategy, window_s=data.window_s,
-                      sample_rate=data.sample_rate, max_clip_s=data.max_clip_s, num_workers=config.train.num_workers,
-                      max_files=data.max_files, progress=progress)
+        skipped_clips = prepare_cache(layout.root, cache_dir or run / "cache", strategy=data.strategy,
+                                      window_s=data.window_s, sample_rate=data.sample_rate, max_clip_s=data.max_clip_s,
+                                      num_workers=config.train.num_workers, max_files=data.max_files,
+                                      progress=progress).n_skipped
     cache = WaveCache(cache_dir or run / "cache")
-    write_json_atomic({"data_root": str(layout.root.resolve()), "cache": str(cache.path.resolve())}, run / "data.json")
+    if not child:
+        write_json_atomic({"data_root": str(layout.root.resolve()), "cache": str(cache.path.resolve())},
+                          run / "data.json")
     targets, weights = build_targets(cache.index, classes, data.secondary_label_weight, data.rating_weight)
     folds = assign_folds(cache.index["primary_label"].astype(str).tolist(), data.n_folds, data.fold_seed)
     if not child:
@@ -310,6 +319,8 @@ def train_kfold(
         return TrainSummary(run, n_clips=len(cache.index), elapsed_s=time.perf_counter() - started)
     summary = _collect(run, list(config.train.folds), classes, targets, cache.index)
     summary.n_clips, summary.elapsed_s = len(cache.index), time.perf_counter() - started
+    summary.skipped_clips, summary.cache_dir = skipped_clips, cache.path
+    summary.skipped_background = [] if background is None else list(background.skipped)
     write_json_atomic({"fold_scores": summary.fold_scores, "oof_auc": summary.oof_auc, "oof_note": OOF_NOTE,
                        "n_clips": summary.n_clips, "classes": len(classes), "elapsed_s": round(summary.elapsed_s, 1)},
                       run / "summary.json")
