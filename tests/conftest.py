@@ -43,6 +43,17 @@ def ogg_clip(tmp_path: Path) -> Path:
     return write_ogg(tmp_path / "XC000001.ogg", chirp(7.0, 2_000, 6_000))
 
 
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic BirdCLEF folder (3 species x 4 clips, one 10 s train and test soundscape)."""
+    from birdclef.data.synth import synthesize_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    synthesize_dataset(out, n_species=3, clips_per_species=4, n_train_soundscapes=1, n_test_soundscapes=1,
+                       soundscape_s=10.0, seed=3, progress=False)
+    return out
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """../shared/data/xcbirds-dev-v1, or skip the test when the real data is absent."""

@@ -19,16 +19,6 @@ from test_resume import HOLD, TINY, _gone
 SETTINGS = ["--set", *TINY, "train.epochs=1"]
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from birdclef.data.synth import synthesize_dataset
-
-    out = tmp_path_factory.mktemp("synth")
-    synthesize_dataset(out, n_species=3, clips_per_species=4, n_train_soundscapes=1, n_test_soundscapes=1,
-                       soundscape_s=10.0, seed=3, progress=False)
-    return out
-
-
 def _command(data: Path, out: Path) -> list[str]:
     return ["train", "--data", str(data), "--out", str(out), "--no-progress", "--device", "cpu", "--devices", "2",
             "--num-workers", "0", *SETTINGS]

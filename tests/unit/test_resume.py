@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import pandas as pd
 import psutil
 import pytest
@@ -20,6 +19,7 @@ import torch
 from birdclef.config import load_config
 from birdclef.models import load_checkpoint
 from birdclef.train.kfold import train_kfold
+from test_train import EpochLog, StopAfterEpochs
 
 TINY = [
     "model.backbone=test_efficientnet", "model.pretrained=false", "model.frontend.n_mels=32",
@@ -45,16 +45,6 @@ kfold.train_kfold = lambda *a, **k: train(*a, **{**k, "callbacks": [Hold()]})
 from birdclef.cli import main
 sys.exit(main(sys.argv[1:]))
 '''
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from birdclef.data.synth import synthesize_dataset
-
-    out = tmp_path_factory.mktemp("synth")
-    synthesize_dataset(out, n_species=3, clips_per_species=4, n_train_soundscapes=1, n_test_soundscapes=1,
-                       soundscape_s=10.0, seed=3, progress=False)
-    return out
 
 
 def _command(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
@@ -123,23 +113,6 @@ def test_kill_9_in_epoch_2_then_resume_equals_uninterrupted_run(tiny_dataset: Pa
     pd.testing.assert_frame_equal(pd.read_csv(full / "metrics.csv"), pd.read_csv(part / "metrics.csv"))
     a, b = _weights(full / "fold0" / "best.pt"), _weights(part / "fold0" / "best.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-class StopAfterEpochs(L.Callback):
-    def __init__(self, n: int):
-        self.n = n
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch + 1 >= self.n:
-            trainer.should_stop = True
-
-
-class EpochLog(L.Callback):
-    def __init__(self):
-        self.epochs: list[int] = []
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.epochs.append(trainer.current_epoch)
 
 
 def test_truncated_last_ckpt_restarts_the_fold_with_a_warning(tiny_dataset: Path, tmp_path: Path,

@@ -26,16 +26,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from birdclef.data.synth import synthesize_dataset
-
-    out = tmp_path_factory.mktemp("synth")
-    synthesize_dataset(out, n_species=3, clips_per_species=4, n_train_soundscapes=1, n_test_soundscapes=1,
-                       soundscape_s=10.0, seed=3, progress=False)
-    return out
-
-
 def test_folds_are_stratified_and_seeded():
     labels = ["a"] * 10 + ["b"] * 5 + ["c"] * 2
     folds = assign_folds(labels, n_folds=5, seed=42)
