@@ -85,6 +85,7 @@ def test_background_is_scaled_to_the_requested_gain():
     assert np.sqrt(np.mean(added**2)) == pytest.approx(0.5 * np.sqrt(np.mean(clip**2)), rel=1e-3)
 
 
+@pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")  # training_step called without a Trainer
 @pytest.mark.parametrize("mode", ["weighted", "blend"])
 def test_configured_focal_loss_is_used_under_mixup(monkeypatch: pytest.MonkeyPatch, mode: str):
     """The reference fell back to plain BCE when mixup was on; here the configured loss must apply.
