@@ -271,10 +271,10 @@ def _predict(args: argparse.Namespace) -> int:
     if args.birdnet and args.model is not None:
         raise BirdclefError("--birdnet blends with --run, not with --model")
     if args.runs is None and args.model is None:  # BirdNET alone: default settings, then -c / --set
-        from birdclef.config import InferConfig
+        from birdclef.birdnet.build import BIRDNET_DEFAULTS
         from birdclef.infer.settings import apply_overrides
 
-        infer = apply_overrides(InferConfig(), args.config, args.overrides)
+        infer = apply_overrides(BIRDNET_DEFAULTS, args.config, args.overrides)
     else:
         resolved = resolve_infer(runs=args.runs, model=args.model, config_file=args.config, overrides=args.overrides)
         _notes(args, resolved.notes)
