@@ -267,7 +267,7 @@ def _predict(args: argparse.Namespace) -> int:
     birdnet_only = [flag for flag, value in (("--data", args.data), ("--taxonomy", args.taxonomy),
                     ("--unknown-fill", args.unknown_fill), ("--birdnet-model", args.birdnet_model)) if value is not None]
     if birdnet_only and not args.birdnet:
-        raise BirdclefError(f"{', '.join(birdnet_only)} only go with --birdnet")
+        raise BirdclefError(f"{', '.join(birdnet_only)}: only used with --birdnet")
     if args.birdnet and args.model is not None:
         raise BirdclefError("--birdnet blends with --run, not with --model")
     if args.runs is None and args.model is None:  # BirdNET alone: default settings, then -c / --set

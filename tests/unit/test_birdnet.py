@@ -226,3 +226,9 @@ def test_predict_birdnet_on_real_soundscapes(tmp_path: Path) -> None:
     present = [c for c in classes if 0 < solution[c].sum() < len(solution)]
     assert len(present) >= 3
     assert macro_roc_auc(solution[present].to_numpy(), sub.set_index("row_id")[present].to_numpy()) > 0.8
+
+
+def test_birdnet_flags_without_birdnet_are_an_error(tmp_path: Path, capsys) -> None:
+    code = main(["predict", "--run", str(tmp_path / "run"), "--taxonomy", str(tmp_path / "t.csv"),
+                 "--soundscapes", str(tmp_path), "--out", str(tmp_path / "sub.csv")])
+    assert code == 2 and "--taxonomy: only used with --birdnet" in capsys.readouterr().err
