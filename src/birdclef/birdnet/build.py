@@ -78,6 +78,8 @@ def build_birdnet(out: Path, config: InferConfig, runs_predictor: Predictor | No
     from birdclef.birdnet.predictor import BirdnetPredictor
     from birdclef.infer.blend import BlendPredictor, FilledPredictor
 
+    if unknown_fill is not None and not 0.0 <= unknown_fill <= 1.0:
+        raise BirdclefError(f"--unknown-fill must be a probability in [0, 1], got {unknown_fill}")
     classes, names_path = resolve_classes(data, taxonomy, sample_submission if runs_predictor is None else None)
     if runs_predictor is not None:
         classes = list(runs_predictor.classes)
