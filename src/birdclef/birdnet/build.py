@@ -22,9 +22,10 @@ from birdclef.errors import BirdclefError
 from birdclef.infer.base import Predictor
 from birdclef.utils.io import write_csv_atomic
 
-BIRDNET_DEFAULTS = InferConfig(smoothing=False)
-"""Settings of BirdNET alone, before ``-c`` / ``--set``: temporal smoothing off, as it costs BirdNET ROC-AUC
-(xcbirds-dev-v1 test soundscapes: 0.957 without, 0.943 with). Blends use the first run's stored settings.
+BIRDNET_DEFAULTS = InferConfig(smoothing=False, power_adjust=False)
+"""Settings of BirdNET alone, before ``-c`` / ``--set``: no post-processing, as both steps cost it ROC-AUC on the
+test soundscapes (smoothing: xcbirds-dev-v1 0.957 -> 0.943; power adjustment: multitaxa-dev-v1 0.773 -> 0.771).
+Blends use the first run's stored settings.
 """
 
 
