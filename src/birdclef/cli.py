@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (logs, CI)")
     _add_config_flags(p)
 
-    p = sub.add_parser("predict", help="score soundscapes with trained runs into a submission CSV (resumable)")
+    p = sub.add_parser("predict", help="score soundscapes with trained runs, an exported model or BirdNET into a submission CSV (resumable)")
     p.add_argument("--run", dest="runs", type=Path, action="append", default=None,
                    help="run folder (its finished folds are soft-voted) or a best.pt; repeat to blend runs")
     p.add_argument("--model", type=Path, default=None, help="a model folder written by `birdclef export` (no torch needed)")

@@ -240,3 +240,40 @@ def test_birdnet_flags_without_birdnet_are_an_error(tmp_path: Path, capsys) -> N
     code = main(["predict", "--run", str(tmp_path / "run"), "--taxonomy", str(tmp_path / "t.csv"),
                  "--soundscapes", str(tmp_path), "--out", str(tmp_path / "sub.csv")])
     assert code == 2 and "--taxonomy: only used with --birdnet" in capsys.readouterr().err
+
+
+def test_cli_blends_a_run_with_birdnet_per_class(tmp_path: Path, monkeypatch) -> None:
+    """--run R --birdnet --weights 1 3: a known class is 0.25 run + 0.75 BirdNET, the unknown one the run's."""
+    torch = pytest.importorskip("torch")
+    from conftest import chirp, write_ogg
+
+    from birdclef.audio.io import load_audio
+    from birdclef.config import load_config
+    from birdclef.models import create_model, save_checkpoint
+
+    monkeypatch.setattr("birdclef.birdnet.predictor.BirdnetModel", lambda *args, **kwargs: FakeModel())
+    data, run, folder = tmp_path / "data", tmp_path / "run", tmp_path / "ss"
+    data.mkdir()
+    pd.DataFrame({"primary_label": ["eurrob", "frog"], "scientific_name": ["Erithacus rubecula", "Rana x"]}).to_csv(
+        data / "taxonomy.csv", index=False)
+    config = load_config(None, ["model.backbone=test_efficientnet", "model.pretrained=false", "model.frontend.n_mels=32",
+                                "model.frontend.n_fft=512", "model.frontend.hop_length=256",
+                                "model.frontend.image_size=null"])
+    torch.manual_seed(0)
+    save_checkpoint(run / "fold0" / "best.pt", create_model(config.model, 2), config, ["eurrob", "frog"], 0, 0.5)
+    (run / "fold0" / "done.json").write_text("{}")
+    (run / "data.json").write_text(f'{{"data_root": "{data}"}}')  # the taxonomy comes from the run's data
+    wave = chirp(10.0, 2_000, 4_000) + 0.3
+    write_ogg(folder / "S1.ogg", wave)
+    raw = ["--set", "infer.smoothing=false", "infer.power_adjust=false"]
+    common = ["--soundscapes", str(folder), "--device", "cpu", "--no-progress", *raw]
+    assert main(["predict", "--run", str(run), "--out", str(tmp_path / "run.csv"), *common]) == 0
+    assert main(["predict", "--run", str(run), "--birdnet", "--weights", "1", "3",
+                 "--out", str(tmp_path / "blend.csv"), *common]) == 0
+    alone = pd.read_csv(tmp_path / "run.csv")
+    blend = pd.read_csv(tmp_path / "blend.csv")
+    birdnet = BirdnetPredictor(["eurrob", "frog"], {"eurrob": "Erithacus rubecula"}, RAW, model=FakeModel())
+    bn = birdnet.predict_file(load_audio(folder / "S1.ogg", 48_000))
+    np.testing.assert_allclose(blend["eurrob"], 0.25 * alone["eurrob"] + 0.75 * bn[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(blend["frog"], alone["frog"], rtol=1e-6)
+    assert pd.read_csv(unknown_report_path(tmp_path / "blend.csv"))["primary_label"].tolist() == ["frog"]

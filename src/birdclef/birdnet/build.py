@@ -2,7 +2,8 @@
 
 Classes come from ``--sample-submission`` (its columns), else ``--data`` (sample_submission.csv,
 else taxonomy.csv order), else ``--taxonomy`` (its primary_label order); in a blend with ``--run``
-they are the runs' classes. Scientific names come from ``--taxonomy`` or ``DATA/taxonomy.csv``.
+they are the runs' classes. Scientific names come from ``--taxonomy`` or ``DATA/taxonomy.csv``, and in a
+blend without either from the taxonomy.csv of the dataset the first run records in ``RUN/data.json``.
 
 Classes BirdNET does not know are printed and listed in ``<out stem>.birdnet_unknown.csv``. A CSV
 cannot hold NaN, so when some class is scored by no member of the prediction the job refuses unless
@@ -12,6 +13,7 @@ cannot hold NaN, so when some class is scored by no member of the prediction the
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +43,19 @@ class BirdnetSetup:
 
 def unknown_report_path(out: Path) -> Path:
     return Path(out).with_name(f"{Path(out).stem}.birdnet_unknown.csv")
+
+
+def run_taxonomy(run: str | Path) -> Path | None:
+    """taxonomy.csv of the dataset a run folder (or its ``foldK/best.pt``) records in ``RUN/data.json``, if any."""
+    run = Path(run)
+    run = run.parent.parent if run.is_file() and run.parent.name.startswith("fold") else run
+    try:
+        record = json.loads((run / "data.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    root = record.get("data_root") if isinstance(record, dict) else None
+    path = Path(root) / "taxonomy.csv" if root else None
+    return path if path is not None and path.is_file() else None
 
 
 def resolve_classes(data: Path | None, taxonomy: Path | None,
@@ -81,23 +96,28 @@ def build_birdnet(out: Path, config: InferConfig, runs_predictor: Predictor | No
 
     if unknown_fill is not None and not 0.0 <= unknown_fill <= 1.0:
         raise BirdclefError(f"--unknown-fill must be a probability in [0, 1], got {unknown_fill}")
+    notes: list[str] = []
+    if runs_predictor is not None and data is None and taxonomy is None:
+        taxonomy = run_taxonomy(runs_predictor.ensembles[0].path)
+        notes += [f"BirdNET matches classes with {taxonomy}, the taxonomy of the first run's data"] if taxonomy else []
     classes, names_path = resolve_classes(data, taxonomy, sample_submission if runs_predictor is None else None)
     if runs_predictor is not None:
         classes = list(runs_predictor.classes)
     birdnet = BirdnetPredictor(classes, read_scientific_names(names_path), config, model_path=model_path,
                                threads=threads)
+    n_runs = 0 if runs_predictor is None else len(runs_predictor.ensembles)
+    if weights is not None and len(weights) != n_runs + 1:
+        raise BirdclefError(f"--weights: got {len(weights)} for {n_runs} run(s) and BirdNET; give one per --run, "
+                            "then one for --birdnet")
     predictor = birdnet if runs_predictor is None else BlendPredictor([runs_predictor, birdnet], weights, config)
-    if runs_predictor is None and weights is not None and len(weights) != 1:
-        raise BirdclefError(f"--weights: got {len(weights)} for BirdNET alone; give one per --run plus one for "
-                            "--birdnet")
     report = unknown_report_path(out)
     unknown = birdnet.mapping.unknown
     if unknown:
         write_csv_atomic(birdnet.mapping.unknown_table(), report)
     elif report.exists():
         report.unlink()
-    notes = [f"BirdNET does not know {len(unknown)} of {len(classes)} classes (e.g. {unknown[:3]}): "
-             f"see {report}"] if unknown else []
+    notes += [f"BirdNET does not know {len(unknown)} of {len(classes)} classes (e.g. {unknown[:3]}): "
+              f"see {report}"] if unknown else []
     unscored = predictor.unscored
     if unscored and unknown_fill is None:
         raise BirdclefError(f"{len(unscored)} classes would be NaN in the CSV (no model scores them; see {report}); "
