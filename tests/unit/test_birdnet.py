@@ -95,8 +95,10 @@ class FakeInterpreter:
         self.batches: list[int] = []
         self.resizes = 0
 
+    signature = [-1, CHUNK_SAMPLES]
+
     def get_input_details(self) -> list[dict]:
-        return [{"index": 0}]
+        return [{"index": 0, "shape_signature": np.array(self.signature)}]
 
     def get_output_details(self) -> list[dict]:
         return [{"index": 1, "shape": np.array([1, len(LABELS)])}]
@@ -127,6 +129,10 @@ def test_model_invokes_in_batches_and_checks_its_labels(tmp_path: Path, monkeypa
     out = model.logits(chunks)
     assert model._interp.batches == [4, 4, 2] and model._interp.resizes == 2
     np.testing.assert_array_equal(out[:, 1], np.arange(10))
+    monkeypatch.setattr(FakeInterpreter, "signature", [1, CHUNK_SAMPLES])  # a fixed batch: one chunk per invoke
+    fixed = birdnet_model.BirdnetModel(path, batch_size=4)
+    np.testing.assert_array_equal(fixed.logits(chunks[:3])[:, 0], [0, 1, 2])
+    assert fixed._interp.batches == [1, 1, 1]
     (tmp_path / birdnet_model.LABELS_FILE).write_text(LABELS[0] + "\n")
     with pytest.raises(BirdclefError, match="scores 2 classes but its labels file lists 1"):
         birdnet_model.BirdnetModel(path)

@@ -102,10 +102,13 @@ class BirdnetModel:
             self._interp = _interpreter_class()(model_path=str(self.path), **kwargs)
         except (ValueError, RuntimeError) as exc:
             raise BirdclefError(f"{self.path}: not a loadable TFLite model ({exc})") from None
-        self._input = self._interp.get_input_details()[0]["index"]
+        detail = self._interp.get_input_details()[0]
+        self._input = detail["index"]
         self._output = self._interp.get_output_details()[0]["index"]
         self._batch: int | None = None
-        self.batch_size = max(1, int(batch_size))
+        # v2.4's input is (-1, 144000); a file with a fixed batch dimension is run one chunk at a time
+        signature = detail.get("shape_signature", detail.get("shape", [-1]))
+        self.batch_size = max(1, int(batch_size)) if int(signature[0]) == -1 else 1
         width = int(self._interp.get_output_details()[0]["shape"][-1])
         if width != len(self.labels):
             raise BirdclefError(f"{self.path}: the model scores {width} classes but its labels file lists "
