@@ -256,9 +256,8 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-@verb("predict")
-def _predict(args: argparse.Namespace) -> int:
-    from birdclef.infer.job import predict_to_csv
+def _predictor(args: argparse.Namespace):
+    """The Predictor that ``predict``'s flags ask for: runs, an exported model, BirdNET, or runs + BirdNET."""
     from birdclef.infer.settings import resolve_infer
 
     if (args.runs is not None and args.model is not None) or (args.runs is None and args.model is None
@@ -306,6 +305,14 @@ def _predict(args: argparse.Namespace) -> int:
         from birdclef.infer.predict import TorchPredictor
 
         predictor = TorchPredictor(args.runs, args.weights, infer, args.device)
+    return predictor
+
+
+@verb("predict")
+def _predict(args: argparse.Namespace) -> int:
+    from birdclef.infer.job import predict_to_csv
+
+    predictor = _predictor(args)
     summary = predict_to_csv(args.soundscapes, predictor, args.out, sample_submission=args.sample_submission,
                              num_workers=args.num_workers, progress=not args.no_progress)
     resumed = f", {summary.resumed_files} resumed" if summary.resumed_files else ""
