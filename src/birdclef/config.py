@@ -248,11 +248,19 @@ class InferConfig:
     power_rest: float = 4.0
     postprocess_stage: str = "per_model"
     """Apply post-processing to each model before blending (the reference) or once after: per_model | blend."""
+    birdnet_hop_s: float = 1.0
+    """Step (s) between BirdNET's 3 s chunks inside each 5 s row; a last chunk always ends at the row's end."""
+    birdnet_pool: str = "max"
+    """How a 5 s row combines its chunks' BirdNET probabilities: max | mean."""
+    birdnet_batch_size: int = 36
+    """3 s chunks per BirdNET invoke; 36 = one 60 s soundscape at a 1 s hop."""
 
     def __post_init__(self) -> None:
         _check(self.postprocess_stage in ("per_model", "blend"), "infer.postprocess_stage",
                f"must be per_model or blend, got {self.postprocess_stage!r}")
-        _positive(self, "infer", "batch_size", "power_rest")
+        _positive(self, "infer", "batch_size", "power_rest", "birdnet_hop_s", "birdnet_batch_size")
+        _check(self.birdnet_pool in ("max", "mean"), "infer.birdnet_pool",
+               f"must be max or mean, got {self.birdnet_pool!r}")
         _check(self.power_keep_top >= 0, "infer.power_keep_top", f"must be >= 0, got {self.power_keep_top}")
         for name in ("smoothing_middle", "smoothing_edge"):
             weights = getattr(self, name)

