@@ -168,13 +168,21 @@ def test_blend_ignores_nan_per_class_and_resamples_once() -> None:
     assert member.waves == [len(wave)], "the 32 kHz member gets the decoded wave as it is"
 
 
-def test_only_birdnet_weighted_leaves_unknown_unscored_and_fill_fills() -> None:
+def test_a_zero_weight_member_only_fills_what_the_weighted_ones_do_not_score() -> None:
     classes = ["eurrob", "frog"]
     birdnet = BirdnetPredictor(classes, NAMES, RAW, model=FakeModel())
     blend = BlendPredictor([ConstantMember(classes, 0.2), birdnet], weights=[0, 1], config=RAW)
+    assert blend.unscored == []
+    probs = blend.predict_file(np.zeros(32_000 * 5, np.float32))
+    assert probs.tolist() == [[0.5, 0.2]], "BirdNET where it knows the class, the zero-weight run elsewhere"
+
+
+def test_classes_no_member_scores_stay_nan_and_fill_fills() -> None:
+    birdnet = BirdnetPredictor(["eurrob", "frog"], NAMES, RAW, model=FakeModel())
+    blend = BlendPredictor([birdnet], weights=None, config=RAW)
     assert blend.unscored == ["frog"]
-    filled = FilledPredictor(blend, 0.5).predict_file(np.zeros(32_000 * 5, np.float32))
-    assert filled.tolist() == [[0.5, 0.5]]
+    filled = FilledPredictor(blend, 0.25).predict_file(np.zeros(32_000 * 5, np.float32))
+    assert filled.tolist() == [[0.5, 0.25]]
 
 
 def test_cli_refuses_nan_columns_without_fill_and_reports_them(tmp_path: Path, monkeypatch, capsys) -> None:

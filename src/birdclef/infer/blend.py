@@ -67,11 +67,11 @@ class BlendPredictor:
 
     @property
     def unscored(self) -> list[str]:
-        """Classes that no member with a positive weight scores (NaN in :meth:`predict_file`)."""
+        """Classes that no member scores (NaN in :meth:`predict_file`; a zero-weight member is a fallback,
+        see :func:`~birdclef.infer.ensemble.blend_ignoring_nan`)."""
         left = set(self.classes)
-        for member, w in zip(self.members, np.split(self.weights, np.cumsum(self.counts)[:-1])):
-            if w.sum() > 0:
-                left &= set(unscored_classes(member))
+        for member in self.members:
+            left &= set(unscored_classes(member))
         return [c for c in self.classes if c in left]
 
     def _member_runs(self, member: object, wave: np.ndarray, n_rows: int) -> list[np.ndarray]:

@@ -235,8 +235,10 @@ def combine_runs(per_run: Sequence[np.ndarray], weights: Sequence[float] | None,
 def blend_ignoring_nan(per_run: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray:
     """Weighted mean of (W, K) arrays per cell over the runs that score it (not NaN), weights renormalised.
 
-    A class only some runs score (BirdNET's unknown classes are NaN) gets those runs' blend; a cell
-    no run with a positive weight scores stays NaN. Without NaN this is the plain ``sum(w * p)``.
+    A class only some runs score (BirdNET's unknown classes are NaN) gets those runs' blend. Runs of
+    weight 0 are fallbacks: a cell that no weighted run scores takes their plain mean (``--weights 0 1``
+    with ``--birdnet``: BirdNET where it knows the class, the run elsewhere); a cell no run scores stays
+    NaN. Without NaN this is the plain ``sum(w * p)``.
     """
     if not any(np.isnan(p).any() for p in per_run):
         return sum(wk * p for wk, p in zip(weights, per_run))
@@ -244,5 +246,8 @@ def blend_ignoring_nan(per_run: Sequence[np.ndarray], weights: np.ndarray) -> np
     scored = ~np.isnan(stack)
     w = np.asarray(weights, dtype=np.float64)[:, None, None] * scored
     total = w.sum(axis=0)
-    summed = (np.where(scored, stack, 0.0) * w).sum(axis=0)
-    return np.where(total > 0, summed / np.where(total > 0, total, 1.0), np.nan)
+    values = np.where(scored, stack, 0.0)
+    summed = (values * w).sum(axis=0)
+    count = scored.sum(axis=0)
+    fallback = np.where(count > 0, values.sum(axis=0) / np.maximum(count, 1), np.nan)
+    return np.where(total > 0, summed / np.where(total > 0, total, 1.0), fallback)
