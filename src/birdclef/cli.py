@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a BirdCLEF-layout folder (default: generate a synthetic one in OUT/data)")
     p.add_argument("--out", type=Path, default=Path("demo"), help="where everything goes (default: ./demo)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (prediction; training follows train.accelerator)")
+    p.add_argument("--no-birdnet", action="store_true",
+                   help="do not blend BirdNET v2.4 zero-shot into the submission (used on real data when installed)")
     p.add_argument("--no-progress", action="store_true")
     _add_config_flags(p)
 
@@ -350,9 +352,10 @@ def _demo(args: argparse.Namespace) -> int:
 
     with _data_warnings_as_lines("demo"):
         summary = run_demo(args.out, data=args.data, config=demo_config(args.config, args.overrides),
-                           device=args.device, progress=not args.no_progress)
+                           device=args.device, progress=not args.no_progress, birdnet=not args.no_birdnet)
     score = "n/a" if summary.score is None else f"{summary.score:.4f}"
-    print(f"\ndone in {summary.elapsed_s:.0f} s: macro ROC-AUC {score} on {summary.data / 'test_soundscapes'}")
+    alone = "" if summary.run_score is None else f" (the trained run alone: {summary.run_score:.4f})"
+    print(f"\ndone in {summary.elapsed_s:.0f} s: macro ROC-AUC {score}{alone} on {summary.data / 'test_soundscapes'}")
     print(f"  data:       {summary.data}\n  run:        {summary.run}\n  submission: {summary.submission}")
     print(f"  report:     {summary.report}")
     return 0

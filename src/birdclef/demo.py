@@ -8,7 +8,7 @@ the finished folds and the submission are reused.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from birdclef.config import Config, load_config, merge_config, read_overrides
@@ -35,6 +35,13 @@ species and 8 epochs 0.61; 16 clips 0.89 (more epochs only raised the out-of-fol
 with 12 epochs 0.90, and 0.92 with background mixing from train_soundscapes at 0.3-1.5x the clip RMS.
 """
 
+DEMO_BIRDNET_WEIGHTS = (0.0, 1.0)
+"""Weights of the trained run and of BirdNET v2.4 zero-shot in the demo's submission on real data: BirdNET
+for the classes it knows, the run (a zero-weight fallback) for the others, both without temporal smoothing
+or power adjustment. Measured on xcbirds-dev-v1 test soundscapes with a demo run that scores 0.60 alone:
+run/BirdNET 0.2/0.8 0.925, 0.1/0.9 0.936; BirdNET alone 0.957 (smoothing costs it 0.014).
+"""
+
 DEMO_SYNTH = {"n_species": 8, "clips_per_species": 24, "n_train_soundscapes": 4, "n_test_soundscapes": 6}
 """Size of the generated dataset: enough clips per species for a model trained from scratch."""
 
@@ -49,6 +56,8 @@ class DemoSummary:
     score: float | None
     """Macro ROC-AUC of the submission on the test soundscapes (None without solution.csv)."""
     elapsed_s: float
+    run_score: float | None = None
+    """With BirdNET in the submission: the trained run's own score (its submission: run_submission.csv)."""
 
 
 def demo_config(config_path: Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -67,6 +76,7 @@ def run_demo(
     progress: bool = True,
     log=print,
     synth: dict | None = None,
+    birdnet: bool = True,
 ) -> DemoSummary:
     """Run the demo into `out` (data/, run/, submission.csv, report/) and return where things are.
 
@@ -76,6 +86,9 @@ def run_demo(
         config: training and inference settings; default :func:`demo_config`.
         device: where prediction runs (training follows ``config.train.accelerator``).
         log: where progress lines go.
+        birdnet: on a real dataset, blend BirdNET v2.4 zero-shot into the submission when it is installed
+            (``birdclef[birdnet]``) and knows some of the classes (:data:`DEMO_BIRDNET_WEIGHTS`); the run's own
+            submission is then ``run_submission.csv``.
     """
     from birdclef.eval.metrics import evaluate_submission
     from birdclef.eval.report import write_report
@@ -99,23 +112,53 @@ def run_demo(
     log(f"      out-of-fold macro ROC-AUC {oof} (optimistic: each best.pt was chosen on the fold it predicts)")
     submission = out / "submission.csv"
     sample = data / "sample_submission.csv"
-    log(f"[3/5] predicting {data / 'test_soundscapes'} -> {submission}")
-    predictor = TorchPredictor([run], config=config.infer, device=device)
-    predicted = predict_to_csv(data / "test_soundscapes", predictor, submission,
-                               sample_submission=sample if sample.is_file() else None, progress=progress)
-    log(f"      {predicted.n_rows} rows from {predicted.n_files} soundscapes in {predicted.elapsed_s:.1f} s")
-    score, solution = None, data / "solution.csv"
+    sample = sample if sample.is_file() else None
+    runs = TorchPredictor([run], config=config.infer, device=device)
+    blend = _birdnet_blend(runs, data, submission, log) if birdnet else None
+    targets = [(runs, submission)] if blend is None else [(runs, out / "run_submission.csv"), (blend, submission)]
+    log(f"[3/5] predicting {data / 'test_soundscapes'} -> {', '.join(str(path) for _, path in targets)}")
+    for predictor, path in targets:
+        predicted = predict_to_csv(data / "test_soundscapes", predictor, path, sample_submission=sample,
+                                   progress=progress)
+        log(f"      {path.name}: {predicted.n_rows} rows from {predicted.n_files} soundscapes in "
+            f"{predicted.elapsed_s:.1f} s")
+    score = run_score = None
+    solution = data / "solution.csv"
     if solution.is_file():
-        report = evaluate_submission(submission, solution)
-        write_json_atomic(report.to_dict(), out / "evaluation.json")
-        score = report.score
-        log(f"[4/5] macro ROC-AUC on the test soundscapes: {score:.4f} ({report.n_scored} classes scored)")
+        scores = [evaluate_submission(path, solution) for _, path in targets]
+        write_json_atomic(scores[-1].to_dict(), out / "evaluation.json")
+        score, run_score = scores[-1].score, scores[0].score if blend is not None else None
+        alone = "" if run_score is None else f"; the trained run alone: {run_score:.4f}"
+        log(f"[4/5] macro ROC-AUC on the test soundscapes: {score:.4f} ({scores[-1].n_scored} classes scored{alone})")
     else:
         log("[4/5] no solution.csv: nothing to score")
     log("[5/5] writing the report")
     page = write_report(out / "report", submission, solution=solution if solution.is_file() else None, run=run,
                         soundscapes=data / "test_soundscapes")
-    return DemoSummary(data, run, submission, page, trained.oof_auc, score, time.perf_counter() - started)
+    return DemoSummary(data, run, submission, page, trained.oof_auc, score, time.perf_counter() - started, run_score)
+
+
+def _birdnet_blend(runs, data: Path, submission: Path, log):
+    """The run with BirdNET v2.4 zero-shot (:data:`DEMO_BIRDNET_WEIGHTS`) when BirdNET is installed and knows
+    some of the classes; otherwise None, and a line saying why."""
+    from birdclef.birdnet.build import build_birdnet
+    from birdclef.errors import BirdclefError
+
+    config = replace(runs.config, smoothing=False, power_adjust=False)
+    try:
+        setup = build_birdnet(submission, config, runs, data=data, weights=list(DEMO_BIRDNET_WEIGHTS))
+    except BirdclefError as exc:
+        log(f"      BirdNET zero-shot not used: {exc}")
+        return None
+    known = len(runs.classes) - len(setup.unknown)
+    if known == 0:
+        if setup.report is not None:
+            setup.report.unlink(missing_ok=True)
+        log("      BirdNET zero-shot not used: it knows none of the classes (by scientific name)")
+        return None
+    log(f"      BirdNET v2.4 zero-shot scores the {known} classes it knows, the trained run the other "
+        f"{len(setup.unknown)} (BirdNET weights: CC BY-NC-SA 4.0)")
+    return setup.predictor
 
 
 def _synthetic_data(folder: Path, size: dict, progress: bool, log) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -48,4 +49,45 @@ def test_demo_rerun_reuses_finished_work(tmp_path: Path, capsys):
         demo.DEMO_SYNTH = original
     out = capsys.readouterr().out
     assert "reusing the synthetic dataset" in out and "macro ROC-AUC" in out
+    assert "BirdNET zero-shot not used" in out  # it knows no synthetic species (or is not installed)
+    assert not (tmp_path / "d" / "run_submission.csv").exists()
     assert (tmp_path / "d" / "run" / "fold0" / "best.pt").stat().st_mtime_ns == first
+
+
+class OneSpeciesBirdnet:
+    """BirdNET's interface knowing one species; logit 3 + the chunk's mean sample (prob about 0.953)."""
+
+    labels = ["Turdus merula_Eurasian Blackbird"]
+    path = Path("fake.tflite")
+
+    def logits(self, chunks):
+        import numpy as np
+
+        return (3.0 + chunks.mean(axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_demo_on_real_data_takes_birdnet_for_the_classes_it_knows(tmp_path: Path, monkeypatch):
+    """Where BirdNET knows a class (by scientific name) the submission is BirdNET's; the run fills the rest."""
+    from birdclef.data.synth import synthesize_dataset
+    from birdclef.eval.metrics import evaluate_submission
+
+    data = tmp_path / "data"
+    synthesize_dataset(data, n_species=3, clips_per_species=5, n_train_soundscapes=1, n_test_soundscapes=2,
+                       progress=False)
+    taxonomy = pd.read_csv(data / "taxonomy.csv")
+    known = taxonomy.loc[0, "primary_label"]
+    taxonomy.loc[0, "scientific_name"] = "Turdus merula"
+    taxonomy.to_csv(data / "taxonomy.csv", index=False)
+    monkeypatch.setattr("birdclef.birdnet.predictor.BirdnetModel", lambda *args, **kwargs: OneSpeciesBirdnet())
+    lines: list[str] = []
+    config = demo_config(None, ["train.epochs=1", "model.backbone=test_efficientnet", "model.frontend.n_mels=32"])
+    summary = run_demo(tmp_path / "demo", data=data, config=config, device="cpu", progress=False, log=lines.append)
+    assert any("scores the 1 classes it knows, the trained run the other 2" in line for line in lines), lines
+    blend, alone = pd.read_csv(summary.submission), pd.read_csv(tmp_path / "demo" / "run_submission.csv")
+    assert list(blend.columns) == list(alone.columns) and blend["row_id"].tolist() == alone["row_id"].tolist()
+    birdnet_prob = 1 / (1 + math.exp(-3.0))
+    assert (blend[known] - birdnet_prob).abs().max() < 1e-3 < (alone[known] - birdnet_prob).abs().max()
+    others = [c for c in blend.columns if c not in ("row_id", known)]
+    assert blend[others].notna().all().all() and ((blend[others] - birdnet_prob).abs() > 1e-3).all().all()
+    assert summary.run_score == pytest.approx(evaluate_submission(tmp_path / "demo" / "run_submission.csv",
+                                                                  data / "solution.csv").score)
