@@ -64,4 +64,4 @@ def test_kill_9_of_the_main_process_takes_the_other_rank_down(tiny_dataset: Path
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert not _gone(children, timeout=4.0), "the rank-1 process outlived kill -9 of rank 0"
+    assert not _gone(children, timeout=30.0), "the rank-1 process outlived kill -9 of rank 0"
