@@ -92,8 +92,8 @@ def test_parquet_has_one_row_per_chunk_with_relative_names(tmp_path: Path) -> No
     np.testing.assert_allclose(frame["emb_0"], [0.2, 0.203, 0.1, 0.103], atol=1e-7)
     assert frame["emb_1"].iloc[-1] == 0, "x.wav's 1 s tail is zero-padded to 3 s"
     assert not any(p.name.startswith(".emb") for p in tmp_path.iterdir()), "parts and lock removed"
-    files = embed_to_parquet([folder / "b" / "x.wav", folder / "a.wav"], tmp_path / "list.parquet", FakeModel(),
-                             hop_s=1.0, progress=False)
+    given = [folder / "b" / "x.wav", folder / "a.wav", folder / "b" / "x.wav"]
+    files = embed_to_parquet(given, tmp_path / "list.parquet", FakeModel(), hop_s=1.0, progress=False)
     listed = pd.read_parquet(files.out)
     assert listed["file"].unique().tolist() == ["b/x.wav", "a.wav"] and len(listed) == 4 + 6
 

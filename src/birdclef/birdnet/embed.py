@@ -94,7 +94,8 @@ def embedding_columns(size: int) -> list[str]:
 
 
 def list_audio(source: Path | Sequence[Path]) -> tuple[list[Path], list[str]]:
-    """(paths, names): a folder's audio files (recursively, sorted, hidden ones left out), or the given files.
+    """(paths, names): a folder's audio files (recursively, sorted, hidden ones left out), or the given files
+    (repeats dropped).
 
     Names are relative to the folder, or to the given files' common folder, in POSIX form.
 
@@ -108,7 +109,7 @@ def list_audio(source: Path | Sequence[Path]) -> tuple[list[Path], list[str]]:
         paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
                        and not any(part.startswith(".") for part in p.relative_to(root).parts))
     else:
-        paths = [Path(p) for p in source]
+        paths = list(dict.fromkeys(Path(p) for p in source))  # a file given twice is embedded once
         root = Path(os.path.commonpath([p.absolute().parent for p in paths])) if paths else Path()
     if not paths:
         raise BirdclefError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in {source}")
@@ -173,8 +174,10 @@ def embed_to_parquet(source: Path | Sequence[Path], out: Path, model: EmbeddingM
             another model or hop; not one file could be decoded.
     """
     started, out = time.perf_counter(), Path(out)
-    if not hop_s > 0 or not 0 <= min_tail_s <= 3.0:
-        raise BirdclefError(f"--hop must be > 0 s (got {hop_s}) and the least tail in [0, 3] s (got {min_tail_s})")
+    if not hop_s > 0:
+        raise BirdclefError(f"--hop must be > 0 s, got {hop_s}")
+    if not 0 <= min_tail_s <= 3.0:
+        raise BirdclefError(f"min_tail_s must be in [0, 3] s, got {min_tail_s}")
     paths, names = list_audio(source)
     with exclusive_lock(out, "birdclef embed"):
         settings = _settings(model, hop_s, min_tail_s)
