@@ -107,7 +107,7 @@ def test_a_killed_job_resumes_computing_only_the_files_without_a_part(tmp_path: 
     with pytest.raises(RuntimeError, match="killed"):
         embed_to_parquet(folder, out, killed, progress=False)
     assert killed.calls == [0.1, 0.2] and not out.exists() and not lock_path(out).exists()
-    assert len(list((tmp_path / ".emb.parquet.parts").glob("part-*.parquet"))) == 1
+    assert len(list((tmp_path / ".emb.parquet.parts").glob("part-*.npz"))) == 1
     with pytest.raises(BirdclefError, match="other runs or settings"):
         embed_to_parquet(folder, out, FakeModel(), hop_s=1.0, progress=False)
     rerun = FakeModel()

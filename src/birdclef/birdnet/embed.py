@@ -19,9 +19,10 @@ arrays, and polars / DuckDB see ordinary columns. The table's schema metadata (k
 the model, hop and licence.
 
 The job holds a lock on `out` (a second job on it fails at once); every finished file's rows are
-written atomically to a part in ``.<out>.parts/`` (:class:`~birdclef.infer.job.PartialResults`), so a
-re-run with the same settings skips the files already done. The output is then assembled part by part
-(never holding every row in memory) into one atomic write, and the parts are removed. Files that cannot
+written atomically to an ``.npz`` part in ``.<out>.parts/`` (keyed and settings-checked by
+:class:`~birdclef.infer.job.PartialResults`), so a re-run with the same settings skips the files already
+done. The output is then assembled part by part (never holding every row in memory) into one atomic
+write, and the parts are removed. Files that cannot
 be decoded are skipped and listed in ``<out stem>.skipped.csv``; the next file decodes in a thread while
 the model runs.
 
@@ -34,10 +35,11 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -140,15 +142,31 @@ def wave_chunks(wave: np.ndarray, hop_s: float, min_tail_s: float = MIN_TAIL_S,
 
 
 def embed_wave(model: EmbeddingModel, wave: np.ndarray, hop_s: float = HOP_S,
-               min_tail_s: float = MIN_TAIL_S) -> pa.Table:
-    """One file's rows without the ``file`` column: start_s, end_s, emb_0 ... emb_{size-1}."""
+               min_tail_s: float = MIN_TAIL_S) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start_s (N,), end_s (N,), embeddings (N, embedding_size) float32) of one 48 kHz wave."""
     chunks, start_s, end_s = wave_chunks(wave, hop_s, min_tail_s)
     embeddings = np.asarray(model.infer(chunks)[1], dtype=np.float32)
     if embeddings.shape != (len(chunks), model.embedding_size):
         raise RuntimeError(f"{model.path}: {len(chunks)} chunks gave embeddings of shape {embeddings.shape}")
+    return start_s, end_s, embeddings
+
+
+def rows_table(name: str, start_s: np.ndarray, end_s: np.ndarray, embeddings: np.ndarray) -> pa.Table:
+    """One file's rows as the output's columns: file, start_s, end_s, emb_0 ... emb_{size-1}."""
     columns = np.ascontiguousarray(embeddings.T)  # one contiguous array per Parquet column
-    arrays = [pa.array(start_s, pa.float64()), pa.array(end_s, pa.float64())] + [pa.array(c) for c in columns]
-    return pa.Table.from_arrays(arrays, names=["start_s", "end_s", *embedding_columns(model.embedding_size)])
+    arrays = [pa.array([name] * len(start_s), pa.string()), pa.array(start_s, pa.float64()),
+              pa.array(end_s, pa.float64())] + [pa.array(c) for c in columns]
+    return pa.Table.from_arrays(arrays, names=["file", "start_s", "end_s", *embedding_columns(embeddings.shape[1])])
+
+
+def _part(partial: PartialResults, path: Path) -> Path:
+    """A file's part: plain ``.npz`` arrays (a 1027-column Parquet per file costs ~90 ms to write and read back)."""
+    return partial.part(path).with_suffix(".npz")
+
+
+def _save_part(tmp: Path, start_s: np.ndarray, end_s: np.ndarray, embeddings: np.ndarray) -> None:
+    with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+        np.savez(f, start_s=start_s, end_s=end_s, embeddings=embeddings)
 
 
 def _settings(model: EmbeddingModel, hop_s: float, min_tail_s: float) -> dict:
@@ -182,15 +200,15 @@ def embed_to_parquet(source: Path | Sequence[Path], out: Path, model: EmbeddingM
     with exclusive_lock(out, "birdclef embed"):
         settings = _settings(model, hop_s, min_tail_s)
         partial = PartialResults(out, settings)
-        todo = [p for p in paths if not partial.has(p)]
+        todo = [p for p in paths if not _part(partial, p).is_file()]
         summary = EmbedSummary(out, resumed_files=len(paths) - len(todo))
         bar = tqdm(total=len(paths), initial=summary.resumed_files, desc="embed", unit="file", disable=not progress)
         for path, wave, error in iter_decoded(todo, SAMPLE_RATE, num_workers, ahead=num_workers + 1):
             if wave is None:
                 summary.skipped.append((str(path), error))
             else:
-                table = embed_wave(model, wave, hop_s, min_tail_s)
-                write_atomic(partial.part(path), lambda tmp, table=table: pq.write_table(table, tmp))
+                rows = embed_wave(model, wave, hop_s, min_tail_s)
+                write_atomic(_part(partial, path), lambda tmp, rows=rows: _save_part(tmp, *rows))
             bar.update(1)
         bar.close()
         _write_skipped(summary, dict(zip(paths, names)))
@@ -213,20 +231,26 @@ def _write_skipped(summary: EmbedSummary, names: dict[Path, str]) -> None:
 
 def _assemble(partial: PartialResults, paths: list[Path], names: list[str], out: Path,
               settings: dict) -> tuple[int, int]:
-    """Stream the parts (in file order, each given its ``file`` column) into `out`; (files, rows) written.
+    """Stream the parts (in file order) into `out`, ~:data:`ROW_GROUP_ROWS` rows per row group; (files, rows).
 
     Nothing is written when no part exists.
     """
-    parts = [(partial.part(p), name) for p, name in zip(paths, names) if partial.has(p)]
+    parts = [(_part(partial, p), name) for p, name in zip(paths, names) if _part(partial, p).is_file()]
     if not parts:
         return 0, 0
-    first = pq.read_schema(parts[0][0])
-    schema = first.insert(0, pa.field("file", pa.string())).with_metadata({"birdclef": json.dumps(settings)})
+
+    def tables() -> Iterator[pa.Table]:
+        for part, name in parts:
+            with np.load(part) as arrays:
+                yield rows_table(name, arrays["start_s"], arrays["end_s"], arrays["embeddings"])
+
+    stream = tables()
+    first = next(stream)
+    schema = first.schema.with_metadata({"birdclef": json.dumps(settings)})
     n_rows, pending = 0, []
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for part, name in parts:
-            table = pq.read_table(part)
-            pending.append(table.add_column(0, "file", pa.array([name] * len(table), pa.string())))
+        for table in itertools.chain([first], stream):
+            pending.append(table)
             n_rows += len(table)
             if sum(len(t) for t in pending) >= ROW_GROUP_ROWS:
                 writer.write_table(pa.concat_tables(pending))
