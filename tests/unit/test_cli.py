@@ -78,6 +78,7 @@ OUT_VERBS = {
     "export": (["export", "--run", "norun"], "folder"),
     "package": (["package", "--model", "nomodel"], "folder"),
     "blend": (["blend", "a.csv", "b.csv"], "file"),
+    "embed": (["embed", "--audio", "noaudio"], "file"),
 }
 
 
