@@ -72,7 +72,9 @@ class BirdnetFrontend(nn.Module):
         self.eps = float(eps)
         self.n_ffts = [int(k.shape[0]) for k in kernels]
         for i, kernel in enumerate(kernels):  # conv1d weight (96, 1, n_fft)
-            self.register_buffer(f"kernel{i}", torch.from_numpy(np.ascontiguousarray(kernel.T))[:, None, :])
+            # not persistent: the file's constants, rebuilt from it; a checkpoint need not carry them
+            self.register_buffer(f"kernel{i}", torch.from_numpy(np.ascontiguousarray(kernel.T))[:, None, :],
+                                 persistent=False)
 
     @classmethod
     def from_file(cls, path: str | Path, graph=None) -> BirdnetFrontend:

@@ -167,6 +167,52 @@ class BirdnetCNN(nn.Module):
         return const if const is not None else env[tensor]
 
 
+def init_head_from_birdnet(model: nn.Module, classes: Sequence[str], taxonomy_csv: str | Path):
+    """Start a BirdNET classifier's linear head from BirdNET's own output layer, so training starts zero-shot.
+
+    The fc rows of the classes BirdNET knows (matched by scientific name, :func:`~birdclef.birdnet.classes.map_classes`)
+    get BirdNET's dense weights and bias, so their initial logit is BirdNET's zero-shot logit on a 3 s
+    input; the other rows keep their random init with the bias :data:`UNKNOWN_CLASS_BIAS`. Heads other
+    than ``linear`` (``sed``) are left as they are, with a warning.
+
+    Args:
+        model: a :class:`~birdclef.models.BirdClassifier` with ``backbone=birdnet``.
+        classes: its class names, in output order.
+        taxonomy_csv: the dataset's taxonomy.csv (``primary_label``, ``scientific_name``).
+
+    Returns:
+        The :class:`~birdclef.birdnet.classes.ClassMapping`, or None when the head was left alone.
+
+    Raises:
+        DatasetError: the taxonomy is missing or unreadable.
+    """
+    from birdclef.birdnet.classes import map_classes, read_scientific_names
+    from birdclef.birdnet.model import labels_path_for, output_layer, read_labels
+    from birdclef.errors import DatasetError
+    from birdclef.models.heads import LinearHead
+
+    if not isinstance(model.head, LinearHead):
+        log.warning("model.init_from_birdnet applies to the linear head only; the %s head keeps its random init",
+                    type(model.head).__name__)
+        return None
+    if not Path(taxonomy_csv).is_file():
+        raise DatasetError(f"{taxonomy_csv}: not found; model.init_from_birdnet matches classes to BirdNET's labels "
+                           "by its scientific_name column (or set model.init_from_birdnet=false)")
+    path = model.backbone.path
+    mapping = map_classes(classes, read_scientific_names(taxonomy_csv), read_labels(labels_path_for(path)))
+    weight, bias = output_layer(path)
+    known = torch.from_numpy(mapping.known)
+    rows = torch.from_numpy(mapping.index[mapping.known])
+    with torch.no_grad():
+        fc = model.head.fc
+        fc.weight[known] = torch.from_numpy(weight)[rows].to(fc.weight)
+        fc.bias[known] = torch.from_numpy(bias)[rows].to(fc.bias)
+        fc.bias[~known] = UNKNOWN_CLASS_BIAS
+    log.info("head: %d of %d classes start from BirdNET's output layer; %d unknown to it (bias %.2f)",
+             int(known.sum()), len(classes), int((~known).sum()), UNKNOWN_CLASS_BIAS)
+    return mapping
+
+
 def _embedding_tensor(consts: GraphConstants) -> int:
     """The input of the FULLY_CONNECTED op that writes the graph's first output (BirdNET's class layer)."""
     out = int(consts.sub.outputs[0])
