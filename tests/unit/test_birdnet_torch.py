@@ -163,7 +163,7 @@ def test_wrong_files_and_heads_are_clear_errors(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_cli_fine_tunes_predicts_and_exports_a_tiny_birdnet_run(tmp_path: Path) -> None:
-    """birdclef train -c configs/birdnet.yaml on 50 clips (1 fold, 1 epoch), then predict --run and export."""
+    """birdclef train -c configs/birdnet.yaml on 50 clips (1 fold, 1 epoch), predict --run, export, predict --model."""
     _needs_data()
     from birdclef.cli import main
 
@@ -184,3 +184,11 @@ def test_cli_fine_tunes_predicts_and_exports_a_tiny_birdnet_run(tmp_path: Path) 
     classes = [c for c in sub.columns if c != "row_id"]
     assert len(sub) == 12 and len(classes) == 26
     assert np.isfinite(sub[classes].to_numpy()).all() and ((sub[classes] >= 0) & (sub[classes] <= 1)).all().all()
+    # the ONNX export carries BirdNET's own front end (not LogMel) and scores the same
+    model_dir = tmp_path / "model"
+    assert main(["export", "--run", str(run), "--out", str(model_dir), "--parity-audio", str(folder),
+                 "--parity-files", "1"]) == 0
+    onnx_out = tmp_path / "onnx.csv"
+    assert main(["predict", "--model", str(model_dir), "--soundscapes", str(folder), "--out", str(onnx_out),
+                 "--no-progress"]) == 0
+    np.testing.assert_allclose(pd.read_csv(onnx_out)[classes], sub[classes], atol=1e-4)

@@ -19,7 +19,7 @@ and anything fine-tuned from them is Adapted Material under the same licence.
 Example:
     >>> cnn = BirdnetCNN.from_file(bundled_model_path())
     >>> cnn.forward_features(torch.zeros(2, 96, 511, 2)).shape   # (B, 1024, F', T')
-    torch.Size([2, 1024, 1, 14])
+    torch.Size([2, 1024, 1, 6])
 """
 
 from __future__ import annotations
