@@ -33,6 +33,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
+from birdclef.birdnet.torch_net import init_head_from_birdnet
 from birdclef.config import BIRDNET_BACKBONE, Config, config_to_dict, dump_config, load_config
 from birdclef.data.augment import BackgroundBank
 from birdclef.data.cache import WaveCache, prepare_cache
@@ -40,7 +41,6 @@ from birdclef.data.folds import assign_folds
 from birdclef.data.metadata import DatasetLayout, label_matrix, load_classes, parse_secondary_labels
 from birdclef.errors import ConfigError, DatasetError
 from birdclef.models import list_heads, load_checkpoint
-from birdclef.birdnet.torch_net import init_head_from_birdnet
 from birdclef.models.classifier import check_backbone_name
 from birdclef.train.callbacks import FoldRecorder
 from birdclef.train.fold_data import FoldData
