@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ UNKNOWN_CLASS_BIAS = math.log(0.01 / 0.99)
 """Bias of head rows for classes BirdNET does not know: the logit of a 1 % prior (RetinaNet's prior init,
 Lin et al. 2017). A class is present in far fewer than half of the windows, so starting those rows at
 p = 0.5 would make their loss, and its gradient into the pretrained backbone, dominate the first steps."""
+_SWISH = "_SWISH"  # internal: a fused x * sigmoid(x), not a TFLite op name
 _FLOAT32, _NUMPY_TYPES = 0, {0: np.float32, 2: np.int32, 4: np.int64, 9: np.int8, 3: np.uint8, 6: np.bool_}
 
 
@@ -139,7 +141,7 @@ class BirdnetCNN(nn.Module):
             raise BirdclefError(f"{consts.path}: the embedding is not a mean over height and width "
                                 f"({consts.op_name(pool)}); not a BirdNET v2.4 model")
         params: dict[str, np.ndarray] = {}
-        steps = [_make_step(consts, k, op, params) for k, op in body]
+        steps = _fuse_swish([_make_step(consts, k, op, params) for k, op in body], int(pool.inputs[0]))
         cnn = cls(steps, params, source, int(pool.inputs[0]), consts.path)
         channels = consts.sub.tensors[cnn._features].shape[-1]
         if int(channels) != cls.num_features:
@@ -261,6 +263,26 @@ def _make_step(consts: GraphConstants, k: int, op, params: dict[str, np.ndarray]
     return step
 
 
+def _fuse_swish(steps: list[_Step], keep: int) -> list[_Step]:
+    """``MUL(x, LOGISTIC(x))`` -> one ``F.silu(x)`` step when nothing else reads the sigmoid (58 of 60 MULs in v2.4).
+
+    Same values; faster, and autograd keeps one tensor per swish instead of two.
+    """
+    readers = Counter(t for step in steps for t in step.inputs)
+    sigmoid_of = {step.outputs[0]: step.inputs[0] for step in steps if step.kind == "LOGISTIC"}
+    fused = set()
+    for step in steps:
+        if step.kind != "MUL" or step.consts or len(step.inputs) != 2 or getattr(step.options, "fusedActivationFunction", 0):
+            continue
+        a, b = step.inputs
+        for x, gate in ((a, b), (b, a)):
+            if sigmoid_of.get(gate) == x and readers[gate] == 1 and gate != keep:
+                step.kind, step.inputs = _SWISH, [x]
+                fused.add(gate)
+                break
+    return [step for step in steps if not (step.kind == "LOGISTIC" and step.outputs[0] in fused)]
+
+
 def _torch_layout(kind: str, slot: int, value: np.ndarray) -> np.ndarray:
     """TFLite kernels to torch: CONV_2D [O, KH, KW, I] -> [O, I, KH, KW]; DEPTHWISE [1, KH, KW, C] -> [C, 1, KH, KW]."""
     if slot == 1 and kind == "CONV_2D":
@@ -375,5 +397,6 @@ _OPS = {
     "MEAN": _mean, "PAD": _pad, "PACK": _pack, "RESHAPE": _reshape, "STRIDED_SLICE": _strided_slice,
     "SHAPE": lambda s, a: list(a[0].shape),
 }
-SUPPORTED_OPS = tuple(sorted(_OPS))
+_OPS[_SWISH] = lambda s, a: F.silu(a[0])
+SUPPORTED_OPS = tuple(sorted(k for k in _OPS if k != _SWISH))
 """The TFLite builtin ops the builder turns into torch (what the v2.4 CNN uses)."""
