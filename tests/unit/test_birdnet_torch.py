@@ -94,6 +94,8 @@ def test_any_length_from_3_s_works_and_5_s_gives_a_longer_map(model_path: Path) 
     assert spec.shape == (2, 96, 854, 2)  # the shorter branch's 854 frames (the 2048/278 one has 856)
     assert feats.shape == (2, 1024, 1, 12) and short.shape == (1, 1024, 1, 6)  # time /32, then a VALID 3x3
     assert torch.isfinite(feats).all()
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16), torch.no_grad():
+        assert front(torch.randn(1, 144_000)).dtype == torch.float32  # the front end stays float32
     with pytest.raises(ValueError, match="samples >= 2048"):
         front(torch.zeros(1, 1000))
 

@@ -106,13 +106,15 @@ class BirdnetFrontend(nn.Module):
         if wave.dim() != 2 or wave.shape[1] < self.min_samples():
             raise ValueError(f"BirdNET's front end needs (batch, samples >= {self.min_samples()}) audio, "
                              f"got {tuple(wave.shape)}")
-        x = wave.float()
-        x = x - x.amin(dim=1, keepdim=True)
-        x = (x / (x.amax(dim=1, keepdim=True) + self.eps) - 0.5) * 2.0
-        x = x[:, None, :]  # (B, 1, L)
-        specs = []
-        for i, (hop, p) in enumerate(zip(self.hops, self.exponents)):
-            m = nn.functional.conv1d(x, getattr(self, f"kernel{i}"), stride=hop)  # (B, 96, T_i)
-            specs.append(torch.pow(m * m, p).flip(1))
+        # float32 even under autocast: a bf16 2048-tap projection, then x ** 0.23, would lose the quiet bins
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            x = wave.float()
+            x = x - x.amin(dim=1, keepdim=True)
+            x = (x / (x.amax(dim=1, keepdim=True) + self.eps) - 0.5) * 2.0
+            x = x[:, None, :]  # (B, 1, L)
+            specs = []
+            for i, (hop, p) in enumerate(zip(self.hops, self.exponents)):
+                m = nn.functional.conv1d(x, getattr(self, f"kernel{i}"), stride=hop)  # (B, 96, T_i)
+                specs.append(torch.pow(m * m, p).flip(1))
         frames = min(s.shape[-1] for s in specs)
         return torch.stack([s[..., :frames] for s in specs], dim=-1)  # (B, 96, T, 2)
