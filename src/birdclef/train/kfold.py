@@ -164,7 +164,7 @@ def check_names(config: Config) -> None:
         raise ConfigError(f"train.loss: {exc}") from None
     if config.model.head not in list_heads():
         raise ConfigError(f"model.head {config.model.head!r} is not a registered head; choose from {list_heads()}")
-    check_backbone_name(config.model.backbone)
+    check_backbone_name(config.model.backbone, config.model.birdnet_path)
 
 
 def _resume_checkpoint(fold_dir: Path, resume: bool) -> Path | None:
