@@ -174,9 +174,12 @@ def build_head(config: Config, classes: list[str], names: dict[str, str], model:
 
 
 @torch.no_grad()
-def _predict(head: EmbeddingHead, emb: torch.Tensor, pool: str) -> np.ndarray:
+def _validate(head: EmbeddingHead, emb: torch.Tensor, target: torch.Tensor, loss_fn, pool: str):
+    """(macro ROC-AUC, loss, (R, K) probabilities) of the validation rows."""
     head.eval()
-    return torch.sigmoid(pool_logits(head(emb), pool)).numpy()
+    logits = pool_logits(head(emb), pool)
+    probs = torch.sigmoid(logits).numpy()
+    return validation_auc(target.numpy(), probs), loss_fn(logits, target).item(), probs
 
 
 def fit_head(head: EmbeddingHead, data: HeadData, fold: int, config: Config) -> tuple[dict, list[dict], np.ndarray]:
@@ -188,10 +191,9 @@ def fit_head(head: EmbeddingHead, data: HeadData, fold: int, config: Config) -> 
     opt = torch.optim.AdamW(head.parameters(), lr=train.lr, weight_decay=0.0)
     steps = train.epochs * max(1, math.ceil(len(fit) / train.batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=train.min_lr)
-    val_target = data.target[val].numpy()
-    probs = _predict(head, data.emb[val], pool)
-    best = (validation_auc(val_target, probs), 0, {k: v.clone() for k, v in head.state_dict().items()}, probs)
-    metrics = [{"fold": fold, "epoch": 0, "lr": 0.0, "train_loss": math.nan, "val_auc": best[0]}]
+    auc, val_loss, probs = _validate(head, data.emb[val], data.target[val], loss_fn, pool)
+    best = (auc, 0, {k: v.clone() for k, v in head.state_dict().items()}, probs)
+    metrics = [{"fold": fold, "epoch": 0, "lr": 0.0, "train_loss": math.nan, "val_loss": val_loss, "val_auc": auc}]
     generator = torch.Generator().manual_seed(train.seed + fold)
     for epoch in range(1, train.epochs + 1):
         head.train()
@@ -205,9 +207,9 @@ def fit_head(head: EmbeddingHead, data: HeadData, fold: int, config: Config) -> 
             head.decay_to_init(opt.param_groups[0]["lr"] * train.weight_decay)
             sched.step()
             losses.append(loss.item())
-        probs = _predict(head, data.emb[val], pool)
-        auc = validation_auc(val_target, probs)
-        metrics.append({"fold": fold, "epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), "val_auc": auc})
+        auc, val_loss, probs = _validate(head, data.emb[val], data.target[val], loss_fn, pool)
+        metrics.append({"fold": fold, "epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)),
+                        "val_loss": val_loss, "val_auc": auc})
         if math.isnan(best[0]) or auc > best[0]:
             best = (auc, epoch, {k: v.clone() for k, v in head.state_dict().items()}, probs)
     return {"score": best[0], "epoch": best[1], "state": best[2]}, metrics, best[3]
@@ -294,10 +296,15 @@ def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: 
     embed_s, head_started = time.perf_counter() - embed_started, time.perf_counter()
     clips, windows = clip_rows(cache)
     head_data = HeadData(copies, clips, targets, weights, folds)
-    for fold in config.train.folds:
-        if not (run / f"fold{fold}" / "done.json").is_file():
-            _train_fold(config, classes, build_head(config, classes, names, model), head_data, fold, run,
-                        cache.index, clips, windows)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # ops this small lose more to thread hand-offs than they gain
+    try:
+        for fold in config.train.folds:
+            if not (run / f"fold{fold}" / "done.json").is_file():
+                _train_fold(config, classes, build_head(config, classes, names, model), head_data, fold, run,
+                            cache.index, clips, windows)
+    finally:
+        torch.set_num_threads(threads)
     summary = _collect(run, list(config.train.folds), classes, targets, cache.index)
     summary.n_clips, summary.elapsed_s = len(cache.index), time.perf_counter() - started
     summary.skipped_clips, summary.cache_dir = skipped, cache.path
