@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from birdclef.birdnet.head import HEADS, LICENSE_NOTE, MLP_HIDDEN, EmbeddingHead, init_rows, pool_logits, save_head
 from birdclef.birdnet.model import CHUNK_S, BirdnetModel, output_layer
 from birdclef.birdnet.predictor import chunk_offsets
-from birdclef.config import Config, config_to_dict
+from birdclef.config import Config
 from birdclef.data.augment import BackgroundBank, add_background
 from birdclef.data.cache import WaveCache
 from birdclef.errors import ConfigError
@@ -99,7 +99,8 @@ def embedding_key(config: Config, cache: WaveCache, model: BirdnetModel) -> str:
     """Hash of everything that changes the cached embeddings (not train.embed_copies: copies are reused)."""
     path = Path(model.path)
     train = config.train
-    record = {"data": config_to_dict(config.data), "hop": config.infer.birdnet_hop_s, "seed": train.seed,
+    data = {key: getattr(config.data, key) for key in ("sample_rate", "strategy", "window_s", "max_clip_s", "max_files")}
+    record = {"data": data, "hop": config.infer.birdnet_hop_s, "seed": train.seed,
               "background": [train.background_prob, list(train.background_gain), train.background_max_files],
               "model": [path.name, path.stat().st_size if path.is_file() else None],
               "clips": cache.index[["filename", "length"]].astype(str).agg(":".join, axis=1).tolist()}
