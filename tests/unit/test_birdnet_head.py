@@ -21,13 +21,13 @@ from scipy.special import expit
 from birdclef.birdnet import head as head_module
 from birdclef.birdnet import head_train
 from birdclef.birdnet import predictor as predictor_module
-from birdclef.birdnet.head import EmbeddingHead, HeadPredictor, RunsBlend, UNKNOWN_BIAS, pool_logits
+from birdclef.birdnet.head import UNKNOWN_BIAS, EmbeddingHead, HeadPredictor, RunsBlend, load_head, pool_logits
 from birdclef.birdnet.head_train import HeadData, build_head, fit_head
 from birdclef.birdnet.model import SAMPLE_RATE
 from birdclef.birdnet.predictor import BirdnetPredictor
 from birdclef.cli import main
 from birdclef.config import Config, InferConfig, dump_config, load_config
-from birdclef.errors import ConfigError
+from birdclef.errors import BirdclefError, ConfigError
 from birdclef.infer.base import row_count
 from birdclef.metrics import macro_roc_auc
 
@@ -137,6 +137,15 @@ def test_weight_decay_pulls_towards_the_birdnet_rows() -> None:
     np.testing.assert_allclose(head.weight.detach().numpy(), 1.75)  # 2 -> 1 by a quarter of the gap
     np.testing.assert_allclose(head.mlp[0].weight.detach().numpy(), 1.5)
     assert not head.mlp[-1].weight.detach().any()  # the residual branch starts at zero
+
+
+def test_a_checkpoint_that_is_not_a_head_is_a_clear_error(tmp_path: Path) -> None:
+    torch.save({"model": {}, "config": {}}, tmp_path / "best.pt")
+    (tmp_path / "broken.pt").write_bytes(b"not a zip")
+    with pytest.raises(BirdclefError, match="best.pt: not a BirdNET embedding-head checkpoint"):
+        load_head(tmp_path / "best.pt")
+    with pytest.raises(BirdclefError, match="broken.pt: unreadable BirdNET head checkpoint"):
+        load_head(tmp_path / "broken.pt")
 
 
 def test_a_head_the_trainer_does_not_have_is_a_config_error(tmp_path: Path) -> None:

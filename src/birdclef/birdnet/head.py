@@ -32,7 +32,7 @@ import torch
 import yaml
 from torch import nn
 
-from birdclef.birdnet.model import LICENSE, SAMPLE_RATE, BirdnetModel, output_layer
+from birdclef.birdnet.model import LICENSE, SAMPLE_RATE, BirdnetModel
 from birdclef.config import BIRDNET_BACKBONE, Config, InferConfig, config_from_dict, config_to_dict
 from birdclef.errors import BirdclefError
 from birdclef.infer.blend import BlendPredictor
@@ -186,7 +186,8 @@ class HeadPredictor:
                 raise BirdclefError(f"{path}: its class list differs from {self.checkpoints[0]}'s")
         self.classes = list(classes) if classes is not None else run_classes
         if sorted(self.classes) != sorted(run_classes):
-            raise BirdclefError(f"{self.path}: its classes differ from the other runs'; blended runs must share classes")
+            raise BirdclefError(f"{self.path}: its classes differ from the other runs'; "
+                                "blended runs must share classes")
         self._order = [run_classes.index(c) for c in self.classes]
         self.run_config = config_from_dict(loaded[0][1]["config"])
         self.model = model if model is not None else BirdnetModel(self.run_config.model.birdnet_path, threads,
@@ -254,7 +255,9 @@ class RunsBlend(BlendPredictor):
         models: dict[str | None, BirdnetModel] = {}
         for run, path in zip(runs, model_paths):
             if path is not False:
-                model = models.get(path) or models.setdefault(path, BirdnetModel(path, threads, config.birdnet_batch_size))
+                if path not in models:
+                    models[path] = BirdnetModel(path, threads, config.birdnet_batch_size)
+                model = models[path]
                 members.append(HeadPredictor(run, config, classes, model))
                 classes = members[-1].classes
         # The members give [torch runs..., head runs...]; `order` maps each given run to its place there.

@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,8 @@ def embedding_key(config: Config, cache: WaveCache, model: BirdnetModel) -> str:
     """Hash of everything that changes the cached embeddings (not train.embed_copies: copies are reused)."""
     path = Path(model.path)
     train = config.train
-    data = {key: getattr(config.data, key) for key in ("sample_rate", "strategy", "window_s", "max_clip_s", "max_files")}
+    keys = ("sample_rate", "strategy", "window_s", "max_clip_s", "max_files")
+    data = {key: getattr(config.data, key) for key in keys}
     record = {"data": data, "hop": config.infer.birdnet_hop_s, "seed": train.seed,
               "background": [train.background_prob, list(train.background_gain), train.background_max_files],
               "model": [path.name, path.stat().st_size if path.is_file() else None],
@@ -247,6 +249,42 @@ def _train_fold(config: Config, classes: list[str], head: EmbeddingHead, data: H
                        "epochs": config.train.epochs}, fold_dir / "done.json")
 
 
+@dataclass
+class _Prepared:
+    classes: list[str]
+    names: dict[str, str]
+    cache: WaveCache
+    targets: np.ndarray
+    weights: np.ndarray
+    folds: np.ndarray
+    bank: BackgroundBank | None
+    skipped: int
+
+
+def _prepare(config: Config, data_root: Path, run: Path, cache_dir: Path | None, progress: bool) -> _Prepared:
+    """Classes, the wave cache, targets, folds (folds.csv, data.json) and the background bank, as torch runs have."""
+    from birdclef.birdnet.classes import read_scientific_names
+    from birdclef.data.cache import prepare_cache
+    from birdclef.data.folds import assign_folds
+    from birdclef.data.metadata import DatasetLayout, load_classes
+    from birdclef.train.kfold import background_bank, build_targets
+
+    data, layout = config.data, DatasetLayout.from_root(data_root)
+    classes = load_classes(layout)
+    names = read_scientific_names(layout.taxonomy_csv)
+    cache_path = Path(cache_dir) if cache_dir is not None else run / "cache"
+    skipped = prepare_cache(layout.root, cache_path, strategy=data.strategy, window_s=data.window_s,
+                            sample_rate=data.sample_rate, max_clip_s=data.max_clip_s,
+                            num_workers=config.train.num_workers, max_files=data.max_files, progress=progress).n_skipped
+    cache = WaveCache(cache_path)
+    write_json_atomic({"data_root": str(layout.root.resolve()), "cache": str(cache.path.resolve())}, run / "data.json")
+    targets, weights = build_targets(cache.index, classes, data.secondary_label_weight, data.rating_weight)
+    folds = assign_folds(cache.index["primary_label"].astype(str).tolist(), data.n_folds, data.fold_seed)
+    write_csv_atomic(pd.DataFrame({"filename": cache.index["filename"], "primary_label": cache.index["primary_label"],
+                                   "fold": folds}), run / "folds.csv")
+    return _Prepared(classes, names, cache, targets, weights, folds, background_bank(config, layout), skipped)
+
+
 def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: Path | None = None,
                          resume: bool = False, progress: bool = True):
     """Train `config.train.folds` of an embedding head on frozen BirdNET (module docstring) into `out`.
@@ -266,53 +304,34 @@ def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: 
         BirdnetUnavailableError: ai-edge-litert or the BirdNET model file is missing.
         DatasetError: as for torch runs (train.csv, taxonomy.csv).
     """
-    from birdclef.birdnet.classes import read_scientific_names
-    from birdclef.data.cache import prepare_cache
-    from birdclef.data.folds import assign_folds
-    from birdclef.data.metadata import DatasetLayout, load_classes
-    from birdclef.train.kfold import OOF_NOTE, _collect, background_bank, build_targets, init_run
+    from birdclef.train.kfold import OOF_NOTE, _collect, init_run
 
-    started = time.perf_counter()
-    run, data = Path(out), config.data
+    started, run = time.perf_counter(), Path(out)
     check_head_config(config)
     model = BirdnetModel(config.model.birdnet_path, batch_size=config.infer.birdnet_batch_size)
     init_run(run, config, resume)
     write_text_atomic(LICENSE_NOTE, run / "LICENSE-NOTE.txt")
-    layout = DatasetLayout.from_root(data_root)
-    classes = load_classes(layout)
-    names = read_scientific_names(layout.taxonomy_csv)
-    cache_path = Path(cache_dir) if cache_dir is not None else run / "cache"
-    skipped = prepare_cache(layout.root, cache_path, strategy=data.strategy, window_s=data.window_s,
-                            sample_rate=data.sample_rate, max_clip_s=data.max_clip_s, num_workers=config.train.num_workers,
-                            max_files=data.max_files, progress=progress).n_skipped
-    cache = WaveCache(cache_path)
-    write_json_atomic({"data_root": str(layout.root.resolve()), "cache": str(cache.path.resolve())}, run / "data.json")
-    targets, weights = build_targets(cache.index, classes, data.secondary_label_weight, data.rating_weight)
-    folds = assign_folds(cache.index["primary_label"].astype(str).tolist(), data.n_folds, data.fold_seed)
-    write_csv_atomic(pd.DataFrame({"filename": cache.index["filename"], "primary_label": cache.index["primary_label"],
-                                   "fold": folds}), run / "folds.csv")
-    bank = background_bank(config, layout)
-    embed_started = time.perf_counter()
-    copies = embed_copies(config, cache, model, bank, run / "embeddings" / embedding_key(config, cache, model), progress)
-    embed_s, head_started = time.perf_counter() - embed_started, time.perf_counter()
-    clips, windows = clip_rows(cache)
-    head_data = HeadData(copies, clips, targets, weights, folds)
+    prep = _prepare(config, data_root, run, cache_dir, progress)
+    folder = run / "embeddings" / embedding_key(config, prep.cache, model)
+    copies = embed_copies(config, prep.cache, model, prep.bank, folder, progress)
+    embed_s, head_started = time.perf_counter() - started, time.perf_counter()
+    clips, windows = clip_rows(prep.cache)
+    head_data = HeadData(copies, clips, prep.targets, prep.weights, prep.folds)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # ops this small lose more to thread hand-offs than they gain
     try:
-        for fold in config.train.folds:
-            if not (run / f"fold{fold}" / "done.json").is_file():
-                _train_fold(config, classes, build_head(config, classes, names, model), head_data, fold, run,
-                            cache.index, clips, windows)
+        for fold in (f for f in config.train.folds if not (run / f"fold{f}" / "done.json").is_file()):
+            head = build_head(config, prep.classes, prep.names, model)
+            _train_fold(config, prep.classes, head, head_data, fold, run, prep.cache.index, clips, windows)
     finally:
         torch.set_num_threads(threads)
-    summary = _collect(run, list(config.train.folds), classes, targets, cache.index)
-    summary.n_clips, summary.elapsed_s = len(cache.index), time.perf_counter() - started
-    summary.skipped_clips, summary.cache_dir = skipped, cache.path
-    summary.skipped_background = [] if bank is None else list(bank.skipped)
+    summary = _collect(run, list(config.train.folds), prep.classes, prep.targets, prep.cache.index)
+    summary.n_clips, summary.elapsed_s = len(prep.cache.index), time.perf_counter() - started
+    summary.skipped_clips, summary.cache_dir = prep.skipped, prep.cache.path
+    summary.skipped_background = [] if prep.bank is None else list(prep.bank.skipped)
     write_json_atomic({"fold_scores": summary.fold_scores, "oof_auc": summary.oof_auc, "oof_note": OOF_NOTE,
                        "n_clips": summary.n_clips, "n_rows": len(clips), "n_examples": len(head_data.rows),
-                       "classes": len(classes), "elapsed_s": round(summary.elapsed_s, 1),
-                       "embedding_s": round(embed_s, 1), "head_s": round(time.perf_counter() - head_started, 1)},
-                      run / "summary.json")
+                       "classes": len(prep.classes), "elapsed_s": round(summary.elapsed_s, 1),
+                       "prepare_and_embed_s": round(embed_s, 1),
+                       "head_s": round(time.perf_counter() - head_started, 1)}, run / "summary.json")
     return summary
