@@ -155,6 +155,8 @@ def test_a_head_the_trainer_does_not_have_is_a_config_error(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="model.head 'sed'.*one of \\('linear', 'mlp'\\)"):
         train_kfold(config, tmp_path, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="train.embed_copies must be >= 0, got -1"):
+        load_config(CONFIG, ["train.embed_copies=-1"])
 
 
 def test_train_writes_the_run_layout_and_resume_skips_finished_folds(head_run: Path, tiny_dataset: Path) -> None:
