@@ -100,7 +100,7 @@ def test_untrained_head_is_zero_shot_birdnet_for_known_classes() -> None:
     emb = torch.from_numpy(FakeBirdnet().infer(chunks)[1]).reshape(3, 3, -1)
     with torch.no_grad():
         probs = torch.sigmoid(pool_logits(head(emb), "max")).double().numpy()
-    np.testing.assert_allclose(probs[:, :2], zero_shot[:, :2], rtol=1e-6)
+    np.testing.assert_allclose(probs[:, :2], zero_shot[:, :2], rtol=0, atol=1e-5)  # float32 torch vs numpy
     assert np.isnan(zero_shot[:, 2]).all() and np.allclose(probs[:, 2], expit(UNKNOWN_BIAS))
     assert probs[0, 0] > 0.5 > probs[1, 0] and probs[1, 1] > 0.5 > probs[0, 1]  # the tones are told apart
 
