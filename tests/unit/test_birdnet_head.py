@@ -251,6 +251,7 @@ def test_head_run_blended_with_birdnet_takes_weights_in_run_order(head_run: Path
     assert main(["predict", "--run", str(head_run), "--soundscapes", str(soundscapes), "--out",
                  str(tmp_path / "alone.csv"), "--no-progress", "--num-workers", "0"]) == 0
     alone = pd.read_csv(tmp_path / "alone.csv").drop(columns="row_id").to_numpy()
+    # The blend takes the first run's infer settings (hop 1.0); the head keeps the hop it was trained with (0.5).
     np.testing.assert_allclose(head_only, alone, atol=2e-3)  # the blend decodes at 32 kHz and resamples
     assert not np.allclose(head_only, 0.1)
 

@@ -33,6 +33,7 @@ import yaml
 from torch import nn
 
 from birdclef.birdnet.model import LICENSE, SAMPLE_RATE, BirdnetModel
+from birdclef.birdnet.predictor import chunk_offsets, row_chunks
 from birdclef.config import BIRDNET_BACKBONE, Config, InferConfig, config_from_dict, config_to_dict
 from birdclef.errors import BirdclefError
 from birdclef.infer.blend import BlendPredictor
@@ -159,12 +160,14 @@ def is_head_run(run: str | Path) -> bool:
 class HeadPredictor:
     """The finished folds of one embedding-head run as a predictor: LiteRT embeddings -> heads -> soft vote.
 
-    Every class is scored (no NaN). Chunks and pooling follow `config` (``birdnet_hop_s``, ``birdnet_pool``)
-    exactly as :class:`~birdclef.birdnet.predictor.BirdnetPredictor`.
+    Every class is scored (no NaN). Rows are chunked and pooled as in
+    :class:`~birdclef.birdnet.predictor.BirdnetPredictor`, with the hop and pooling the head was trained with
+    (the run's ``infer.birdnet_hop_s`` / ``birdnet_pool``, whatever a blend's settings say: other chunks
+    are not what the head learned from).
 
     Args:
         run: run folder (its finished folds) or one ``foldK/best.pt``.
-        config: infer settings (hop, pooling, post-processing).
+        config: infer settings (post-processing, BirdNET batch size).
         classes: output column order (default the run's); must be the run's classes in any order.
         model: a loaded BirdNET (anything with ``infer``); None loads the run's ``model.birdnet_path``.
         threads: LiteRT threads when loading.
@@ -190,6 +193,8 @@ class HeadPredictor:
                                 "blended runs must share classes")
         self._order = [run_classes.index(c) for c in self.classes]
         self.run_config = config_from_dict(loaded[0][1]["config"])
+        self.pool = self.run_config.infer.birdnet_pool
+        self.offsets = chunk_offsets(self.run_config.infer.birdnet_hop_s)
         self.model = model if model is not None else BirdnetModel(self.run_config.model.birdnet_path, threads,
                                                                   config.birdnet_batch_size)
         size = int(loaded[0][1]["embedding_size"])
@@ -200,12 +205,9 @@ class HeadPredictor:
     @torch.no_grad()
     def predict_rows(self, wave: np.ndarray, n_rows: int) -> np.ndarray:
         """(n_rows, K) fold-averaged pooled probabilities of a 48 kHz wave, before post-processing."""
-        from birdclef.birdnet.predictor import chunk_offsets, row_chunks
-
-        offsets = chunk_offsets(self.config.birdnet_hop_s)
-        embeddings = self.model.infer(row_chunks(wave, self.sample_rate, n_rows, offsets))[1]
-        chunks = torch.from_numpy(np.asarray(embeddings, np.float32)).reshape(n_rows, len(offsets), -1)
-        folds = [torch.sigmoid(pool_logits(head(chunks), self.config.birdnet_pool)) for head in self.heads]
+        embeddings = self.model.infer(row_chunks(wave, self.sample_rate, n_rows, self.offsets))[1]
+        chunks = torch.from_numpy(np.asarray(embeddings, np.float32)).reshape(n_rows, len(self.offsets), -1)
+        folds = [torch.sigmoid(pool_logits(head(chunks), self.pool)) for head in self.heads]
         return torch.stack(folds).mean(0).double().numpy()[:, self._order]
 
     def predict_runs(self, wave: np.ndarray) -> list[np.ndarray]:
@@ -220,7 +222,8 @@ class HeadPredictor:
 
     def settings(self) -> dict:
         return {"backend": KIND, "checkpoints": [str(p.resolve()) for p in self.checkpoints],
-                "model": str(Path(self.model.path).resolve()), "licence": LICENSE, "infer": config_to_dict(self.config)}
+                "model": str(Path(self.model.path).resolve()), "licence": LICENSE, "chunk_offsets_s": self.offsets,
+                "pool": self.pool, "infer": config_to_dict(self.config)}
 
 
 def runs_predictor(runs: Sequence[str | Path], weights: Sequence[float] | None, config: InferConfig,
