@@ -40,7 +40,7 @@ WEIGHT[0, 0], WEIGHT[1, 1], WEIGHT[2, 7] = 12.0, 12.0, 12.0
 BIAS = np.full(len(LABELS), -3.0, np.float32)
 CONFIG = REPO / "configs" / "birdnet-head.yaml"
 SMALL = ["data.n_folds=2", "train.folds=[0]", "train.epochs=3", "train.embed_copies=1", "train.num_workers=0",
-         "train.batch_size=8"]
+         "train.batch_size=8", "infer.birdnet_hop_s=0.5"]
 RAW = InferConfig(smoothing=False, power_adjust=False)
 
 
