@@ -30,6 +30,7 @@ from birdclef.config import Config, InferConfig, dump_config, load_config
 from birdclef.errors import BirdclefError, ConfigError
 from birdclef.infer.base import row_count
 from birdclef.metrics import macro_roc_auc
+from birdclef.models import CheckpointError, load_checkpoint
 
 from conftest import REPO, SHARED_DATA
 
@@ -168,6 +169,8 @@ def test_train_writes_the_run_layout_and_resume_skips_finished_folds(head_run: P
     state = torch.load(head_run / "fold0" / "best.pt", weights_only=True)
     assert state["kind"] == "birdnet_head" and state["classes"] == ["syn00", "syn01", "syn02"]
     assert state["epoch"] == done["best_epoch"] and not (head_run / "fold1").exists()
+    with pytest.raises(CheckpointError, match="a head on frozen BirdNET embeddings, not a torch model"):
+        load_checkpoint(head_run / "fold0" / "best.pt")  # what export and torch prediction load
     oof = pd.read_parquet(head_run / "oof.parquet")
     folds = pd.read_csv(head_run / "folds.csv")
     assert set(oof["filename"]) == set(folds.loc[folds["fold"] == 0, "filename"])
