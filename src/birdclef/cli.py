@@ -295,9 +295,9 @@ def _predictor(args: argparse.Namespace):
 
         runs = None
         if args.runs is not None:
-            from birdclef.infer.predict import TorchPredictor
+            from birdclef.birdnet.head import runs_predictor  # torch runs and BirdNET-head runs, in --run order
 
-            runs = TorchPredictor(args.runs, None, infer, args.device)
+            runs = runs_predictor(args.runs, None, infer, args.device, args.threads)
         setup = build_birdnet(args.out, infer, runs, data=args.data, taxonomy=args.taxonomy,
                               sample_submission=args.sample_submission, model_path=args.birdnet_model,
                               threads=args.threads, weights=args.weights, unknown_fill=args.unknown_fill)
@@ -314,9 +314,9 @@ def _predictor(args: argparse.Namespace):
         runs, weights = source_runs(args.model)
         predictor = TorchPredictor(runs, weights, infer, args.device)
     else:
-        from birdclef.infer.predict import TorchPredictor
+        from birdclef.birdnet.head import runs_predictor  # torch runs and BirdNET-head runs, in --run order
 
-        predictor = TorchPredictor(args.runs, args.weights, infer, args.device)
+        predictor = runs_predictor(args.runs, args.weights, infer, args.device, args.threads)
     return predictor
 
 

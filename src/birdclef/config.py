@@ -217,6 +217,9 @@ class TrainConfig:
     """Range of the background excerpt's gain relative to the clip's RMS."""
     background_max_files: int = 64
     """At most this many train_soundscapes are decoded (first 60 s each) into the background bank."""
+    embed_copies: int = 4
+    """With ``model.freeze_backbone``: background-mixed copies of each training row whose BirdNET embeddings
+    are cached besides the clean one (each row mixed with probability ``background_prob``); 0: clean only."""
     folds: tuple[int, ...] = (0, 1, 2, 3, 4)
     """Which folds to train (any subset of range(data.n_folds))."""
     seed: int = 42
@@ -232,7 +235,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _positive(self, "train", "epochs", "batch_size", "lr", "background_max_files", "devices")
         _check(0 <= self.min_lr <= self.lr, "train.min_lr", f"must be in [0, train.lr={self.lr}], got {self.min_lr}")
-        for name in ("weight_decay", "mixup_alpha", "focal_gamma", "num_workers"):
+        for name in ("weight_decay", "mixup_alpha", "focal_gamma", "num_workers", "embed_copies"):
             _check(getattr(self, name) >= 0, f"train.{name}", f"must be >= 0, got {getattr(self, name)}")
         _check(self.focal_alpha <= 1, "train.focal_alpha", f"must be in [0, 1] (or negative: off), got {self.focal_alpha}")
         _unit(self, "train", "mixup_prob", "background_prob")

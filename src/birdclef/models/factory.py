@@ -161,6 +161,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """
     path = Path(path)
     checkpoint = _read_checkpoint(path, map_location)
+    if checkpoint.get("kind") == "birdnet_head":  # birdclef.birdnet.head's format, not a BirdClassifier
+        raise CheckpointError(f"{path}: a head on frozen BirdNET embeddings, not a torch model; "
+                              "`birdclef predict --run` scores such runs (export and this loader do not)")
     try:
         config = config_from_dict(checkpoint["config"])
     except BirdclefError as exc:

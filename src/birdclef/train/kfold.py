@@ -260,6 +260,14 @@ def _collect(run: Path, folds: list[int], classes: list[str], targets: np.ndarra
     return summary
 
 
+def background_bank(config: Config, layout: DatasetLayout) -> BackgroundBank | None:
+    """The train_soundscapes excerpts mixed under training windows, or None (``train.background_prob`` 0, no folder)."""
+    if config.train.background_prob <= 0 or not layout.train_soundscapes.is_dir():
+        return None
+    return BackgroundBank(sorted(layout.train_soundscapes.glob("*.ogg")), config.data.sample_rate,
+                          config.train.background_max_files)
+
+
 def train_kfold(
     config: Config,
     data_root: Path,
@@ -283,6 +291,10 @@ def train_kfold(
     Returns:
         Per-fold best scores and the out-of-fold macro ROC-AUC of the finished folds.
     """
+    if config.model.freeze_backbone:  # a head on frozen BirdNET embeddings: no Lightning, no torch backbone
+        from birdclef.birdnet.head_train import train_embedding_head
+
+        return train_embedding_head(config, data_root, out, cache_dir, resume, progress)
     started = time.perf_counter()
     run = Path(out)
     child = is_launched_rank()  # a DDP rank > 0 re-running the command: rank 0 owns the run folder
@@ -309,10 +321,7 @@ def train_kfold(
     if not child:
         write_csv_atomic(pd.DataFrame({"filename": cache.index["filename"],
                                        "primary_label": cache.index["primary_label"], "fold": folds}), run / "folds.csv")
-    background = None
-    if config.train.background_prob > 0 and layout.train_soundscapes.is_dir():
-        background = BackgroundBank(sorted(layout.train_soundscapes.glob("*.ogg")), data.sample_rate,
-                                    config.train.background_max_files)
+    background = background_bank(config, layout)
     for fold in config.train.folds:
         if (run / f"fold{fold}" / "done.json").is_file():
             continue

@@ -1,0 +1,283 @@
+"""A light head on frozen BirdNET v2.4 embeddings, and the predictor of such runs (``model.freeze_backbone``).
+
+Each 3 s chunk's 1024-d embedding ``e`` gets ``logit = W e + b`` (K classes); a 5 s row takes the max
+(``infer.birdnet_pool: max``; or the mean of the sigmoids) over its chunks, exactly as zero-shot BirdNET
+pools. Rows of ``W, b`` of the classes BirdNET knows start as BirdNET's own dense rows
+(:func:`~birdclef.birdnet.model.output_layer`, matched by scientific name), so an untrained head *is*
+zero-shot BirdNET for them; the other classes (insects, frogs) start at zero weight and a low bias.
+``model.head: mlp`` adds a residual branch ``Linear -> GELU -> Linear`` whose last layer starts at zero.
+Training decays the weights towards that start, not towards zero (:meth:`EmbeddingHead.decay_to_init`).
+
+A run's ``foldK/best.pt`` is a plain dict (``torch.load(weights_only=True)``)::
+
+    {"kind": "birdnet_head", "model": state_dict, "config": {...}, "classes": [...], "epoch", "score",
+     "hidden": H, "embedding_size": D}
+
+:class:`HeadPredictor` scores a run's folds (soft vote) from LiteRT embeddings; :func:`runs_predictor`
+builds the predictor of ``predict --run`` when some runs are such heads (mixed with torch runs).
+
+Example:
+    >>> head = EmbeddingHead.from_birdnet(classes, names, model)   # zero-shot for the known classes
+    >>> predictor = HeadPredictor("runs/head", InferConfig(smoothing=False))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from birdclef.birdnet.model import LICENSE, SAMPLE_RATE, BirdnetModel
+from birdclef.birdnet.predictor import chunk_offsets, row_chunks
+from birdclef.config import BIRDNET_BACKBONE, Config, InferConfig, config_from_dict, config_to_dict
+from birdclef.errors import BirdclefError
+from birdclef.infer.blend import BlendPredictor
+
+KIND = "birdnet_head"
+HEADS = ("linear", "mlp")
+UNKNOWN_BIAS = -4.0
+"""Start bias of the classes BirdNET does not know: sigmoid(-4) = 0.018, a low prior."""
+MLP_HIDDEN = 256
+LICENSE_NOTE = (f"The heads in this run are derived from BirdNET v2.4 (its output layer and embeddings; "
+                f"Cornell Lab of Ornithology / Chemnitz University of Technology), licensed {LICENSE}: "
+                "non-commercial use, share alike, attribution.\n")
+
+
+class EmbeddingHead(nn.Module):
+    """(..., D) BirdNET embeddings -> (..., K) logits: ``W e + b`` (+ an optional zero-started MLP residual).
+
+    Args:
+        weight: (K, D) start weights (also the anchor of :meth:`decay_to_init`).
+        bias: (K,) start biases.
+        hidden: width of the residual MLP branch; 0 for none.
+        drop_rate: dropout inside the MLP branch.
+    """
+
+    def __init__(self, weight: np.ndarray | torch.Tensor, bias: np.ndarray | torch.Tensor, hidden: int = 0,
+                 drop_rate: float = 0.0):
+        super().__init__()
+        weight = torch.as_tensor(np.asarray(weight, np.float32))
+        bias = torch.as_tensor(np.asarray(bias, np.float32))
+        self.weight, self.bias = nn.Parameter(weight.clone()), nn.Parameter(bias.clone())
+        self.register_buffer("weight0", weight.clone(), persistent=False)
+        self.register_buffer("bias0", bias.clone(), persistent=False)
+        self.hidden = int(hidden)
+        self.mlp = None
+        if self.hidden > 0:
+            out = nn.Linear(self.hidden, len(bias))
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+            self.mlp = nn.Sequential(nn.Linear(weight.shape[1], self.hidden), nn.GELU(), nn.Dropout(drop_rate), out)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        logits = embeddings @ self.weight.T + self.bias
+        return logits if self.mlp is None else logits + self.mlp(embeddings)
+
+    @torch.no_grad()
+    def decay_to_init(self, rate: float) -> None:
+        """Decoupled weight decay (AdamW's, per step) towards the start rows instead of zero; MLP towards zero."""
+        self.weight.sub_(rate * (self.weight - self.weight0))
+        self.bias.sub_(rate * (self.bias - self.bias0))
+        if self.mlp is not None:
+            for param in self.mlp.parameters():
+                param.mul_(1.0 - rate)
+
+
+def init_rows(known_index: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None,
+              embedding_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(K, D) weights and (K,) biases: BirdNET's rows for known classes (index >= 0), zeros / UNKNOWN_BIAS else.
+
+    `weight` None (``model.init_from_birdnet: false``) starts every class like an unknown one.
+    """
+    k = len(known_index)
+    w = np.zeros((k, embedding_size), np.float32)
+    b = np.full(k, UNKNOWN_BIAS, np.float32)
+    if weight is not None:
+        known = known_index >= 0
+        w[known], b[known] = weight[known_index[known]], bias[known_index[known]]
+    return w, b
+
+
+def pool_logits(chunk_logits: torch.Tensor, pool: str) -> torch.Tensor:
+    """(R, C, K) chunk logits -> (R, K) row logits: max (= the max of sigmoids), or the logit of their mean."""
+    if pool == "max":
+        return chunk_logits.amax(dim=1)
+    return torch.logit(torch.sigmoid(chunk_logits).mean(dim=1), eps=1e-6)
+
+
+def save_head(path: Path, head: EmbeddingHead, config: Config, classes: Sequence[str], epoch: int,
+              score: float) -> None:
+    from birdclef.utils.io import write_atomic
+
+    state = {"kind": KIND, "model": head.state_dict(), "config": config_to_dict(config), "classes": list(classes),
+             "epoch": int(epoch), "score": float(score), "hidden": head.hidden,
+             "embedding_size": int(head.weight.shape[1])}
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_head(path: Path) -> tuple[EmbeddingHead, dict]:
+    """(head in eval mode, the checkpoint dict) of a ``foldK/best.pt`` written by :func:`save_head`."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated zip, unpickling error: all mean "unusable"
+        raise BirdclefError(f"{path}: unreadable BirdNET head checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("kind") != KIND:
+        raise BirdclefError(f"{path}: not a BirdNET embedding-head checkpoint (kind {KIND!r})")
+    weights = state["model"]
+    k, d = weights["weight"].shape
+    head = EmbeddingHead(np.zeros((k, d), np.float32), np.zeros(k, np.float32), hidden=int(state["hidden"]))
+    head.load_state_dict(weights)
+    return head.eval(), state
+
+
+def _run_folder(run: Path) -> Path:
+    return run.parent.parent if run.is_file() and run.parent.name.startswith("fold") else run
+
+
+def head_run_model(run: str | Path) -> str | None | bool:
+    """``model.birdnet_path`` of an embedding-head run (a folder or its ``foldK/best.pt``; None: the bundled
+    BirdNET), or False when `run` is not one (its config.yaml is not frozen BirdNET)."""
+    try:
+        data = yaml.safe_load((_run_folder(Path(run)) / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    model = data.get("model") if isinstance(data, dict) else None
+    if not (isinstance(model, dict) and model.get("backbone") == BIRDNET_BACKBONE and model.get("freeze_backbone")):
+        return False
+    return model.get("birdnet_path")
+
+
+def is_head_run(run: str | Path) -> bool:
+    """True when `run` is a frozen-BirdNET embedding-head run (read from its config.yaml)."""
+    return head_run_model(run) is not False
+
+
+class HeadPredictor:
+    """The finished folds of one embedding-head run as a predictor: LiteRT embeddings -> heads -> soft vote.
+
+    Every class is scored (no NaN). Rows are chunked and pooled as in
+    :class:`~birdclef.birdnet.predictor.BirdnetPredictor`, with the hop and pooling the head was trained with
+    (the run's ``infer.birdnet_hop_s`` / ``birdnet_pool``, whatever a blend's settings say: other chunks
+    are not what the head learned from).
+
+    Args:
+        run: run folder (its finished folds) or one ``foldK/best.pt``.
+        config: infer settings (post-processing, BirdNET batch size).
+        classes: output column order (default the run's); must be the run's classes in any order.
+        model: a loaded BirdNET (anything with ``infer``); None loads the run's ``model.birdnet_path``.
+        threads: LiteRT threads when loading.
+    """
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, run: str | Path, config: InferConfig, classes: Sequence[str] | None = None,
+                 model: BirdnetModel | None = None, threads: int | None = None):
+        from birdclef.infer.predict import run_checkpoints
+
+        self.path, self.config = Path(run), config
+        self.checkpoints = run_checkpoints(self.path)
+        loaded = [load_head(p) for p in self.checkpoints]
+        self.heads = [head for head, _ in loaded]
+        run_classes = list(loaded[0][1]["classes"])
+        for (_, state), path in zip(loaded[1:], self.checkpoints[1:]):
+            if list(state["classes"]) != run_classes:
+                raise BirdclefError(f"{path}: its class list differs from {self.checkpoints[0]}'s")
+        self.classes = list(classes) if classes is not None else run_classes
+        if sorted(self.classes) != sorted(run_classes):
+            raise BirdclefError(f"{self.path}: its classes differ from the other runs'; "
+                                "blended runs must share classes")
+        self._order = [run_classes.index(c) for c in self.classes]
+        self.run_config = config_from_dict(loaded[0][1]["config"])
+        self.pool = self.run_config.infer.birdnet_pool
+        self.offsets = chunk_offsets(self.run_config.infer.birdnet_hop_s)
+        self.model = model if model is not None else BirdnetModel(self.run_config.model.birdnet_path, threads,
+                                                                  config.birdnet_batch_size)
+        size = int(loaded[0][1]["embedding_size"])
+        if getattr(self.model, "embedding_size", size) != size:
+            raise BirdclefError(f"{self.path}: the heads take {size}-d embeddings but {self.model.path} gives "
+                                f"{self.model.embedding_size}-d ones; use the BirdNET model the run was trained on")
+
+    @torch.no_grad()
+    def predict_rows(self, wave: np.ndarray, n_rows: int) -> np.ndarray:
+        """(n_rows, K) fold-averaged pooled probabilities of a 48 kHz wave, before post-processing."""
+        embeddings = self.model.infer(row_chunks(wave, self.sample_rate, n_rows, self.offsets))[1]
+        chunks = torch.from_numpy(np.asarray(embeddings, np.float32)).reshape(n_rows, len(self.offsets), -1)
+        folds = [torch.sigmoid(pool_logits(head(chunks), self.pool)) for head in self.heads]
+        return torch.stack(folds).mean(0).double().numpy()[:, self._order]
+
+    def predict_runs(self, wave: np.ndarray) -> list[np.ndarray]:
+        from birdclef.infer.base import row_count
+
+        return [self.predict_rows(wave, row_count(len(wave), self.sample_rate))]
+
+    def predict_file(self, wave: np.ndarray) -> np.ndarray:
+        from birdclef.infer.postprocess import apply_steps
+
+        return apply_steps(self.predict_runs(wave)[0], self.config)
+
+    def settings(self) -> dict:
+        return {"backend": KIND, "checkpoints": [str(p.resolve()) for p in self.checkpoints],
+                "model": str(Path(self.model.path).resolve()), "licence": LICENSE, "chunk_offsets_s": self.offsets,
+                "pool": self.pool, "infer": config_to_dict(self.config)}
+
+
+def runs_predictor(runs: Sequence[str | Path], weights: Sequence[float] | None, config: InferConfig,
+                   device: str = "auto", threads: int | None = None):
+    """The predictor of ``predict --run`` for `runs`: a TorchPredictor when none is a head run, else a RunsBlend."""
+    from birdclef.infer.predict import TorchPredictor
+
+    if not any(is_head_run(r) for r in runs):
+        return TorchPredictor(runs, weights, config, device)
+    return RunsBlend(runs, weights, config, device, threads)
+
+
+class RunsBlend(BlendPredictor):
+    """Torch runs and embedding-head runs blended with one weight per run, in the order the runs were given.
+
+    The torch runs form one :class:`~birdclef.infer.predict.TorchPredictor` member and each head run a
+    :class:`HeadPredictor` (runs on one BirdNET file share its interpreter); :meth:`predict_runs` returns
+    the runs back in the given order, so `weights` (and a BirdNET blend around this, which counts
+    :attr:`ensembles`) line up with ``--run`` / ``--weights``. Columns follow the first torch run's class
+    order (else the first head run's).
+    """
+
+    def __init__(self, runs: Sequence[str | Path], weights: Sequence[float] | None, config: InferConfig,
+                 device: str = "auto", threads: int | None = None):
+        from birdclef.infer.predict import TorchPredictor
+
+        runs = [Path(r) for r in runs]
+        model_paths = [head_run_model(r) for r in runs]
+        torch_runs = [r for r, m in zip(runs, model_paths) if m is False]
+        members: list[object] = [TorchPredictor(torch_runs, None, config, device)] if torch_runs else []
+        classes = members[0].classes if members else None
+        models: dict[str | None, BirdnetModel] = {}
+        for run, path in zip(runs, model_paths):
+            if path is not False:
+                if path not in models:
+                    models[path] = BirdnetModel(path, threads, config.birdnet_batch_size)
+                model = models[path]
+                members.append(HeadPredictor(run, config, classes, model))
+                classes = members[-1].classes
+        # The members give [torch runs..., head runs...]; `order` maps each given run to its place there.
+        n_torch, heads_seen, torch_seen, self.order = len(torch_runs), 0, 0, []
+        for path in model_paths:
+            if path is False:
+                self.order.append(torch_seen)
+                torch_seen += 1
+            else:
+                self.order.append(n_torch + heads_seen)
+                heads_seen += 1
+        self.ensembles = [SimpleNamespace(path=r) for r in runs]
+        super().__init__(members, weights, config)
+
+    def predict_runs(self, wave: np.ndarray) -> list[np.ndarray]:
+        flat = super().predict_runs(wave)
+        return [flat[k] for k in self.order]
+
+    def settings(self) -> dict:
+        return {**super().settings(), "runs": [str(r.path) for r in self.ensembles]}

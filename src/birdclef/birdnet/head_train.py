@@ -1,0 +1,337 @@
+"""k-fold training of a head on frozen BirdNET v2.4 embeddings (``model.freeze_backbone: true``).
+
+``train_kfold`` hands such configs here; the run folder has the torch runs' layout (config.yaml,
+data.json, folds.csv, fold{k}/best.pt + metrics.csv + oof.parquet + done.json, oof.parquet,
+metrics.csv, summary.json) plus ``LICENSE-NOTE.txt`` and the embedding cache::
+
+    RUN/embeddings/<key>/copy0.npz    clean rows: emb (R, C, 1024) float16
+    RUN/embeddings/<key>/copy{a}.npz  augmented copy a: rows (n,) int64 of the rows it mixed, emb (n, C, 1024)
+
+Examples are the 5 s rows of each cached clip (what the prepared cache holds: with ``data.strategy:
+random`` the first ``data.max_clip_s`` seconds, so a long weakly labelled clip gives several rows; a
+fixed strategy gives its one window): every full 5 s window, plus a last partial one holding at least
+one full 3 s chunk, zero padded as prediction pads (a short clip gives one row). Each row's chunks
+(offsets ``chunk_offsets(infer.birdnet_hop_s)``) are embedded once with LiteRT. ``train.embed_copies``
+augmented copies mix each row, with probability ``train.background_prob``, with a random
+train_soundscapes excerpt at a gain drawn from ``train.background_gain`` (relative to the row's RMS);
+an unmixed draw would repeat the clean row, so it is counted as extra weight of the clean row instead.
+Every draw is seeded by (``train.seed``, copy, clip, window), so a resumed run computes the same
+copies; the cache key covers what changes the embeddings, and finished copies are reused.
+
+Per fold: the held-out clips' clean rows validate (macro ROC-AUC of the row targets, which are their
+clip's targets) after every epoch; epoch 0 is the untrained head (zero-shot BirdNET for the classes it
+knows), and the best epoch is kept. AdamW on mini-batches of cached embeddings (``train.batch_size``,
+``train.lr`` cosine-decayed to ``train.min_lr``, ``train.epochs``) with the configured loss; the
+decoupled weight decay (``train.weight_decay``) pulls towards BirdNET's rows, not towards zero.
+A finished fold (done.json) is skipped on ``--resume``; a fold takes seconds, so an interrupted one restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from birdclef.birdnet.head import HEADS, LICENSE_NOTE, MLP_HIDDEN, EmbeddingHead, init_rows, pool_logits, save_head
+from birdclef.birdnet.model import CHUNK_S, BirdnetModel, output_layer
+from birdclef.birdnet.predictor import chunk_offsets
+from birdclef.config import Config
+from birdclef.data.augment import BackgroundBank, add_background
+from birdclef.data.cache import WaveCache
+from birdclef.errors import ConfigError
+from birdclef.infer.base import ROW_WINDOW_S
+from birdclef.train.losses import loss_from_config
+from birdclef.train.module import validation_auc
+from birdclef.utils.io import write_atomic, write_csv_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
+
+ROW_BATCH = 64
+"""Rows embedded per LiteRT call batch (bounds memory: 64 x 5 s at 48 kHz)."""
+
+
+def clip_rows(cache: WaveCache) -> tuple[np.ndarray, np.ndarray]:
+    """(clip position (R,), window number (R,)) of every 5 s row of the cached clips (module docstring)."""
+    row_len = int(round(ROW_WINDOW_S * cache.sample_rate))
+    chunk_len = int(round(CHUNK_S * cache.sample_rate))
+    lengths = cache.index["length"].to_numpy(np.int64)
+    counts = np.maximum(1, lengths // row_len + ((lengths % row_len) >= chunk_len))
+    return np.repeat(np.arange(len(lengths)), counts), np.concatenate([np.arange(n) for n in counts])
+
+
+def row_wave(cache: WaveCache, clip: int, window: int) -> np.ndarray:
+    """(5 s,) float32 samples of one row of a cached clip, zero padded past its end."""
+    row_len = int(round(ROW_WINDOW_S * cache.sample_rate))
+    out = np.zeros(row_len, np.float32)
+    part = cache.segment(clip)[window * row_len : (window + 1) * row_len]
+    out[: len(part)] = part
+    return out
+
+
+def _mixed_row(wave: np.ndarray, copy: int, clip: int, window: int, config: Config,
+               bank: BackgroundBank | None) -> np.ndarray | None:
+    """The row with a background excerpt of augmented copy `copy`, or None when this draw leaves it clean."""
+    if bank is None or len(bank) == 0:
+        return None
+    rng = np.random.default_rng([config.train.seed, copy, clip, window])
+    if rng.random() >= config.train.background_prob:
+        return None
+    gain = float(rng.uniform(*config.train.background_gain))
+    return add_background(wave, bank.excerpt(len(wave), rng), gain)
+
+
+def _embed(model: BirdnetModel, waves: list[np.ndarray], offsets: list[float], sample_rate: int) -> np.ndarray:
+    """(len(waves), C, D) float16 chunk embeddings of 5 s rows."""
+    from birdclef.birdnet.predictor import row_chunks
+
+    if not waves:
+        return np.zeros((0, len(offsets), getattr(model, "embedding_size", 1024)), np.float16)
+    chunks = row_chunks(np.concatenate(waves), sample_rate, len(waves), offsets)
+    return model.infer(chunks)[1].reshape(len(waves), len(offsets), -1).astype(np.float16)
+
+
+def embedding_key(config: Config, cache: WaveCache, model: BirdnetModel) -> str:
+    """Hash of everything that changes the cached embeddings (not train.embed_copies: copies are reused)."""
+    path = Path(model.path)
+    train = config.train
+    keys = ("sample_rate", "strategy", "window_s", "max_clip_s", "max_files")
+    data = {key: getattr(config.data, key) for key in keys}
+    record = {"data": data, "hop": config.infer.birdnet_hop_s, "seed": train.seed,
+              "background": [train.background_prob, list(train.background_gain), train.background_max_files],
+              "model": [path.name, path.stat().st_size if path.is_file() else None],
+              "clips": cache.index[["filename", "length"]].astype(str).agg(":".join, axis=1).tolist()}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def embed_copies(config: Config, cache: WaveCache, model: BirdnetModel, bank: BackgroundBank | None,
+                 folder: Path, progress: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(rows, emb)] per copy (0 = clean, all rows), computed once and cached in `folder` (one npz per copy)."""
+    clips, windows = clip_rows(cache)
+    offsets = chunk_offsets(config.infer.birdnet_hop_s)
+    folder.mkdir(parents=True, exist_ok=True)
+    out, todo = [], [c for c in range(config.train.embed_copies + 1) if not (folder / f"copy{c}.npz").is_file()]
+    bar = tqdm(total=len(todo) * len(clips), desc="BirdNET embeddings (rows)", unit="row", disable=not progress)
+    for copy in range(config.train.embed_copies + 1):
+        path = folder / f"copy{copy}.npz"
+        if copy in todo:
+            rows, parts, waves = [], [], []
+            for r, (clip, window) in enumerate(zip(clips, windows)):
+                wave = row_wave(cache, int(clip), int(window))
+                wave = wave if copy == 0 else _mixed_row(wave, copy, int(clip), int(window), config, bank)
+                if wave is not None:
+                    rows.append(r)
+                    waves.append(wave)
+                if len(waves) == ROW_BATCH or (r == len(clips) - 1 and waves):
+                    parts.append(_embed(model, waves, offsets, cache.sample_rate))
+                    waves = []
+                bar.update(1)
+            emb = np.concatenate(parts) if parts else _embed(model, [], offsets, cache.sample_rate)
+            write_atomic(path, lambda tmp, rows=rows, emb=emb: _save_npz(tmp, rows, emb))
+        with np.load(path) as data:
+            out.append((data["rows"], data["emb"]))
+    bar.close()
+    return out
+
+
+def _save_npz(path: Path, rows: list[int], emb: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a temporary name
+        np.savez(f, rows=np.asarray(rows, np.int64), emb=emb)
+
+
+class HeadData:
+    """Training examples (clean rows + mixed copies) with their row, weight and fold; validation = clean rows."""
+
+    def __init__(self, copies: list[tuple[np.ndarray, np.ndarray]], clip_of_row: np.ndarray, targets: np.ndarray,
+                 weights: np.ndarray, folds: np.ndarray):
+        n_rows = len(clip_of_row)
+        multiplicity = np.ones(n_rows, np.float32) + len(copies) - 1
+        for rows, _ in copies[1:]:
+            multiplicity[rows] -= 1.0  # a copy that left a row clean counts as weight of the clean row
+        self.rows = np.concatenate([np.arange(n_rows)] + [rows for rows, _ in copies[1:]])
+        self.emb = torch.from_numpy(np.concatenate([emb for _, emb in copies]).astype(np.float32))
+        self.weight = torch.from_numpy(weights[clip_of_row[self.rows]] * np.concatenate(
+            [multiplicity, np.ones(len(self.rows) - n_rows, np.float32)]))
+        self.target = torch.from_numpy(targets[clip_of_row[self.rows]])
+        self.fold = folds[clip_of_row[self.rows]]
+        self.clean = np.arange(len(self.rows)) < n_rows
+
+    def split(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
+        """(training example positions, validation example positions: the fold's clean rows)."""
+        return np.flatnonzero(self.fold != fold), np.flatnonzero((self.fold == fold) & self.clean)
+
+
+def build_head(config: Config, classes: list[str], names: dict[str, str], model: BirdnetModel) -> EmbeddingHead:
+    """The untrained head: BirdNET's rows for the classes it knows (``model.init_from_birdnet``)."""
+    from birdclef.birdnet.classes import map_classes
+
+    mapping = map_classes(classes, names, model.labels)
+    weight, bias = output_layer(model.path) if config.model.init_from_birdnet else (None, None)
+    w, b = init_rows(mapping.index, weight, bias, int(model.embedding_size))
+    return EmbeddingHead(w, b, MLP_HIDDEN if config.model.head == "mlp" else 0, config.model.drop_rate)
+
+
+@torch.no_grad()
+def _validate(head: EmbeddingHead, emb: torch.Tensor, target: torch.Tensor, loss_fn, pool: str):
+    """(macro ROC-AUC, loss, (R, K) probabilities) of the validation rows."""
+    head.eval()
+    logits = pool_logits(head(emb), pool)
+    probs = torch.sigmoid(logits).numpy()
+    return validation_auc(target.numpy(), probs), loss_fn(logits, target).item(), probs
+
+
+def fit_head(head: EmbeddingHead, data: HeadData, fold: int, config: Config) -> tuple[dict, list[dict], np.ndarray]:
+    """Train `head` on all folds but `fold`; (best state, metrics rows, best validation probabilities)."""
+    train, pool = config.train, config.infer.birdnet_pool
+    torch.manual_seed(train.seed + fold)
+    fit, val = data.split(fold)
+    loss_fn = loss_from_config(train)
+    opt = torch.optim.AdamW(head.parameters(), lr=train.lr, weight_decay=0.0)
+    steps = train.epochs * max(1, math.ceil(len(fit) / train.batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=train.min_lr)
+    auc, val_loss, probs = _validate(head, data.emb[val], data.target[val], loss_fn, pool)
+    best = (auc, 0, {k: v.clone() for k, v in head.state_dict().items()}, probs)
+    metrics = [{"fold": fold, "epoch": 0, "lr": 0.0, "train_loss": math.nan, "val_loss": val_loss, "val_auc": auc}]
+    generator = torch.Generator().manual_seed(train.seed + fold)
+    for epoch in range(1, train.epochs + 1):
+        head.train()
+        losses, lr = [], opt.param_groups[0]["lr"]
+        for batch in torch.randperm(len(fit), generator=generator).split(train.batch_size):
+            idx = fit[batch.numpy()]
+            loss = loss_fn(pool_logits(head(data.emb[idx]), pool), data.target[idx], data.weight[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            head.decay_to_init(opt.param_groups[0]["lr"] * train.weight_decay)
+            sched.step()
+            losses.append(loss.item())
+        auc, val_loss, probs = _validate(head, data.emb[val], data.target[val], loss_fn, pool)
+        metrics.append({"fold": fold, "epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)),
+                        "val_loss": val_loss, "val_auc": auc})
+        if math.isnan(best[0]) or auc > best[0]:
+            best = (auc, epoch, {k: v.clone() for k, v in head.state_dict().items()}, probs)
+    return {"score": best[0], "epoch": best[1], "state": best[2]}, metrics, best[3]
+
+
+def check_head_config(config: Config) -> None:
+    """ConfigError on a head or loss this trainer cannot use, before the (slow) embedding step."""
+    if config.model.head not in HEADS:
+        raise ConfigError(f"model.head {config.model.head!r}: a head on frozen BirdNET embeddings is one of {HEADS}")
+    try:
+        loss_from_config(config.train)
+    except ConfigError as exc:
+        raise ConfigError(f"train.loss: {exc}") from None
+
+
+def _train_fold(config: Config, classes: list[str], head: EmbeddingHead, data: HeadData, fold: int, run: Path,
+                index: pd.DataFrame, clips: np.ndarray, windows: np.ndarray) -> None:
+    """Fit one fold and write fold{k}/best.pt, metrics.csv, oof.parquet and (last) done.json."""
+    fold_dir = run / f"fold{fold}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    best, metrics, probs = fit_head(head, data, fold, config)
+    head.load_state_dict(best["state"])
+    save_head(fold_dir / "best.pt", head, config, classes, best["epoch"], best["score"])
+    write_csv_atomic(pd.DataFrame(metrics), fold_dir / "metrics.csv")
+    rows = data.rows[data.split(fold)[1]]
+    oof = pd.DataFrame(probs, columns=classes)
+    oof.insert(0, "window", windows[rows])
+    oof.insert(0, "fold", fold)
+    oof.insert(0, "primary_label", index["primary_label"].to_numpy()[clips[rows]])
+    oof.insert(0, "row", index["row"].to_numpy()[clips[rows]])
+    oof.insert(0, "filename", index["filename"].to_numpy()[clips[rows]])
+    write_parquet_atomic(oof, fold_dir / "oof.parquet")
+    write_json_atomic({"fold": fold, "best_epoch": best["epoch"], "best_score": best["score"],
+                       "epochs": config.train.epochs}, fold_dir / "done.json")
+
+
+@dataclass
+class _Prepared:
+    classes: list[str]
+    names: dict[str, str]
+    cache: WaveCache
+    targets: np.ndarray
+    weights: np.ndarray
+    folds: np.ndarray
+    bank: BackgroundBank | None
+    skipped: int
+
+
+def _prepare(config: Config, data_root: Path, run: Path, cache_dir: Path | None, progress: bool) -> _Prepared:
+    """Classes, the wave cache, targets, folds (folds.csv, data.json) and the background bank, as torch runs have."""
+    from birdclef.birdnet.classes import read_scientific_names
+    from birdclef.data.cache import prepare_cache
+    from birdclef.data.folds import assign_folds
+    from birdclef.data.metadata import DatasetLayout, load_classes
+    from birdclef.train.kfold import background_bank, build_targets
+
+    data, layout = config.data, DatasetLayout.from_root(data_root)
+    classes = load_classes(layout)
+    names = read_scientific_names(layout.taxonomy_csv)
+    cache_path = Path(cache_dir) if cache_dir is not None else run / "cache"
+    skipped = prepare_cache(layout.root, cache_path, strategy=data.strategy, window_s=data.window_s,
+                            sample_rate=data.sample_rate, max_clip_s=data.max_clip_s,
+                            num_workers=config.train.num_workers, max_files=data.max_files, progress=progress).n_skipped
+    cache = WaveCache(cache_path)
+    write_json_atomic({"data_root": str(layout.root.resolve()), "cache": str(cache.path.resolve())}, run / "data.json")
+    targets, weights = build_targets(cache.index, classes, data.secondary_label_weight, data.rating_weight)
+    folds = assign_folds(cache.index["primary_label"].astype(str).tolist(), data.n_folds, data.fold_seed)
+    write_csv_atomic(pd.DataFrame({"filename": cache.index["filename"], "primary_label": cache.index["primary_label"],
+                                   "fold": folds}), run / "folds.csv")
+    return _Prepared(classes, names, cache, targets, weights, folds, background_bank(config, layout), skipped)
+
+
+def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: Path | None = None,
+                         resume: bool = False, progress: bool = True):
+    """Train `config.train.folds` of an embedding head on frozen BirdNET (module docstring) into `out`.
+
+    Args:
+        config: resolved config with ``model.backbone: birdnet`` and ``model.freeze_backbone: true``.
+        data_root: BirdCLEF-layout folder.
+        out: run folder; an existing one needs `resume` (finished folds are skipped, cached embeddings reused).
+        cache_dir: prepared wave cache (made there when absent; default ``out/cache``).
+        progress: tqdm bars for decoding and embedding.
+
+    Returns:
+        The :class:`~birdclef.train.kfold.TrainSummary` torch runs return.
+
+    Raises:
+        ConfigError: a head or loss this trainer does not have; a resumed run with another config.
+        BirdnetUnavailableError: ai-edge-litert or the BirdNET model file is missing.
+        DatasetError: as for torch runs (train.csv, taxonomy.csv).
+    """
+    from birdclef.train.kfold import OOF_NOTE, _collect, init_run
+
+    started, run = time.perf_counter(), Path(out)
+    check_head_config(config)
+    model = BirdnetModel(config.model.birdnet_path, batch_size=config.infer.birdnet_batch_size)
+    init_run(run, config, resume)
+    write_text_atomic(LICENSE_NOTE, run / "LICENSE-NOTE.txt")
+    prep = _prepare(config, data_root, run, cache_dir, progress)
+    folder = run / "embeddings" / embedding_key(config, prep.cache, model)
+    copies = embed_copies(config, prep.cache, model, prep.bank, folder, progress)
+    embed_s, head_started = time.perf_counter() - started, time.perf_counter()
+    clips, windows = clip_rows(prep.cache)
+    head_data = HeadData(copies, clips, prep.targets, prep.weights, prep.folds)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # ops this small lose more to thread hand-offs than they gain
+    try:
+        for fold in (f for f in config.train.folds if not (run / f"fold{f}" / "done.json").is_file()):
+            head = build_head(config, prep.classes, prep.names, model)
+            _train_fold(config, prep.classes, head, head_data, fold, run, prep.cache.index, clips, windows)
+    finally:
+        torch.set_num_threads(threads)
+    summary = _collect(run, list(config.train.folds), prep.classes, prep.targets, prep.cache.index)
+    summary.n_clips, summary.elapsed_s = len(prep.cache.index), time.perf_counter() - started
+    summary.skipped_clips, summary.cache_dir = prep.skipped, prep.cache.path
+    summary.skipped_background = [] if prep.bank is None else list(prep.bank.skipped)
+    write_json_atomic({"fold_scores": summary.fold_scores, "oof_auc": summary.oof_auc, "oof_note": OOF_NOTE,
+                       "n_clips": summary.n_clips, "n_rows": len(clips), "n_examples": len(head_data.rows),
+                       "classes": len(prep.classes), "elapsed_s": round(summary.elapsed_s, 1),
+                       "prepare_and_embed_s": round(embed_s, 1),
+                       "head_s": round(time.perf_counter() - head_started, 1)}, run / "summary.json")
+    return summary
