@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("demo"), help="where everything goes (default: ./demo)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (prediction; training follows train.accelerator)")
     p.add_argument("--no-birdnet", action="store_true",
-                   help="do not blend BirdNET v2.4 zero-shot into the submission (used on real data when installed)")
+                   help="do not use BirdNET v2.4 (on real data, when installed, the demo trains a head on its "
+                        "embeddings; with a CNN config it blends BirdNET zero-shot in)")
     p.add_argument("--no-progress", action="store_true")
     _add_config_flags(p)
 
@@ -374,10 +375,11 @@ def _report(args: argparse.Namespace) -> int:
 
 @verb("demo")
 def _demo(args: argparse.Namespace) -> int:
-    from birdclef.demo import demo_config, run_demo
+    from birdclef.demo import demo_config, demo_recipe, run_demo
 
+    recipe = demo_recipe(args.data, not args.no_birdnet, args.config, args.overrides)
     with _data_warnings_as_lines("demo"):
-        summary = run_demo(args.out, data=args.data, config=demo_config(args.config, args.overrides),
+        summary = run_demo(args.out, data=args.data, config=demo_config(args.config, args.overrides, recipe),
                            device=args.device, progress=not args.no_progress, birdnet=not args.no_birdnet)
     score = "n/a" if summary.score is None else f"{summary.score:.4f}"
     alone = "" if summary.run_score is None else f" (the trained run alone: {summary.run_score:.4f})"

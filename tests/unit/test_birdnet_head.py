@@ -287,3 +287,45 @@ def test_head_on_real_birdnet_and_xcbirds(tmp_path: Path) -> None:
     assert len(present) >= 3
     assert macro_roc_auc(solution[present].to_numpy(), sub[present].to_numpy()) > 0.8
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["freeze_backbone"] is True
+
+
+def test_the_demo_head_recipe_is_configs_birdnet_head_yaml() -> None:
+    from birdclef.demo import DEMO_HEAD_OVERRIDES, demo_config
+
+    assert demo_config(recipe="birdnet-head") == load_config(CONFIG)
+    assert load_config(None, DEMO_HEAD_OVERRIDES) == load_config(CONFIG)
+
+
+def test_the_demo_picks_the_birdnet_head_only_on_real_data_with_birdnet(tmp_path: Path, monkeypatch) -> None:
+    from birdclef import demo
+
+    data = tmp_path / "data"
+    monkeypatch.setattr(demo, "birdnet_installed", lambda: True)
+    assert demo.demo_recipe(data) == "birdnet-head"
+    assert demo.demo_recipe(data, overrides=["train.epochs=3"]) == "birdnet-head"
+    assert demo.demo_recipe(None) == "cnn"  # synthetic species are unknown to BirdNET
+    assert demo.demo_recipe(data, birdnet=False) == "cnn"
+    assert demo.demo_recipe(data, overrides=["model.backbone=efficientnet_b0"]) == "cnn"
+    assert demo.demo_recipe(data, config_path=REPO / "configs" / "cpu-small.yaml") == "cnn"
+    monkeypatch.setattr(demo, "birdnet_installed", lambda: False)
+    assert demo.demo_recipe(data) == "cnn"
+
+
+def test_demo_on_real_data_trains_the_birdnet_head(tiny_dataset: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """With BirdNET installed, `birdclef demo --data` trains the embedding head and submits its predictions."""
+    from birdclef import demo
+    from birdclef.eval.metrics import evaluate_submission
+
+    monkeypatch.setattr(demo, "birdnet_installed", lambda: True)
+    _fake_birdnet(monkeypatch)
+    out = tmp_path / "demo"
+    assert main(["demo", "--data", str(tiny_dataset), "--out", str(out), "--no-progress", "--set", *SMALL]) == 0
+    printed = capsys.readouterr().out
+    assert "training a head on frozen BirdNET v2.4 embeddings" in printed
+    assert head_module.is_head_run(out / "run")
+    assert (out / "run" / "fold0" / "done.json").is_file() and not (out / "run_submission.csv").exists()
+    sub = pd.read_csv(out / "submission.csv")
+    classes = [c for c in sub.columns if c != "row_id"]
+    assert classes == ["syn00", "syn01", "syn02"] and np.isfinite(sub[classes].to_numpy()).all()
+    score = evaluate_submission(out / "submission.csv", tiny_dataset / "solution.csv").score
+    assert f"macro ROC-AUC {score:.4f}" in printed
