@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["torch", "onnx", "openvino"], default=None)
     p.add_argument("--threads", type=int, default=None, help="runtime threads of an exported model or of BirdNET")
     p.add_argument("--weights", type=float, nargs="+", default=None, help="blend weights, as for predict")
-    p.add_argument("--birdnet", action="store_true", help="BirdNET v2.4 zero-shot (CC BY-NC-SA 4.0), alone or with --run")
+    p.add_argument("--birdnet", action="store_true",
+                   help="BirdNET v2.4 zero-shot (CC BY-NC-SA 4.0), alone or with --run")
     p.add_argument("--birdnet-model", type=Path, default=None)
     p.add_argument("--data", type=Path, default=None, help="with --birdnet: dataset folder giving classes and taxonomy")
     p.add_argument("--taxonomy", type=Path, default=None, help="with --birdnet: taxonomy.csv (scientific_name)")
@@ -125,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply the models' smoothing / power adjustment per block (default: raw probabilities)")
     p.add_argument("--shard", default="0/1", help="I/N: do the I-th of N parts of the archive (job arrays)")
     p.add_argument("--merge", action="store_true", help="only merge the finished shards into detections.parquet")
+    p.add_argument("--raven", type=float, default=None, metavar="THRESHOLD",
+                   help="with the table, write Raven Pro selection tables and detections.csv of windows >= THRESHOLD")
     p.add_argument("--engine", choices=["plain", "dask"], default="plain")
     p.add_argument("--scheduler", default="local", help="with --engine dask: local, or a scheduler address")
     p.add_argument("--workers", type=int, default=2, help="with --scheduler local: worker processes")
@@ -367,21 +370,28 @@ def _analyze(args: argparse.Namespace) -> int:
 
     from birdclef.archive.manifest import discover, parse_shard
     from birdclef.archive.predictors import build_predictor
-    from birdclef.infer.analyze import analyze_archive, merge_results
+    from birdclef.infer.analyze import analyze_archive, merge_results, write_raven
 
     if args.merge:
-        print(f"table: {merge_results(args.out, discover(args.archive, exclude=args.out))}")
+        entries = discover(args.archive, exclude=args.out)
+        print(f"table: {merge_results(args.out, entries)}")
+        if args.raven is not None:
+            print(f"detections: {write_raven(args.out, entries, args.raven)} (Raven tables in {args.out / 'raven'})")
         return 0
-    predictor = build_predictor(args, report=True)
-    s = analyze_archive(args.archive, args.out, predictor, rebuild=partial(build_predictor, args), hop_s=args.hop, block_s=args.block_s,
-                        postprocess=args.postprocess, shard=parse_shard(args.shard), engine=args.engine,
-                        scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress)
+    shard = parse_shard(args.shard)
+    predictor = build_predictor(args, report=True)  # Dask workers rebuild it from the same flags
+    s = analyze_archive(args.archive, args.out, predictor, rebuild=partial(build_predictor, args), hop_s=args.hop,
+                        block_s=args.block_s, postprocess=args.postprocess, shard=shard, engine=args.engine,
+                        scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress,
+                        raven=args.raven)
     print(f"analysed {s.analysed} recordings ({s.audio_s / 3600:.2f} h of audio) of shard {args.shard} in "
           f"{s.elapsed_s:.1f} s; {s.resumed} were already done; results: {s.out / 'files'}")
     if s.skipped:
         print(f"skipped {len(s.skipped)} broken recordings: see {s.out / 'skipped.csv'}")
     print(f"table: {s.table}" if s.table else f"{s.pending} of {s.n_files} recordings are left to other shards; "
           "the last to finish writes the table (or run with --merge)")
+    if s.table and args.raven is not None:
+        print(f"detections: {s.out / 'detections.csv'} (Raven tables in {s.out / 'raven'})")
     return 0
 
 

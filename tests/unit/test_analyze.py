@@ -342,3 +342,34 @@ def test_cli_analyze_with_a_trained_run(archive: Path, tmp_path: Path, capsys: p
     assert main(base + ["--merge"]) == 0
     assert main(base + ["--shard", "2/2"]) == 2
     assert "--shard '2/2'" in capsys.readouterr().err
+
+
+def test_events_merge_consecutive_windows_above_the_threshold() -> None:
+    from birdclef.archive.raven import merge_events
+
+    nan = np.nan
+    df = pd.DataFrame({"path": "a/r.wav", "start_s": [0.0, 2.5, 5.0, 7.5, 10.0],
+                       "end_s": [5.0, 7.5, 10.0, 12.5, 15.0], "aaa": [0.9, 0.8, 0.1, 0.95, nan],
+                       "bbb": [nan] * 5, "ccc": [0.2, 0.2, 0.2, 0.2, 0.7]})
+    events = merge_events(df, 0.5, duration_s=13.0)
+    assert events.to_dict("list") == {"path": ["a/r.wav"] * 3, "species": ["aaa", "aaa", "ccc"],
+                                      "start_s": [0.0, 7.5, 10.0], "end_s": [7.5, 12.5, 13.0],
+                                      "score": [0.9, 0.95, 0.7]}
+    gaps = df.assign(start_s=[0.0, 6.0, 12.0, 18.0, 24.0], end_s=[5.0, 11.0, 17.0, 23.0, 29.0])
+    assert len(merge_events(gaps, 0.5).query("species == 'aaa'")) == 3, "windows 1 s apart do not merge"
+    with pytest.raises(BirdclefError, match="threshold"):
+        merge_events(df, 0.0)
+
+
+def test_raven_selection_tables_and_tidy_detections(archive: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run(archive, out, raven=0.5)
+    detections = pd.read_csv(out / "detections.csv")
+    assert list(detections.columns) == ["path", "species", "start_s", "end_s", "score"]
+    assert len(detections) and (detections.score >= 0.5).all() and set(detections.species) <= {"blabir", "eurrob"}
+    raven = pd.read_csv(out / "raven" / "siteB" / "deep" / "x" / "long.flac.selections.txt", sep="\t")
+    assert list(raven.columns) == ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
+                                   "Low Freq (Hz)", "High Freq (Hz)", "Begin File", "Species Code", "Score"]
+    mine = detections[detections.path == "siteB/deep/x/long.flac"]
+    assert raven["Selection"].tolist() == list(range(1, len(mine) + 1)) and (raven["Begin File"] == "long.flac").all()
+    assert raven["End Time (s)"].max() <= 41.0 and (raven["High Freq (Hz)"] == 24_000).all()

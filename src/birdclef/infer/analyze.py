@@ -94,7 +94,8 @@ def process_entry(scorer: WindowScorer, job: Job, entry: Entry) -> Record:
 
 
 def _settings(predictor: Predictor, hop_s: float, block_s: float, postprocess: bool) -> dict:
-    return {"predictor": predictor.settings(), "hop_s": hop_s, "postprocess": postprocess,
+    return {"predictor": predictor.settings(), "sample_rate": predictor.sample_rate, "hop_s": hop_s,
+            "postprocess": postprocess,
             "block_s": block_s if postprocess else None}  # raw scores do not depend on the block size
 
 
@@ -118,7 +119,8 @@ def finished(out: Path, entries: list[Entry]) -> dict[str, Record]:
 def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float = 5.0,
                     block_s: float = 60.0, postprocess: bool = False, shard: tuple[int, int] = (0, 1),
                     engine: str = "plain", scheduler: str = "local", workers: int = 2, progress: bool = True,
-                    merge: bool = True, rebuild: Callable[[], Predictor] | None = None) -> AnalyzeSummary:
+                    merge: bool = True, rebuild: Callable[[], Predictor] | None = None,
+                    raven: float | None = None) -> AnalyzeSummary:
     """Analyse every recording of this shard of `archive` into `out` (module docstring), then merge if all are done.
 
     Args:
@@ -135,6 +137,8 @@ def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float
         merge: write ``detections.parquet`` when every file of the archive is finished.
         rebuild: with dask, builds the same predictor on each worker (once per worker); it must pickle
             (cloudpickle), e.g. ``functools.partial(build_predictor, args)``.
+        raven: with the table, also write Raven selection tables and detections.csv of the windows scoring
+            at least this (:mod:`birdclef.archive.raven`).
 
     Raises:
         BirdclefError: no recordings; `out` holds results of other settings; this shard is already running;
@@ -143,6 +147,8 @@ def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float
     started, archive, out = time.perf_counter(), Path(archive), Path(out)
     if hop_s <= 0 or block_s <= 0:
         raise BirdclefError(f"--hop and --block-s must be positive seconds, got {hop_s} and {block_s}")
+    if raven is not None and not 0.0 < raven <= 1.0:
+        raise BirdclefError(f"--raven threshold must be in (0, 1], got {raven}")
     if engine not in ("plain", "dask"):
         raise BirdclefError(f"--engine {engine!r}: choose plain or dask")
     if engine == "dask" and rebuild is None:
@@ -182,6 +188,8 @@ def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float
                 record(process_entry(scorer, job, entry))
         bar.close()
     _finish(summary, entries, merge)
+    if summary.table is not None and raven is not None:
+        write_raven(out, entries, raven)
     summary.elapsed_s = time.perf_counter() - started
     return summary
 
@@ -236,3 +244,14 @@ def merge_results(out: Path, entries: list[Entry] | None = None, records: dict[s
             for entry in done:
                 writer.write_table(pq.ParquetFile(part_path(out, entry.path)).read())
     return target
+
+
+def write_raven(out: Path, entries: list[Entry], threshold: float) -> Path:
+    """Raven selection tables and ``detections.csv`` of every finished recording (:mod:`birdclef.archive.raven`)."""
+    from birdclef.archive.raven import write_detections
+
+    records = finished(out, entries)
+    parts = [(e.path, part_path(out, e.path), records[e.path].audio_s) for e in entries
+             if e.path in records and records[e.path].status == "done"]
+    high_hz = read_json(out / "settings.json")["sample_rate"] / 2
+    return write_detections(out, parts, threshold, high_hz)
