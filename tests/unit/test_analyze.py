@@ -180,6 +180,44 @@ def test_torch_run_with_context_streams_like_predict(tmp_path: Path) -> None:
     np.testing.assert_allclose(df[["aaa", "bbb", "ccc"]].to_numpy(np.float64), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_blend_of_a_run_and_birdnet_streams_each_at_its_own_rate(tmp_path: Path) -> None:
+    """32 kHz for the run, 48 kHz for BirdNET, one stream: on a 32 kHz file exactly predict's blend."""
+    pytest.importorskip("timm")
+    from birdclef.infer.blend import BlendPredictor
+    from birdclef.infer.predict import TorchPredictor
+
+    path = write(tmp_path / "rec.wav", signal(27.0, 32_000, 11), 32_000)
+    runs = TorchPredictor([make_run(tmp_path / "run", 5.0)], config=RAW, device="cpu")
+    birdnet = BirdnetPredictor(["aaa", "bbb", "ccc"], {"aaa": "Turdus merula", "ccc": "Erithacus rubecula"}, RAW,
+                               model=FakeModel())
+    blend = BlendPredictor([runs, birdnet], [0.3, 0.7], RAW)
+    scorer = window_scorer(blend)
+    assert [m.sample_rate for m in scorer.members] == [32_000, 48_000]
+    analyze_file(scorer, path, "rec.wav", tmp_path / "rec.parquet", block_s=10.0)
+    df = pd.read_parquet(tmp_path / "rec.parquet")
+    expected = blend.predict_file(load_audio(path, blend.sample_rate))
+    np.testing.assert_allclose(df[["aaa", "bbb", "ccc"]].to_numpy(np.float64), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_exported_model_streams_like_predict(tmp_path: Path) -> None:
+    """An exported ONNX graph of a 10 s model scores the streamed windows as predict scores the file."""
+    pytest.importorskip("timm")
+    pytest.importorskip("onnxruntime")
+    from birdclef.export.export import export_model
+    from birdclef.export.runtime import ExportedPredictor
+
+    path = write(tmp_path / "audio" / "rec.wav", signal(33.0, 32_000, 10), 32_000)
+    export_model([make_run(tmp_path / "run", 10.0)], format="onnx", out=tmp_path / "model",
+                 parity_audio=tmp_path / "audio", parity_count=1, config=RAW)
+    predictor = ExportedPredictor(tmp_path / "model", backend="onnx", config=RAW)
+    analyze_file(window_scorer(predictor), path, "rec.wav", tmp_path / "rec.parquet", block_s=10.0)
+    df = pd.read_parquet(tmp_path / "rec.parquet")
+    expected = predictor.predict_file(load_audio(path, predictor.sample_rate))
+    np.testing.assert_allclose(df[["aaa", "bbb", "ccc"]].to_numpy(np.float64), expected, rtol=1e-4, atol=1e-5)
+
+
 MEMORY_CHILD = textwrap.dedent("""
     import resource, sys
     from pathlib import Path

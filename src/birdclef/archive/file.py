@@ -80,6 +80,36 @@ class _Windows:
         return self.scorer.score(spans)
 
 
+class GroupedWriter:
+    """A ParquetWriter that gathers small tables into row groups of at least `rows` rows.
+
+    A row group per 60 s block would give a 10-hour file 600 groups of 12 rows, each with its own metadata per
+    column; reading that back is slow. Closing writes what is left.
+    """
+
+    def __init__(self, where: Path, schema: pa.Schema, rows: int = 8_192):
+        self.writer, self.rows = pq.ParquetWriter(where, schema), rows
+        self.pending: list[pa.Table] = []
+
+    def write(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        if sum(len(t) for t in self.pending) >= self.rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.writer.write_table(pa.concat_tables(self.pending))
+            self.pending = []
+
+    def __enter__(self) -> GroupedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.flush()
+        self.writer.close()
+
+
 def _table(schema: pa.Schema, rel: str, starts: np.ndarray, probs: np.ndarray) -> pa.Table:
     columns = [pa.array([rel] * len(starts), pa.string()), pa.array(starts), pa.array(starts + ROW_WINDOW_S)]
     columns += [pa.array(probs[:, j]) for j in range(probs.shape[1])]
@@ -107,11 +137,11 @@ def analyze_file(scorer: WindowScorer, source: Path, rel: str, dest: Path, hop_s
     native_rate, blocks = open_stream(source)  # header checks: AudioError before any output is created
     windows = _Windows(scorer, native_rate, hop_s)
     done, frames = 0, 0
-    with atomic_path(dest) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    with atomic_path(dest) as tmp, GroupedWriter(tmp, schema) as writer:
         def flush(stop: int) -> None:
             nonlocal done
             starts = np.round(np.arange(done, stop) * hop_s, 6)
-            writer.write_table(_table(schema, rel, starts, windows.score(done, stop)))
+            writer.write(_table(schema, rel, starts, windows.score(done, stop)))
             done = stop
 
         for block in blocks:

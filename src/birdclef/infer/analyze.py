@@ -37,7 +37,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from birdclef.archive.file import analyze_file, result_schema
+from birdclef.archive.file import GroupedWriter, analyze_file, result_schema
 from birdclef.archive.manifest import Entry, Journal, Record, discover, in_shard, read_journals
 from birdclef.archive.scorers import WindowScorer, window_scorer
 from birdclef.errors import AudioError, BirdclefError
@@ -240,9 +240,9 @@ def merge_results(out: Path, entries: list[Entry] | None = None, records: dict[s
     with exclusive_lock(target, "birdclef analyze merge"), atomic_path(target) as tmp:
         done = [e for e in entries if records[e.path].status == "done"]
         schema = pq.read_schema(part_path(out, done[0].path)) if done else result_schema([])
-        with pq.ParquetWriter(tmp, schema) as writer:
+        with GroupedWriter(tmp, schema, rows=65_536) as writer:
             for entry in done:
-                writer.write_table(pq.ParquetFile(part_path(out, entry.path)).read())
+                writer.write(pq.ParquetFile(part_path(out, entry.path)).read())
     return target
 
 
