@@ -145,14 +145,7 @@ def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float
             a bad hop/block; dask is not installed.
     """
     started, archive, out = time.perf_counter(), Path(archive), Path(out)
-    if hop_s <= 0 or block_s <= 0:
-        raise BirdclefError(f"--hop and --block-s must be positive seconds, got {hop_s} and {block_s}")
-    if raven is not None and not 0.0 < raven <= 1.0:
-        raise BirdclefError(f"--raven threshold must be in (0, 1], got {raven}")
-    if engine not in ("plain", "dask"):
-        raise BirdclefError(f"--engine {engine!r}: choose plain or dask")
-    if engine == "dask" and rebuild is None:
-        raise BirdclefError("engine='dask' needs `rebuild`, a picklable callable that builds the predictor")
+    _check_args(hop_s, block_s, raven, engine, rebuild)
     entries = discover(archive, exclude=out)
     out.mkdir(parents=True, exist_ok=True)
     key = _check_settings(out, _settings(predictor, hop_s, block_s, postprocess))
@@ -161,23 +154,13 @@ def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float
     journal_path = out / "journal" / f"shard-{index}-of-{count}.jsonl"
     summary = AnalyzeSummary(out, n_files=len(entries))
     with exclusive_lock(journal_path, f"birdclef analyze (shard {index}/{count})"):
-        journal = Journal(journal_path)
         mine = [e for e in entries if in_shard(e.path, index, count)]
         done = finished(out, mine)
         todo = [e for e in mine if e.path not in done]
         summary.n_shard, summary.resumed = len(mine), len(mine) - len(todo)
-        job = Job(archive, out, hop_s, block_s)
         bar = tqdm(total=len(mine), initial=summary.resumed, desc="analyze", unit="file", disable=not progress)
-
-        def record(rec: Record) -> None:
-            journal.append(rec)
-            summary.analysed += rec.status == "done"
-            summary.audio_s += rec.audio_s
-            if rec.status == "skipped":
-                summary.skipped.append((rec.path, rec.reason))
-            bar.update(1)
-            bar.set_postfix_str(f"{summary.audio_s / 3600:.2f} h audio")
-
+        record = partial(_record, Journal(journal_path), summary, bar)
+        job = Job(archive, out, hop_s, block_s)
         if engine == "dask":
             from birdclef.archive.dask_engine import run_dask
 
@@ -192,6 +175,28 @@ def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float
         write_raven(out, entries, raven)
     summary.elapsed_s = time.perf_counter() - started
     return summary
+
+
+def _check_args(hop_s: float, block_s: float, raven: float | None, engine: str, rebuild: object) -> None:
+    if hop_s <= 0 or block_s <= 0:
+        raise BirdclefError(f"--hop and --block-s must be positive seconds, got {hop_s} and {block_s}")
+    if raven is not None and not 0.0 < raven <= 1.0:
+        raise BirdclefError(f"--raven threshold must be in (0, 1], got {raven}")
+    if engine not in ("plain", "dask"):
+        raise BirdclefError(f"--engine {engine!r}: choose plain or dask")
+    if engine == "dask" and rebuild is None:
+        raise BirdclefError("engine='dask' needs `rebuild`, a picklable callable that builds the predictor")
+
+
+def _record(journal: Journal, summary: AnalyzeSummary, bar: tqdm, rec: Record) -> None:
+    """Journal one finished recording (after its table is in place) and count it."""
+    journal.append(rec)
+    summary.analysed += rec.status == "done"
+    summary.audio_s += rec.audio_s
+    if rec.status == "skipped":
+        summary.skipped.append((rec.path, rec.reason))
+    bar.update(1)
+    bar.set_postfix_str(f"{summary.audio_s / 3600:.2f} h audio", refresh=False)
 
 
 def _worker_scorer(rebuild: Callable[[], Predictor], postprocess: bool) -> WindowScorer:
