@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from functools import partial
 from pathlib import Path
 
@@ -316,8 +317,11 @@ def test_a_crashed_run_resumes_without_redoing_finished_files(archive: Path, tmp
     journal = out / "journal" / "shard-0-of-1.jsonl"
     with open(journal, "a") as f:
         f.write('{"path": "top.ogg", "si')  # a line torn by kill -9 counts for nothing
+    stale = out / "files" / ".top.ogg.parquet.k1ll3d.tmp"  # what atomic_path leaves when killed mid-file
+    stale.write_bytes(b"PAR1")
     resumed = counting(monkeypatch)
     summary = run(archive, out)
+    assert not stale.exists()
     assert summary.resumed == 2 and sorted(resumed) == sorted(set(e.path for e in discover(archive)) - set(crashed))
     run(archive, tmp_path / "clean")
     pd.testing.assert_frame_equal(table(out), table(tmp_path / "clean"))
@@ -332,6 +336,48 @@ def test_a_crashed_run_resumes_without_redoing_finished_files(archive: Path, tmp
     run(archive, out)
     assert redo == ["siteB/rec.wav"], "a file whose size or mtime changed is redone"
     assert (table(out).path == "siteB/rec.wav").sum() == 3
+
+
+KILL_CHILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[3])
+    import test_analyze
+    from birdclef.infer.analyze import analyze_archive
+
+    class SlowModel(test_analyze.FakeModel):
+        def logits(self, chunks):
+            time.sleep(0.2)  # slow enough to be killed halfway through the archive
+            return super().logits(chunks)
+
+    predictor = test_analyze.BirdnetPredictor(test_analyze.CLASSES, test_analyze.NAMES, test_analyze.RAW,
+                                              model=SlowModel())
+    analyze_archive(Path(sys.argv[1]), Path(sys.argv[2]), predictor, progress=False, block_s=5.0)
+""")
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_where_it_stopped(archive: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    journal = out / "journal" / "shard-0-of-1.jsonl"
+    child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(archive), str(out), str(Path(__file__).parent)])
+    try:
+        for _ in range(1200):  # until two files are journaled (at most 2 min on a loaded machine)
+            if journal.is_file() and journal.read_text().count("\n") >= 2 or child.poll() is not None:
+                break
+            time.sleep(0.1)
+    finally:
+        child.kill()
+        child.wait()
+    done = [json.loads(line)["path"] for line in journal.read_text().splitlines()]
+    assert 2 <= len(done) < 5, "killed halfway"
+    calls = counting(monkeypatch)
+    run(archive, out)
+    assert sorted(calls) == sorted({e.path for e in discover(archive)} - set(done))
+    assert not list((out / "files").rglob("*.tmp")), "the killed file's temporary table is cleaned up"
+    run(archive, tmp_path / "clean")
+    pd.testing.assert_frame_equal(table(out), table(tmp_path / "clean"))
 
 
 def test_broken_files_are_listed_and_the_others_finish(archive: Path, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ predictor's configured steps to each block of ``block_s`` seconds of windows.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import time
@@ -85,6 +86,9 @@ def part_path(out: Path, rel: str) -> Path:
 
 def process_entry(scorer: WindowScorer, job: Job, entry: Entry) -> Record:
     """Analyse one recording into its table; an undecodable one becomes a ``skipped`` record, never an error."""
+    dest = part_path(job.out, entry.path)
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.tmp"):  # left by a run killed on this file
+        stale.unlink(missing_ok=True)
     try:
         result = analyze_file(scorer, job.archive / entry.path, entry.path, part_path(job.out, entry.path),
                               job.hop_s, job.block_s)
