@@ -379,6 +379,8 @@ def _analyze(args: argparse.Namespace) -> int:
             print(f"detections: {write_raven(args.out, entries, args.raven)} (Raven tables in {args.out / 'raven'})")
         return 0
     shard = parse_shard(args.shard)
+    if not args.archive.is_dir():  # before loading any model
+        raise BirdclefError(f"{args.archive}: archive folder not found")
     predictor = build_predictor(args, report=True)  # Dask workers rebuild it from the same flags
     s = analyze_archive(args.archive, args.out, predictor, rebuild=partial(build_predictor, args), hop_s=args.hop,
                         block_s=args.block_s, postprocess=args.postprocess, shard=shard, engine=args.engine,
