@@ -457,3 +457,29 @@ def test_raven_selection_tables_and_tidy_detections(archive: Path, tmp_path: Pat
     mine = detections[detections.path == "siteB/deep/x/long.flac"]
     assert raven["Selection"].tolist() == list(range(1, len(mine) + 1)) and (raven["Begin File"] == "long.flac").all()
     assert raven["End Time (s)"].max() <= 41.0 and (raven["High Freq (Hz)"] == 24_000).all()
+
+
+def test_cli_out_must_be_a_folder_and_bad_flags_are_one_line_errors(archive: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "a_file").write_text("x")
+    for argv, message in ((["--out", str(tmp_path / "a_file")], "is an existing file"),
+                          (["--out", str(tmp_path / "out"), "--shard", "1/1"], "need 0 <= I < N"),
+                          (["--out", str(tmp_path / "out")], "give either --run")):
+        assert main(["analyze", str(archive), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("birdclef analyze: error:") and message in err and "\n" not in err, err
+
+
+def test_analysis_with_birdnet_imports_no_torch(archive: Path, tmp_path: Path) -> None:
+    code = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import test_analyze
+        from birdclef.infer.analyze import analyze_archive
+        analyze_archive(Path({str(archive)!r}), Path({str(tmp_path / "out")!r}), test_analyze.fake_birdnet(),
+                        progress=False)
+        print(sorted(m for m in ("torch", "timm", "lightning") if m in sys.modules))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]" and (tmp_path / "out" / "detections.parquet").is_file()
