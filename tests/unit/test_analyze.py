@@ -280,12 +280,30 @@ def test_shards_split_by_path_hash_disjointly() -> None:
             parse_shard(bad)
 
 
+class CrashingModel(FakeModel):
+    """A model with a bug: it raises on perfectly constant audio (a worker error, not a broken file)."""
+
+    def logits(self, chunks: np.ndarray) -> np.ndarray:
+        if ((chunks.std(axis=1) == 0) & (np.abs(chunks).max(axis=1) > 0.4)).any():
+            raise RuntimeError("model bug on constant audio")
+        return super().logits(chunks)
+
+
+def crashing_birdnet() -> BirdnetPredictor:
+    return BirdnetPredictor(CLASSES, NAMES, RAW, model=CrashingModel())
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_DASK, reason="dask.distributed not installed (the dask extra)")
 def test_dask_local_cluster_gives_the_plain_table(archive: Path, tmp_path: Path) -> None:
+    """Same table as a plain run; a task that fails on every retry is listed in skipped.csv, the rest finish."""
     run(archive, tmp_path / "plain")
-    summary = run(archive, tmp_path / "dask", engine="dask", workers=2, rebuild=partial(fake_birdnet, RAW))
+    write(archive / "siteZ" / "constant.wav", np.full(48_000 * 8, 0.5, dtype=np.float32), 48_000)  # no resampling
+    summary = run(archive, tmp_path / "dask", engine="dask", workers=2, rebuild=crashing_birdnet)
     assert summary.analysed == 5 and summary.table is not None
+    assert summary.skipped == [("siteZ/constant.wav",
+                                "task failed after 2 retries: RuntimeError: model bug on constant audio")]
+    assert pd.read_csv(tmp_path / "dask" / "skipped.csv")["path"].tolist() == ["siteZ/constant.wav"]
     pd.testing.assert_frame_equal(table(tmp_path / "dask"), table(tmp_path / "plain"))
 
 
