@@ -390,8 +390,13 @@ def _analyze(args: argparse.Namespace) -> int:
           f"{s.elapsed_s:.1f} s; {s.resumed} were already done; results: {s.out / 'files'}")
     if s.skipped:
         print(f"skipped {len(s.skipped)} broken recordings: see {s.out / 'skipped.csv'}")
-    print(f"table: {s.table}" if s.table else f"{s.pending} of {s.n_files} recordings are left to other shards; "
-          "the last to finish writes the table (or run with --merge)")
+    if s.table:
+        print(f"table: {s.table}")
+    elif s.pending:
+        print(f"{s.pending} of {s.n_files} recordings are left to other shards; the last to finish writes the table "
+              "(or run with --merge)")
+    else:
+        print(f"another shard is writing the table {s.out / 'detections.parquet'}")
     if s.table and args.raven is not None:
         print(f"detections: {s.out / 'detections.csv'} (Raven tables in {s.out / 'raven'})")
     return 0
