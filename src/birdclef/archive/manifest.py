@@ -1,0 +1,149 @@
+"""Which recordings an archive holds, which shard does which, and which are done: manifest, shards, journals.
+
+- :func:`discover` walks the archive recursively (following folder symlinks, never twice into one folder)
+  and lists every audio file by its POSIX path relative to the archive, sorted: the manifest is the same
+  wherever and however often it is built. Hidden files and folders (``.x``, e.g. macOS ``._rec.WAV``
+  AppleDouble files on SD cards) are left out; suffixes match case-insensitively (AudioMoth writes ``.WAV``).
+- :func:`in_shard` puts each file in one of ``n`` shards by a hash of its relative path: stable when files
+  are added, the same on every machine (for SLURM job arrays).
+- A :class:`Journal` is one shard's append-only JSON-lines log: a line per finished file (``done`` or
+  ``skipped`` with the reason), with the size and modification time the file had when it was read. A line is
+  appended only after the file's results are in place, so a job killed at any moment loses at most the file
+  it was on. :func:`read_journals` merges every shard's log; an entry counts only while the file still has
+  that size and mtime (a changed file is redone). A torn last line (a kill while appending) is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from birdclef.errors import BirdclefError
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".w64", ".caf")
+"""Files that are analysed (any case)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One recording of the archive: its relative path and identity (size, mtime) when listed."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+def discover(archive: Path, exclude: Path | None = None) -> list[Entry]:
+    """Every audio file under `archive` (module docstring), sorted by relative path; `exclude` is not entered.
+
+    Raises:
+        BirdclefError: `archive` is not a folder, or holds no audio file.
+    """
+    archive = Path(archive)
+    if not archive.is_dir():
+        raise BirdclefError(f"{archive}: archive folder not found")
+    skip = exclude.resolve() if exclude is not None else None
+    seen: set[Path] = set()
+    found: list[Entry] = []
+    for root, dirs, files in os.walk(archive, followlinks=True):
+        real = Path(root).resolve()
+        if real in seen or real == skip:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            path = Path(root) / name
+            if name.startswith(".") or path.suffix.lower() not in AUDIO_SUFFIXES or not path.is_file():
+                continue
+            stat = path.stat()
+            found.append(Entry(path.relative_to(archive).as_posix(), stat.st_size, stat.st_mtime_ns))
+    if not found:
+        raise BirdclefError(f"{archive}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in it or its sub-folders")
+    return sorted(found, key=lambda e: e.path)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n), 0 <= i < n.
+
+    Raises:
+        BirdclefError: not of that form.
+    """
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise BirdclefError(f"--shard {text!r}: expected I/N with whole numbers, e.g. 0/4") from None
+    if count < 1 or not 0 <= index < count:
+        raise BirdclefError(f"--shard {text!r}: need 0 <= I < N, e.g. 0/4 ... 3/4")
+    return index, count
+
+
+def in_shard(path: str, index: int, count: int) -> bool:
+    """Whether relative `path` belongs to shard `index` of `count` (by its SHA-1: stable, machine independent)."""
+    return int(hashlib.sha1(path.encode()).hexdigest(), 16) % count == index
+
+
+@dataclass(frozen=True)
+class Record:
+    """One journal line."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    status: str
+    """done | skipped"""
+    reason: str = ""
+    windows: int = 0
+    audio_s: float = 0.0
+
+    def matches(self, entry: Entry) -> bool:
+        return (self.path, self.size, self.mtime_ns) == (entry.path, entry.size, entry.mtime_ns)
+
+
+class Journal:
+    """Append-only log of one shard (module docstring); each line is flushed and fsynced."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file() and self.path.stat().st_size:
+            with open(self.path, "rb+") as f:  # a line torn by a kill: end it, so the next record starts afresh
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+
+    def append(self, record: Record) -> None:
+        line = json.dumps(asdict(record)) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:  # one small write: a kill tears at most this line
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _read_lines(path: Path) -> list[Record]:
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(Record(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError):
+            continue  # a line torn by a kill
+    return records
+
+
+def read_journals(folder: Path, entries: list[Entry]) -> dict[str, Record]:
+    """relative path -> its record in the shards' journals under `folder` that still matches the file.
+
+    A ``done`` record wins over ``skipped`` ones; otherwise the last line read counts.
+    """
+    current = {e.path: e for e in entries}
+    latest: dict[str, Record] = {}
+    for journal in sorted(Path(folder).glob("*.jsonl")):
+        for record in _read_lines(journal):
+            entry = current.get(record.path)
+            known = latest.get(record.path)
+            if entry is not None and record.matches(entry) and not (known and known.status == "done"):
+                latest[record.path] = record  # a done file stays done; a later try of a skipped one counts
+    return latest
