@@ -329,3 +329,19 @@ def test_demo_on_real_data_trains_the_birdnet_head(tiny_dataset: Path, tmp_path:
     assert classes == ["syn00", "syn01", "syn02"] and np.isfinite(sub[classes].to_numpy()).all()
     score = evaluate_submission(out / "submission.csv", tiny_dataset / "solution.csv").score
     assert f"macro ROC-AUC {score:.4f}" in printed
+
+
+def test_analyze_scores_an_archive_with_a_head_run_as_predict_does(head_run: Path, tiny_dataset: Path,
+                                                                    monkeypatch) -> None:
+    _fake_birdnet(monkeypatch)
+    sub_path, out = head_run.parent / "sub-analyze.csv", head_run.parent / "archive-out"
+    folder = tiny_dataset / "test_soundscapes"
+    assert main(["predict", "--run", str(head_run), "--soundscapes", str(folder), "--out", str(sub_path),
+                 "--no-progress", "--num-workers", "0"]) == 0
+    assert main(["analyze", str(folder), "--run", str(head_run), "--out", str(out), "--no-progress"]) == 0
+    table = pd.read_parquet(out / "detections.parquet")
+    sub = pd.read_csv(sub_path)
+    assert len(table) == len(sub) == 2 and table["start_s"].tolist() == [0.0, 5.0]
+    # 3 classes: the run's power adjustment keeps the top 30 as they are, so raw analyze = predict
+    np.testing.assert_allclose(table[["syn00", "syn01", "syn02"]].to_numpy(),
+                               sub[["syn00", "syn01", "syn02"]].to_numpy(), rtol=0, atol=1e-6)

@@ -10,6 +10,7 @@ numbers ``predict`` gives its row. Members' raw per-run probabilities are blende
 
 Supported: :class:`~birdclef.infer.predict.TorchPredictor` (one member per run),
 :class:`~birdclef.export.runtime.ExportedPredictor`, :class:`~birdclef.birdnet.predictor.BirdnetPredictor`,
+:class:`~birdclef.birdnet.head.HeadPredictor` (and :class:`~birdclef.birdnet.head.RunsBlend` of runs and heads),
 :class:`~birdclef.infer.blend.BlendPredictor` of those, and :class:`~birdclef.infer.blend.FilledPredictor`.
 
 Example:
@@ -110,9 +111,11 @@ def _members(predictor) -> list[Member]:
     from birdclef.infer.blend import BlendPredictor
 
     if isinstance(predictor, BlendPredictor):
-        return [m for member in predictor.members for m in _members(member)]
-    if isinstance(predictor, BirdnetPredictor):
-        return _birdnet_members(predictor)
+        flat = [m for member in predictor.members for m in _members(member)]
+        order = getattr(predictor, "order", None)  # a RunsBlend gives its runs back in the order given
+        return flat if order is None else [flat[k] for k in order]
+    if isinstance(predictor, BirdnetPredictor) or type(predictor).__name__ == "HeadPredictor":
+        return _birdnet_members(predictor)  # 5 s rows from 3 s chunks inside them: no context
     if hasattr(predictor, "ensembles"):  # TorchPredictor (imported lazily: no torch for the others)
         return _torch_members(predictor)
     if hasattr(predictor, "predict_windows") and hasattr(predictor, "window_s"):  # ExportedPredictor
