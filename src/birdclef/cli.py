@@ -18,7 +18,7 @@ from birdclef.errors import BirdclefError
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {}
 OUT_KINDS = {"prepare": "folder", "evaluate": "file", "synth": "folder", "train": "folder", "predict": "file",
              "report": "folder", "demo": "folder", "export": "folder", "package": "folder", "blend": "file",
-             "embed": "file", "analyze": "folder"}
+             "embed": "file", "analyze": "folder", "thresholds": "file", "summarize": "folder"}
 """What each verb's ``--out`` must be; :func:`main` checks it (utils.io.check_output) before the verb runs."""
 
 
@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", action="store_true", help="only merge the finished shards into detections.parquet")
     p.add_argument("--raven", type=float, default=None, metavar="THRESHOLD",
                    help="with the table, write Raven Pro selection tables and detections.csv of windows >= THRESHOLD")
+    p.add_argument("--thresholds", type=Path, default=None, metavar="CSV",
+                   help="like --raven, with per-class thresholds (a `birdclef thresholds` CSV)")
     p.add_argument("--engine", choices=["plain", "dask"], default="plain")
     p.add_argument("--scheduler", default="local", help="with --engine dask: local, or a scheduler address")
     p.add_argument("--workers", type=int, default=2, help="with --scheduler local: worker processes")
@@ -192,6 +194,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--backend", choices=["onnx", "openvino"], default=None)
     p.add_argument("--wheel-dir", type=Path, default=None, help="take wheels from here instead of the registry")
+
+    p = sub.add_parser("thresholds", help="per-class thresholds reaching a precision (or maximising F1) on a labelled submission")
+    p.add_argument("--submission", type=Path, required=True, help="submission CSV (row_id, one column per class)")
+    p.add_argument("--solution", type=Path, required=True, help="0/1 solution CSV of the same rows and classes")
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--precision", type=float, help="lowest threshold whose precision reaches this")
+    goal.add_argument("--f1", action="store_true", help="the F1-maximising threshold")
+    p.add_argument("--out", type=Path, required=True, help="thresholds CSV (for analyze --thresholds)")
+
+    p = sub.add_parser("summarize", help="detections per class per hour or day of an analysed archive: CSV and heatmap")
+    p.add_argument("results", type=Path, help="results folder of birdclef analyze")
+    p.add_argument("--by", choices=["hour", "day"], default="hour")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="merge events from detections.parquet at this threshold (default: read detections.csv)")
+    p.add_argument("--thresholds", type=Path, default=None, metavar="CSV",
+                   help="as --threshold, per class (a `birdclef thresholds` CSV)")
+    p.add_argument("--out", type=Path, default=None, help="summary folder (default RESULTS/summary)")
 
     p = sub.add_parser("blend", help="weighted blend of submission CSVs aligned on row_id")
     p.add_argument("csvs", type=Path, nargs="+")
@@ -398,11 +417,13 @@ def _analyze(args: argparse.Namespace) -> int:
     from birdclef.archive.predictors import build_predictor
     from birdclef.infer.analyze import analyze_archive, merge_results, write_raven
 
+    raven = _raven_threshold(args)
     if args.merge:
         entries = discover(args.archive, exclude=args.out)
         print(f"table: {merge_results(args.out, entries)}")
-        if args.raven is not None:
-            print(f"detections: {write_raven(args.out, entries, args.raven)} (Raven tables in {args.out / 'raven'})")
+        if raven is not None:
+            print(f"detections: {write_raven(args.out, entries, raven)} (Raven tables in {args.out / 'raven'})")
+            _undetected(args.out / "detections.parquet", raven)
         return 0
     shard = parse_shard(args.shard)
     if not args.archive.is_dir():  # before loading any model
@@ -411,7 +432,7 @@ def _analyze(args: argparse.Namespace) -> int:
     s = analyze_archive(args.archive, args.out, predictor, rebuild=partial(build_predictor, args), hop_s=args.hop,
                         block_s=args.block_s, postprocess=args.postprocess, shard=shard, engine=args.engine,
                         scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress,
-                        raven=args.raven)
+                        raven=raven)
     print(f"analysed {s.analysed} recordings ({s.audio_s / 3600:.2f} h of audio) of shard {args.shard} in "
           f"{s.elapsed_s:.1f} s; {s.resumed} were already done; results: {s.out / 'files'}")
     if s.skipped:
@@ -423,8 +444,68 @@ def _analyze(args: argparse.Namespace) -> int:
               "(or run with --merge)")
     else:
         print(f"another shard is writing the table {s.out / 'detections.parquet'}")
-    if s.table and args.raven is not None:
+    if s.table and raven is not None:
         print(f"detections: {s.out / 'detections.csv'} (Raven tables in {s.out / 'raven'})")
+        _undetected(s.table, raven)
+    return 0
+
+
+def _raven_threshold(args: argparse.Namespace) -> float | dict[str, float] | None:
+    """--raven's number, or --thresholds' {class: threshold}, or None."""
+    if args.thresholds is None:
+        return args.raven
+    if args.raven is not None:
+        raise BirdclefError("give --raven THRESHOLD or --thresholds CSV, not both")
+    from birdclef.eval.thresholds import read_thresholds
+
+    return read_thresholds(args.thresholds)
+
+
+def _undetected(table: Path, raven: float | dict[str, float]) -> None:
+    """Say which classes of the table per-class thresholds leave undetected."""
+    if not isinstance(raven, dict):
+        return
+    import pyarrow.parquet as pq
+
+    from birdclef.archive.file import KEY_COLUMNS
+
+    left = [c for c in pq.read_schema(table).names if c not in KEY_COLUMNS and c not in raven]
+    if left:
+        print(f"{len(left)} classes have no threshold and are not detected: {', '.join(left)}")
+
+
+@verb("thresholds")
+def _thresholds(args: argparse.Namespace) -> int:
+    from birdclef.eval.thresholds import thresholds_from_csv
+    from birdclef.utils.io import write_csv_atomic
+
+    fit = thresholds_from_csv(args.submission, args.solution, None if args.f1 else args.precision)
+    print(f"thresholds: {write_csv_atomic(fit.table, args.out)} "
+          f"({int(fit.table['threshold'].notna().sum())} of {len(fit.table)} classes)")
+    if fit.never_reached:
+        print(f"{len(fit.never_reached)} classes never reach precision {args.precision:g}: "
+              f"{', '.join(fit.never_reached)}")
+    if fit.no_positives:
+        print(f"{len(fit.no_positives)} classes have no positive rows: {', '.join(fit.no_positives)}")
+    return 0
+
+
+@verb("summarize")
+def _summarize(args: argparse.Namespace) -> int:
+    from birdclef.archive.summary import summarize
+
+    if args.threshold is not None and args.thresholds is not None:
+        raise BirdclefError("give --threshold or --thresholds, not both")
+    threshold = args.threshold
+    if args.thresholds is not None:
+        from birdclef.eval.thresholds import read_thresholds
+
+        threshold = read_thresholds(args.thresholds)
+    s = summarize(args.results, args.out, args.by, threshold)
+    print(f"{s.n_events} detections per class per {args.by}: {s.table}; plot: {s.plot}")
+    if s.unknown_files:
+        print(f"{len(s.unknown_files)} recordings ({s.unknown_events} detections) have no YYYYMMDD_HHMMSS time in "
+              f"their name: counted under 'unknown'")
     return 0
 
 

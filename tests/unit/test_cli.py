@@ -79,6 +79,8 @@ OUT_VERBS = {
     "package": (["package", "--model", "nomodel"], "folder"),
     "blend": (["blend", "a.csv", "b.csv"], "file"),
     "embed": (["embed", "--audio", "noaudio"], "file"),
+    "thresholds": (["thresholds", "--submission", "a.csv", "--solution", "b.csv", "--f1"], "file"),
+    "summarize": (["summarize", "noresults"], "folder"),
 }
 
 

@@ -3,7 +3,9 @@
 For each recording and class, a run of consecutive windows scoring at least `threshold`, each overlapping or
 touching the next (next start <= this end; a hop over 5 s leaves gaps), becomes one event from the first
 window's start to the last one's end (cut at the recording's end), scored by the maximum of its windows. A
-window below the threshold ends the event. NaN (a class no model scores) never detects.
+window below the threshold ends the event. NaN (a class no model scores) never detects. The threshold is one
+number for every class, or one per class (``analyze --thresholds``, from ``birdclef thresholds``): a class
+without one is not detected.
 
 Written under the results folder:
 
@@ -15,6 +17,7 @@ Written under the results folder:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -30,25 +33,30 @@ RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)
 EVENT_COLUMNS = ["path", "species", "start_s", "end_s", "score"]
 
 
-def merge_events(table: pd.DataFrame, threshold: float, duration_s: float | None = None) -> pd.DataFrame:
+Threshold = float | Mapping[str, float]
+"""One threshold for every class, or {class: threshold} (classes not in it are not detected)."""
+
+
+def merge_events(table: pd.DataFrame, threshold: Threshold, duration_s: float | None = None) -> pd.DataFrame:
     """Events (module docstring) of one recording's result table, ordered by start then class order.
 
     Args:
         table: ``path, start_s, end_s`` and one score column per class, rows in time order.
-        threshold: minimum window score of a detection.
+        threshold: minimum window score of a detection, one for all classes or per class (:data:`Threshold`).
         duration_s: the recording's length; event ends are cut there (None: not cut).
 
     Returns:
         DataFrame of :data:`EVENT_COLUMNS`.
     """
-    if not 0.0 < threshold <= 1.0:
+    per_class = isinstance(threshold, Mapping)
+    if not per_class and not 0.0 < threshold <= 1.0:
         raise BirdclefError(f"--raven threshold must be in (0, 1], got {threshold}")
     starts, ends = table["start_s"].to_numpy(), table["end_s"].to_numpy()
     path = table["path"].iloc[0] if len(table) else ""
     rows = []
-    for species in (c for c in table.columns if c not in KEY_COLUMNS):
+    for species in (c for c in table.columns if c not in KEY_COLUMNS and (not per_class or c in threshold)):
         scores = table[species].to_numpy(np.float64)
-        hit = np.flatnonzero(np.nan_to_num(scores, nan=-1.0) >= threshold)
+        hit = np.flatnonzero(np.nan_to_num(scores, nan=-1.0) >= (threshold[species] if per_class else threshold))
         if not len(hit):
             continue
         # a new event where the previous hit is not the previous window or ends before this one starts
@@ -70,13 +78,13 @@ def raven_table(events: pd.DataFrame, high_hz: float, low_hz: float = 0.0) -> pd
         "Score": events["score"].round(4)}, columns=RAVEN_COLUMNS)
 
 
-def write_detections(out: Path, parts: list[tuple[str, Path, float]], threshold: float, high_hz: float) -> Path:
+def write_detections(out: Path, parts: list[tuple[str, Path, float]], threshold: Threshold, high_hz: float) -> Path:
     """Write ``raven/`` and ``detections.csv`` (module docstring) from the finished recordings' tables.
 
     Args:
         out: results folder.
         parts: (relative path, its result table, its duration in s) per finished recording, in manifest order.
-        threshold: minimum window score of a detection.
+        threshold: minimum window score of a detection, one for all classes or per class (:data:`Threshold`).
         high_hz: the selections' upper frequency (e.g. the model's Nyquist frequency).
 
     Returns:

@@ -29,7 +29,7 @@ import glob
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -124,7 +124,7 @@ def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float
                     block_s: float = 60.0, postprocess: bool = False, shard: tuple[int, int] = (0, 1),
                     engine: str = "plain", scheduler: str = "local", workers: int = 2, progress: bool = True,
                     merge: bool = True, rebuild: Callable[[], Predictor] | None = None,
-                    raven: float | None = None) -> AnalyzeSummary:
+                    raven: float | Mapping[str, float] | None = None) -> AnalyzeSummary:
     """Analyse every recording of this shard of `archive` into `out` (module docstring), then merge if all are done.
 
     Args:
@@ -142,7 +142,7 @@ def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float
         rebuild: with dask, builds the same predictor on each worker (once per worker); it must pickle
             (cloudpickle), e.g. ``functools.partial(build_predictor, args)``.
         raven: with the table, also write Raven selection tables and detections.csv of the windows scoring
-            at least this (:mod:`birdclef.archive.raven`).
+            at least this, one number or {class: threshold} (:mod:`birdclef.archive.raven`).
 
     Raises:
         BirdclefError: no recordings; `out` holds results of other settings; this shard is already running;
@@ -181,10 +181,10 @@ def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float
     return summary
 
 
-def _check_args(hop_s: float, block_s: float, raven: float | None, engine: str, rebuild: object) -> None:
+def _check_args(hop_s: float, block_s: float, raven: float | Mapping | None, engine: str, rebuild: object) -> None:
     if hop_s <= 0 or block_s <= 0:
         raise BirdclefError(f"--hop and --block-s must be positive seconds, got {hop_s} and {block_s}")
-    if raven is not None and not 0.0 < raven <= 1.0:
+    if raven is not None and not isinstance(raven, Mapping) and not 0.0 < raven <= 1.0:
         raise BirdclefError(f"--raven threshold must be in (0, 1], got {raven}")
     if engine not in ("plain", "dask"):
         raise BirdclefError(f"--engine {engine!r}: choose plain or dask")
@@ -255,7 +255,7 @@ def merge_results(out: Path, entries: list[Entry] | None = None, records: dict[s
     return target
 
 
-def write_raven(out: Path, entries: list[Entry], threshold: float) -> Path:
+def write_raven(out: Path, entries: list[Entry], threshold: float | Mapping[str, float]) -> Path:
     """Raven selection tables and ``detections.csv`` of every finished recording (:mod:`birdclef.archive.raven`)."""
     from birdclef.archive.raven import write_detections
 
