@@ -114,3 +114,29 @@ def test_mismatched_inputs_are_one_line_errors_naming_the_file(tmp_path: Path, c
     (tmp_path / "t.csv").write_text("species,value\na,0.5\n")
     with pytest.raises(BirdclefError, match=r"t.csv: no 'class', 'threshold' column"):
         read_thresholds(tmp_path / "t.csv")
+
+
+def test_per_class_thresholds_place_a_known_event_in_its_rows(tmp_path: Path):
+    from birdclef.archive.raven import merge_events, write_detections
+
+    windows = pd.DataFrame({"path": "site/r.wav", "start_s": [0.0, 5.0, 10.0, 15.0], "end_s": [5.0, 10.0, 15.0, 20.0],
+                            "aaa": [0.3, 0.35, 0.1, 0.32], "bbb": [0.6, 0.9, 0.95, 0.2], "ccc": [0.99] * 4})
+    events = merge_events(windows, {"aaa": 0.3, "bbb": 0.92})  # ccc: no threshold, never detected
+    assert events.to_dict("list") == {"path": ["site/r.wav"] * 3, "species": ["aaa", "bbb", "aaa"],
+                                      "start_s": [0.0, 10.0, 15.0], "end_s": [10.0, 15.0, 20.0],
+                                      "score": [0.35, 0.95, 0.32]}
+    part = tmp_path / "r.parquet"
+    windows.to_parquet(part)
+    csv = write_detections(tmp_path / "out", [("site/r.wav", part, 18.0)], {"aaa": 0.3, "bbb": 0.92}, 16_000)
+    detections = pd.read_csv(csv)
+    assert detections[["species", "start_s", "end_s"]].values.tolist() == [["aaa", 0.0, 10.0], ["bbb", 10.0, 15.0],
+                                                                           ["aaa", 15.0, 18.0]]
+    raven = pd.read_csv(tmp_path / "out" / "raven" / "site" / "r.wav.selections.txt", sep="\t")
+    assert raven["Species Code"].tolist() == ["aaa", "bbb", "aaa"] and raven["End Time (s)"].tolist()[-1] == 18.0
+
+
+def test_analyze_refuses_raven_with_thresholds(tmp_path: Path, capsys):
+    (tmp_path / "th.csv").write_text("class,threshold\na,0.5\n")
+    assert cli.main(["analyze", str(tmp_path), "--merge", "--raven", "0.5", "--thresholds", str(tmp_path / "th.csv"),
+                     "--out", str(tmp_path / "res")]) == 2
+    assert "--raven THRESHOLD or --thresholds CSV, not both" in capsys.readouterr().err
