@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["onnx", "openvino"], default=None)
     p.add_argument("--wheel-dir", type=Path, default=None, help="take wheels from here instead of the registry")
 
-    p = sub.add_parser("thresholds", help="per-class thresholds reaching a precision (or maximising F1) on a labelled submission")
+    p = sub.add_parser("thresholds", help="per-class thresholds reaching a precision (or maximising F1) "
+                                          "on a labelled submission")
     p.add_argument("--submission", type=Path, required=True, help="submission CSV (row_id, one column per class)")
     p.add_argument("--solution", type=Path, required=True, help="0/1 solution CSV of the same rows and classes")
     goal = p.add_mutually_exclusive_group(required=True)

@@ -98,7 +98,8 @@ def read_thresholds(path: Path) -> dict[str, float]:
         raise BirdclefError(f"{path}: cannot read thresholds CSV ({exc})") from None
     missing = [c for c in ("class", "threshold") if c not in frame.columns]
     if missing:
-        raise BirdclefError(f"{path}: no {', '.join(repr(c) for c in missing)} column (birdclef thresholds writes them)")
+        names = ", ".join(repr(c) for c in missing)
+        raise BirdclefError(f"{path}: no {names} column (birdclef thresholds writes them)")
     repeated = frame.loc[frame["class"].duplicated(), "class"].unique()
     if len(repeated):
         raise BirdclefError(f"{path}: class(es) listed twice: {', '.join(map(str, repeated[:5]))}")
