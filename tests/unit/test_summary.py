@@ -69,6 +69,8 @@ def test_summary_from_the_parquet_table_with_a_threshold(tmp_path: Path):
     s = summarize(tmp_path, tmp_path / "s", "hour", threshold={"robin": 0.5})
     assert pd.read_csv(s.table).values.tolist() == [["robin", "2024-06-01 12:00", 1], ["robin", "2024-06-01 13:00", 1]]
     assert summarize(tmp_path, tmp_path / "s", "hour", threshold=0.6).n_events == 3
+    with pytest.raises(BirdclefError, match=r"threshold \(--raven, --threshold\) must be in \(0, 1\], got 1.5"):
+        summarize(tmp_path, tmp_path / "s", "hour", threshold=1.5)
 
 
 def test_missing_inputs_are_one_line_errors(tmp_path: Path, capsys):

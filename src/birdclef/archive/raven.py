@@ -50,7 +50,7 @@ def merge_events(table: pd.DataFrame, threshold: Threshold, duration_s: float | 
     """
     per_class = isinstance(threshold, Mapping)
     if not per_class and not 0.0 < threshold <= 1.0:
-        raise BirdclefError(f"--raven threshold must be in (0, 1], got {threshold}")
+        raise BirdclefError(f"detection threshold (--raven, --threshold) must be in (0, 1], got {threshold}")
     starts, ends = table["start_s"].to_numpy(), table["end_s"].to_numpy()
     path = table["path"].iloc[0] if len(table) else ""
     rows = []
