@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with the table, write Raven Pro selection tables and detections.csv of windows >= THRESHOLD")
     p.add_argument("--thresholds", type=Path, default=None, metavar="CSV",
                    help="like --raven, with per-class thresholds (a `birdclef thresholds` CSV)")
+    p.add_argument("--embeddings", action="store_true",
+                   help="with BirdNET: also write each window's 1024 BirdNET embedding floats (results/embeddings/)")
     p.add_argument("--engine", choices=["plain", "dask"], default="plain")
     p.add_argument("--scheduler", default="local", help="with --engine dask: local, or a scheduler address")
     p.add_argument("--workers", type=int, default=2, help="with --scheduler local: worker processes")
@@ -429,17 +431,19 @@ def _analyze(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard)
     if not args.archive.is_dir():  # before loading any model
         raise BirdclefError(f"{args.archive}: archive folder not found")
+    if args.embeddings and args.model is not None:
+        raise BirdclefError("--embeddings needs BirdNET (--birdnet, alone or with --run); --model has none")
     predictor = build_predictor(args, report=True)  # Dask workers rebuild it from the same flags
     s = analyze_archive(args.archive, args.out, predictor, rebuild=partial(build_predictor, args), hop_s=args.hop,
                         block_s=args.block_s, postprocess=args.postprocess, shard=shard, engine=args.engine,
                         scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress,
-                        raven=raven)
+                        raven=raven, embeddings=args.embeddings)
     print(f"analysed {s.analysed} recordings ({s.audio_s / 3600:.2f} h of audio) of shard {args.shard} in "
           f"{s.elapsed_s:.1f} s; {s.resumed} were already done; results: {s.out / 'files'}")
     if s.skipped:
         print(f"skipped {len(s.skipped)} broken recordings: see {s.out / 'skipped.csv'}")
     if s.table:
-        print(f"table: {s.table}")
+        print(f"table: {s.table}" + (f"; embeddings: {s.out / 'embeddings.parquet'}" if args.embeddings else ""))
     elif s.pending:
         print(f"{s.pending} of {s.n_files} recordings are left to other shards; the last to finish writes the table "
               "(or run with --merge)")

@@ -9,10 +9,15 @@ to a temporary file and renamed into place only when the whole file is done
 
 Table: ``path`` (the relative path given), ``start_s``, ``end_s`` (seconds from the file's start), then one
 float32 column per class (NaN where no model scores the class, e.g. BirdNET's unknown classes).
+
+With an embeddings destination, a second table with the same keys holds each window's BirdNET embedding
+(``emb_0 ..``, float32: the mean of the 3 s chunk embeddings whose scores make the window's row), from the
+same model pass; both tables are renamed into place only when the file is done.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +59,12 @@ def result_schema(classes: list[str]) -> pa.Schema:
                      + [(c, pa.float32()) for c in classes])
 
 
+def embedding_schema(dims: int) -> pa.Schema:
+    """Parquet schema of an embedding table: the key columns, then ``emb_0 .. emb_{dims-1}`` float32."""
+    return pa.schema([("path", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64())]
+                     + [(f"emb_{j}", pa.float32()) for j in range(dims)])
+
+
 class _Windows:
     """Cuts each member's spans for windows [first, stop) out of the rate buffers, and drops used audio."""
 
@@ -69,7 +80,8 @@ class _Windows:
         return all(self.start(stop - 1, m.sample_rate) - m.lead + m.length <= self.buffers[m.sample_rate].end
                    for m in self.scorer.members)
 
-    def score(self, first: int, stop: int) -> np.ndarray:
+    def score(self, first: int, stop: int, embeddings: bool = False):
+        """(N, K) probabilities of windows [first, stop); with `embeddings`, also their (N, D) embeddings."""
         spans = []
         for m in self.scorer.members:
             buf = self.buffers[m.sample_rate]
@@ -77,7 +89,7 @@ class _Windows:
             spans.append(np.stack([buf.take(s, s + m.length) for s in starts]))
         for rate, buf in self.buffers.items():  # later windows need nothing before their own spans
             buf.drop_before(min(self.start(stop, rate) - m.lead for m in self.scorer.members if m.sample_rate == rate))
-        return self.scorer.score(spans)
+        return self.scorer.score_with_embeddings(spans) if embeddings else self.scorer.score(spans)
 
 
 class GroupedWriter:
@@ -88,7 +100,7 @@ class GroupedWriter:
     """
 
     def __init__(self, where: Path, schema: pa.Schema, rows: int = 8_192):
-        self.writer, self.rows = pq.ParquetWriter(where, schema), rows
+        self.writer, self.rows, self.schema = pq.ParquetWriter(where, schema), rows, schema
         self.pending: list[pa.Table] = []
 
     def write(self, table: pa.Table) -> None:
@@ -117,7 +129,7 @@ def _table(schema: pa.Schema, rel: str, starts: np.ndarray, probs: np.ndarray) -
 
 
 def analyze_file(scorer: WindowScorer, source: Path, rel: str, dest: Path, hop_s: float = 5.0,
-                 block_s: float = 60.0) -> FileResult:
+                 block_s: float = 60.0, embeddings_dest: Path | None = None) -> FileResult:
     """Score every window of `source` and write the table (module docstring) to `dest` atomically.
 
     Args:
@@ -127,21 +139,33 @@ def analyze_file(scorer: WindowScorer, source: Path, rel: str, dest: Path, hop_s
         dest: the Parquet file to write.
         hop_s: seconds between window starts.
         block_s: seconds of windows scored (and held in memory) at a time.
+        embeddings_dest: also write the windows' BirdNET embeddings here (same keys; needs a BirdNET member).
 
     Raises:
         AudioError: the file cannot be decoded (see :func:`~birdclef.audio.stream.open_stream`); `dest`
-            is then left as it was.
+            (and `embeddings_dest`) are then left as they were.
     """
     per_block = max(1, int(round(block_s / hop_s)))
     schema = result_schema(scorer.classes)
     native_rate, blocks = open_stream(source)  # header checks: AudioError before any output is created
     windows = _Windows(scorer, native_rate, hop_s)
     done, frames = 0, 0
-    with atomic_path(dest) as tmp, GroupedWriter(tmp, schema) as writer:
+    with ExitStack() as stack:
+        writer = stack.enter_context(GroupedWriter(stack.enter_context(atomic_path(dest)), schema))
+        emb_tmp = None if embeddings_dest is None else stack.enter_context(atomic_path(embeddings_dest))
+        emb_writer: list[GroupedWriter] = []  # opened on the first block, when the embedding size is known
+
         def flush(stop: int) -> None:
             nonlocal done
             starts = np.round(np.arange(done, stop) * hop_s, 6)
-            writer.write(_table(schema, rel, starts, windows.score(done, stop)))
+            if emb_tmp is None:
+                writer.write(_table(schema, rel, starts, windows.score(done, stop)))
+            else:
+                probs, emb = windows.score(done, stop, embeddings=True)
+                writer.write(_table(schema, rel, starts, probs))
+                if not emb_writer:  # closed before its file is renamed (ExitStack unwinds last-in first)
+                    emb_writer.append(stack.enter_context(GroupedWriter(emb_tmp, embedding_schema(emb.shape[1]))))
+                emb_writer[0].write(_table(emb_writer[0].schema, rel, starts, emb))
             done = stop
 
         for block in blocks:
@@ -156,4 +180,3 @@ def analyze_file(scorer: WindowScorer, source: Path, rel: str, dest: Path, hop_s
         while done < total:
             flush(min(done + per_block, total))
     return FileResult(total, frames / native_rate)
-

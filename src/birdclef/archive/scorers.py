@@ -47,6 +47,8 @@ class Member:
     """Samples per span."""
     score: Callable[[np.ndarray], list[np.ndarray]]
     runs: int = 1
+    embed: Callable[[np.ndarray], tuple[list[np.ndarray], np.ndarray]] | None = None
+    """Like `score`, plus (N, D) float32 embeddings of the windows from the same pass (BirdNET only)."""
 
 
 def span(sample_rate: int, window_s: float) -> tuple[int, int]:
@@ -67,9 +69,30 @@ class WindowScorer:
     fill: float | None = None
     """Value for cells no member scores (None: leave NaN)."""
 
+    @property
+    def embedder(self) -> int | None:
+        """Index of the member giving embeddings (the first BirdNET one), or None."""
+        return next((i for i, m in enumerate(self.members) if m.embed is not None), None)
+
     def score(self, spans: Sequence[np.ndarray]) -> np.ndarray:
         """(N, K) float32 probabilities from each member's (N, length) spans (one array per member)."""
-        per_run = [probs for member, windows in zip(self.members, spans) for probs in member.score(windows)]
+        return self._blend([probs for member, windows in zip(self.members, spans) for probs in member.score(windows)])
+
+    def score_with_embeddings(self, spans: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`score` and the (N, D) float32 embeddings of the :attr:`embedder` member (one model pass)."""
+        which = self.embedder
+        if which is None:
+            raise BirdclefError("embeddings need a BirdNET member (--birdnet); these models have none")
+        per_run, embeddings = [], None
+        for k, (member, windows) in enumerate(zip(self.members, spans)):
+            if k == which:
+                runs, embeddings = member.embed(windows)
+            else:
+                runs = member.score(windows)
+            per_run += runs
+        return self._blend(per_run), embeddings
+
+    def _blend(self, per_run: list[np.ndarray]) -> np.ndarray:
         blended = np.asarray(combine_runs(per_run, self.weights, self.config), dtype=np.float64)
         if self.fill is not None:
             blended = np.where(np.isnan(blended), self.fill, blended)
@@ -103,7 +126,13 @@ def _birdnet_members(predictor) -> list[Member]:
         # Rows laid end to end are a wave whose 5 s rows are exactly these windows: BirdNET hears no context.
         return [predictor.predict_rows(windows.reshape(-1), len(windows))]
 
-    return [Member(predictor.sample_rate, *span(predictor.sample_rate, ROW_WINDOW_S), score)]
+    def embed(windows: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        probs, embeddings = predictor.predict_rows_with_embeddings(windows.reshape(-1), len(windows))
+        return [probs], embeddings
+
+    can_embed = hasattr(predictor, "predict_rows_with_embeddings") and hasattr(predictor.model, "infer")
+    return [Member(predictor.sample_rate, *span(predictor.sample_rate, ROW_WINDOW_S), score,
+                   embed=embed if can_embed else None)]
 
 
 def _members(predictor) -> list[Member]:

@@ -88,7 +88,18 @@ class BirdnetPredictor:
     def predict_rows(self, wave: np.ndarray, n_rows: int) -> np.ndarray:
         """(n_rows, K) pooled probabilities of a 48 kHz wave, before post-processing; NaN for unknown classes."""
         chunks = row_chunks(wave, self.sample_rate, n_rows, self.offsets)
-        probs = expit(self.model.logits(chunks).astype(np.float64))  # (n_rows * C, n_labels)
+        return self._pooled(self.model.logits(chunks), n_rows)
+
+    def predict_rows_with_embeddings(self, wave: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_rows` and, from the same BirdNET pass, each row's (n_rows, 1024) float32 embedding:
+        the mean of its chunks' embeddings (the chunks its scores pool). Needs a model with ``infer``."""
+        chunks = row_chunks(wave, self.sample_rate, n_rows, self.offsets)
+        logits, embeddings = self.model.infer(chunks)
+        per_row = np.asarray(embeddings).reshape(n_rows, len(self.offsets), -1)
+        return self._pooled(logits, n_rows), per_row.mean(axis=1, dtype=np.float64).astype(np.float32)
+
+    def _pooled(self, logits: np.ndarray, n_rows: int) -> np.ndarray:
+        probs = expit(logits.astype(np.float64))  # (n_rows * C, n_labels)
         return self.mapping.select(pool_rows(probs, n_rows, self.config.birdnet_pool)).astype(np.float64)
 
     def predict_runs(self, wave: np.ndarray) -> list[np.ndarray]:

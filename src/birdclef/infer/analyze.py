@@ -10,6 +10,8 @@ than a minute; its 5 s windows start every ``hop_s`` seconds. Results go to the 
     out/journal/shard-I-of-N.jsonl    what each shard finished (done / skipped with the reason)
     out/skipped.csv                   recordings that could not be decoded, with the reason
     out/detections.parquet            all files' tables in manifest order, once every file is done
+    out/embeddings/<relative path>.parquet, out/embeddings.parquet   with ``embeddings=True``: the same keys
+                                      and each window's BirdNET embedding (:mod:`birdclef.archive.file`)
 
 Keys are (path relative to the archive, start_s, end_s), so two files of one name in different folders never
 collide. A re-run (after a crash, a kill -9, or on more files) redoes only the files with no matching journal
@@ -21,6 +23,9 @@ per-file work as Dask tasks (:mod:`birdclef.archive.dask_engine`). Every way giv
 Scores are raw probabilities by default (no smoothing, no power adjustment): an ecologist thresholds them, and
 those steps are rank tricks for the competition's metric, not calibration. ``postprocess=True`` applies the
 predictor's configured steps to each block of ``block_s`` seconds of windows.
+
+With ``embeddings=True`` a file is finished only when both its tables are in place (they are written in one
+step, so one exists without the other only after a kill between the two renames; the file is then redone).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from birdclef.archive.file import GroupedWriter, analyze_file, result_schema
+from birdclef.archive.file import GroupedWriter, analyze_file, embedding_schema, result_schema
 from birdclef.archive.manifest import Entry, Journal, Record, discover, in_shard, read_journals
 from birdclef.archive.scorers import WindowScorer, window_scorer
 from birdclef.errors import AudioError, BirdclefError
@@ -46,6 +51,7 @@ from birdclef.infer.base import Predictor
 from birdclef.utils.io import atomic_path, exclusive_lock, read_json, write_csv_atomic, write_json_atomic
 
 TABLE = "detections.parquet"
+EMBEDDINGS = "embeddings.parquet"
 
 
 @dataclass
@@ -77,6 +83,7 @@ class Job:
     out: Path
     hop_s: float
     block_s: float
+    embeddings: bool = False
 
 
 def part_path(out: Path, rel: str) -> Path:
@@ -84,23 +91,39 @@ def part_path(out: Path, rel: str) -> Path:
     return Path(out) / "files" / f"{rel}.parquet"
 
 
+def embedding_path(out: Path, rel: str) -> Path:
+    """Where one recording's embedding table goes: ``out/embeddings/<relative path>.parquet``."""
+    return Path(out) / "embeddings" / f"{rel}.parquet"
+
+
 def process_entry(scorer: WindowScorer, job: Job, entry: Entry) -> Record:
     """Analyse one recording into its table; an undecodable one becomes a ``skipped`` record, never an error."""
     dest = part_path(job.out, entry.path)
-    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.tmp"):  # left by a run killed on this file
-        stale.unlink(missing_ok=True)
+    emb_dest = embedding_path(job.out, entry.path) if job.embeddings else None
+    for target in (dest, emb_dest) if emb_dest else (dest,):
+        for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):  # left by a run killed on this file
+            stale.unlink(missing_ok=True)
     try:
-        result = analyze_file(scorer, job.archive / entry.path, entry.path, part_path(job.out, entry.path),
-                              job.hop_s, job.block_s)
+        extra = {} if emb_dest is None else {"embeddings_dest": emb_dest}
+        result = analyze_file(scorer, job.archive / entry.path, entry.path, dest, job.hop_s, job.block_s, **extra)
     except AudioError as exc:
         return Record(entry.path, entry.size, entry.mtime_ns, "skipped", reason=exc.reason)
     return Record(entry.path, entry.size, entry.mtime_ns, "done", windows=result.windows, audio_s=result.audio_s)
 
 
-def _settings(predictor: Predictor, hop_s: float, block_s: float, postprocess: bool) -> dict:
-    return {"predictor": predictor.settings(), "sample_rate": predictor.sample_rate, "hop_s": hop_s,
-            "postprocess": postprocess,
-            "block_s": block_s if postprocess else None}  # raw scores do not depend on the block size
+def _settings(predictor: Predictor, hop_s: float, block_s: float, postprocess: bool, embeddings: bool) -> dict:
+    settings = {"predictor": predictor.settings(), "sample_rate": predictor.sample_rate, "hop_s": hop_s,
+                "postprocess": postprocess,
+                "block_s": block_s if postprocess else None}  # raw scores do not depend on the block size
+    if embeddings:  # only when on: folders made before the option keep their settings
+        settings["embeddings"] = True
+    return settings
+
+
+def _embeds(out: Path) -> bool:
+    """Whether the results in `out` carry embedding tables (its settings.json says so)."""
+    path = Path(out) / "settings.json"
+    return path.is_file() and bool(read_json(path).get("embeddings", False))
 
 
 def _check_settings(out: Path, settings: dict) -> str:
@@ -116,15 +139,16 @@ def _check_settings(out: Path, settings: dict) -> str:
 
 def finished(out: Path, entries: list[Entry]) -> dict[str, Record]:
     """The journal records of `entries` still valid: done (with its table in place) or skipped."""
-    records = read_journals(out / "journal", entries)
-    return {p: r for p, r in records.items() if r.status == "skipped" or part_path(out, p).is_file()}
+    records, embeds = read_journals(out / "journal", entries), _embeds(out)
+    return {p: r for p, r in records.items() if r.status == "skipped" or (
+        part_path(out, p).is_file() and (not embeds or embedding_path(out, p).is_file()))}
 
 
 def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float = 5.0,
                     block_s: float = 60.0, postprocess: bool = False, shard: tuple[int, int] = (0, 1),
                     engine: str = "plain", scheduler: str = "local", workers: int = 2, progress: bool = True,
                     merge: bool = True, rebuild: Callable[[], Predictor] | None = None,
-                    raven: float | Mapping[str, float] | None = None) -> AnalyzeSummary:
+                    raven: float | Mapping[str, float] | None = None, embeddings: bool = False) -> AnalyzeSummary:
     """Analyse every recording of this shard of `archive` into `out` (module docstring), then merge if all are done.
 
     Args:
@@ -143,16 +167,21 @@ def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float
             (cloudpickle), e.g. ``functools.partial(build_predictor, args)``.
         raven: with the table, also write Raven selection tables and detections.csv of the windows scoring
             at least this, one number or {class: threshold} (:mod:`birdclef.archive.raven`).
+        embeddings: also write each window's BirdNET embedding (``out/embeddings/``, ``embeddings.parquet``);
+            the predictor must hold BirdNET (alone or in a blend).
 
     Raises:
         BirdclefError: no recordings; `out` holds results of other settings; this shard is already running;
-            a bad hop/block; dask is not installed.
+            a bad hop/block; dask is not installed; `embeddings` without a BirdNET member.
     """
     started, archive, out = time.perf_counter(), Path(archive), Path(out)
     _check_args(hop_s, block_s, raven, engine, rebuild)
+    if embeddings and window_scorer(predictor, postprocess).embedder is None:
+        raise BirdclefError(f"--embeddings needs BirdNET (--birdnet, alone or in a blend); the "
+                            f"{type(predictor).__name__} given has no BirdNET member")
     entries = discover(archive, exclude=out)
     out.mkdir(parents=True, exist_ok=True)
-    key = _check_settings(out, _settings(predictor, hop_s, block_s, postprocess))
+    key = _check_settings(out, _settings(predictor, hop_s, block_s, postprocess, embeddings))
     write_csv_atomic(pd.DataFrame([asdict(e) for e in entries]), out / "manifest.csv")
     index, count = shard
     journal_path = out / "journal" / f"shard-{index}-of-{count}.jsonl"
@@ -164,7 +193,7 @@ def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float
         summary.n_shard, summary.resumed = len(mine), len(mine) - len(todo)
         bar = tqdm(total=len(mine), initial=summary.resumed, desc="analyze", unit="file", disable=not progress)
         record = partial(_record, Journal(journal_path), summary, bar)
-        job = Job(archive, out, hop_s, block_s)
+        job = Job(archive, out, hop_s, block_s, embeddings)
         if engine == "dask":
             from birdclef.archive.dask_engine import run_dask
 
@@ -230,7 +259,8 @@ def write_skipped(out: Path, entries: list[Entry], records: dict[str, Record]) -
 
 
 def merge_results(out: Path, entries: list[Entry] | None = None, records: dict[str, Record] | None = None) -> Path:
-    """Concatenate the finished files' tables, in manifest order, into ``out/detections.parquet`` (streamed).
+    """Concatenate the finished files' tables, in manifest order, into ``out/detections.parquet`` (streamed),
+    and their embedding tables into ``out/embeddings.parquet`` when the run wrote them.
 
     Raises:
         BirdclefError: some recording of the manifest is not finished (the message counts them and names
@@ -246,13 +276,21 @@ def merge_results(out: Path, entries: list[Entry] | None = None, records: dict[s
         raise BirdclefError(f"{out}: {len(missing)} of {len(entries)} recordings are not analysed yet (e.g. "
                             f"{missing[0]}); run the remaining shards first")
     target = out / TABLE
-    with exclusive_lock(target, "birdclef analyze merge"), atomic_path(target) as tmp:
-        done = [e for e in entries if records[e.path].status == "done"]
-        schema = pq.read_schema(part_path(out, done[0].path)) if done else result_schema([])
-        with GroupedWriter(tmp, schema, rows=65_536) as writer:
-            for entry in done:
-                writer.write(pq.ParquetFile(part_path(out, entry.path)).read())
+    done = [e for e in entries if records[e.path].status == "done"]
+    with exclusive_lock(target, "birdclef analyze merge"):
+        _concat(out / TABLE, [part_path(out, e.path) for e in done], result_schema([]))
+        if _embeds(out):
+            _concat(out / EMBEDDINGS, [embedding_path(out, e.path) for e in done], embedding_schema(0))
     return target
+
+
+def _concat(target: Path, parts: list[Path], empty: object) -> None:
+    """Stream `parts` into `target` atomically (schema of the first; `empty` when there are none)."""
+    with atomic_path(target) as tmp:
+        schema = pq.read_schema(parts[0]) if parts else empty
+        with GroupedWriter(tmp, schema, rows=65_536) as writer:
+            for part in parts:
+                writer.write(pq.ParquetFile(part).read())
 
 
 def write_raven(out: Path, entries: list[Entry], threshold: float | Mapping[str, float]) -> Path:
