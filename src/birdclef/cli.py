@@ -7,6 +7,7 @@ User errors (:class:`~birdclef.errors.BirdclefError`) end with a one-line messag
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--submission", type=Path, required=True)
     p.add_argument("--solution", type=Path, required=True)
     p.add_argument("--out", type=Path, default=None, help="also write the report as JSON here (default: print only)")
+    p.add_argument("--taxonomy", type=Path, default=None,
+                   help="taxonomy.csv: also print the macro ROC-AUC per taxon group (its class_name column)")
 
     p = sub.add_parser("synth", help="write a synthetic BirdCLEF-layout dataset with known answers")
     p.add_argument("--out", type=Path, required=True)
@@ -274,8 +277,18 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     report = evaluate_submission(args.submission, args.solution)
     print(report.format_table())
+    record = report.to_dict()
+    if args.taxonomy is not None:
+        from birdclef.eval.metrics import group_scores
+
+        groups = group_scores(report, args.taxonomy)
+        print("per taxon group (macro ROC-AUC of its scored classes):")
+        for row in groups.itertuples():
+            print(f"  {row.group:12} {row.auc:.4f}  ({row.n_scored} of {row.n_classes} classes scored)")
+        record["groups"] = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                            for r in groups.to_dict(orient="records")]
     if args.out is not None:  # never beside the inputs unasked: they may sit in a read-only data folder
-        write_json_atomic(report.to_dict(), args.out)
+        write_json_atomic(record, args.out)
         print(f"report: {args.out}")
     return 0
 

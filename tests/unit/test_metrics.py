@@ -192,3 +192,33 @@ def test_shared_solution_scored_against_itself_is_perfect(shared_data: Path) -> 
     report = evaluate_submission(shared_data / "solution.csv", shared_data / "solution.csv")
     assert report.score == pytest.approx(1.0)
     assert report.n_rows == len(pd.read_csv(shared_data / "solution.csv"))
+
+
+def test_evaluate_scores_each_taxon_group(tmp_path: Path, capsys) -> None:
+    """Per group = the mean AUC of its scored classes; unlisted classes are 'unknown'; bad taxonomy is one line."""
+    from birdclef.cli import main
+    from birdclef.eval.metrics import evaluate_submission, group_scores
+
+    rows = [f"s_{5 * (i + 1)}" for i in range(6)]
+    solution = pd.DataFrame({"row_id": rows, "frog": [1, 0, 1, 0, 0, 0], "bird": [0, 1, 0, 1, 0, 0],
+                             "owl": [0, 0, 0, 0, 1, 1], "bug": [1, 1, 0, 0, 1, 0]})
+    sub = pd.DataFrame({"row_id": rows, "frog": [0.9, 0.1, 0.8, 0.2, 0.3, 0.1],   # AUC 1.0
+                        "bird": [0.2, 0.1, 0.3, 0.4, 0.5, 0.6],                    # AUC 2/8 = 0.25
+                        "owl": [0.1, 0.2, 0.3, 0.4, 0.9, 0.8], "bug": [0.5] * 6})   # 1.0, 0.5
+    taxonomy = pd.DataFrame({"primary_label": ["frog", "bird", "owl"], "class_name": ["Amphibia", "Aves", "Aves"]})
+    for name, frame in (("sol", solution), ("sub", sub), ("tax", taxonomy)):
+        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+    report = evaluate_submission(tmp_path / "sub.csv", tmp_path / "sol.csv")
+    groups = group_scores(report, tmp_path / "tax.csv").set_index("group")
+    expected = {"Amphibia": 1.0, "Aves": (0.25 + 1.0) / 2, "unknown": 0.5}
+    assert groups["auc"].to_dict() == pytest.approx(expected)
+    assert groups["n_classes"].to_dict() == {"Amphibia": 1, "Aves": 2, "unknown": 1}
+    assert main(["evaluate", "--submission", str(tmp_path / "sub.csv"), "--solution", str(tmp_path / "sol.csv"),
+                 "--taxonomy", str(tmp_path / "tax.csv"), "--out", str(tmp_path / "eval.json")]) == 0
+    assert "Aves         0.6250  (2 of 2 classes scored)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "eval.json").read_text())["groups"][1] == {"group": "Aves", "auc": 0.625,
+                                                                            "n_scored": 2, "n_classes": 2}
+    taxonomy.drop(columns="class_name").to_csv(tmp_path / "tax.csv", index=False)
+    assert main(["evaluate", "--submission", str(tmp_path / "sub.csv"), "--solution", str(tmp_path / "sol.csv"),
+                 "--taxonomy", str(tmp_path / "tax.csv")]) == 2
+    assert "tax.csv: no column 'class_name'" in capsys.readouterr().err

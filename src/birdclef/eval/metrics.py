@@ -288,3 +288,29 @@ def evaluate_submission(submission: Path, solution: Path) -> EvalReport:
     per_class = per_class_roc_auc(target, probs, classes)
     n_scored = int(per_class["scored"].sum())
     return EvalReport(score, per_class, len(target), n_scored, len(classes) - n_scored)
+
+
+def group_scores(report: EvalReport, taxonomy: Path, column: str = "class_name") -> pd.DataFrame:
+    """Macro ROC-AUC per taxon group (taxonomy.csv's `column`, e.g. Aves / Amphibia / Insecta).
+
+    A group's score is the mean AUC of its scored classes (the macro score restricted to them); classes the
+    taxonomy does not list form the group ``unknown``.
+
+    Returns:
+        Columns group, auc, n_scored, n_classes; one row per group, sorted by name.
+
+    Raises:
+        SubmissionError: the taxonomy is missing or unreadable, or lacks `column` or ``primary_label``.
+    """
+    table = _read_table(taxonomy, "taxonomy")
+    missing = [c for c in ("primary_label", column) if c not in table.columns]
+    if missing:
+        raise SubmissionError(f"{taxonomy}: no column {missing[0]!r} (needed for per-group scores)")
+    groups = dict(zip(table["primary_label"].astype(str), table[column].fillna("unknown").astype(str)))
+    per_class = report.per_class.assign(group=[groups.get(str(c), "unknown") for c in report.per_class["class"]])
+    rows = []
+    for name, part in per_class.groupby("group", sort=True):
+        scored = part[part["scored"].astype(bool)]
+        rows.append({"group": name, "auc": float(scored["auc"].mean()) if len(scored) else math.nan,
+                     "n_scored": len(scored), "n_classes": len(part)})
+    return pd.DataFrame(rows, columns=["group", "auc", "n_scored", "n_classes"])
