@@ -136,14 +136,13 @@ def _birdnet_members(predictor) -> list[Member]:
 
 
 def _members(predictor) -> list[Member]:
-    from birdclef.birdnet.predictor import BirdnetPredictor
     from birdclef.infer.blend import BlendPredictor
 
     if isinstance(predictor, BlendPredictor):
         flat = [m for member in predictor.members for m in _members(member)]
         order = getattr(predictor, "order", None)  # a RunsBlend gives its runs back in the order given
         return flat if order is None else [flat[k] for k in order]
-    if isinstance(predictor, BirdnetPredictor) or type(predictor).__name__ == "HeadPredictor":
+    if hasattr(predictor, "predict_rows"):  # BirdNET zero-shot or a head run, as BlendPredictor tells them apart
         return _birdnet_members(predictor)  # 5 s rows from 3 s chunks inside them: no context
     if hasattr(predictor, "ensembles"):  # TorchPredictor (imported lazily: no torch for the others)
         return _torch_members(predictor)
