@@ -220,6 +220,14 @@ class TrainConfig:
     embed_copies: int = 4
     """With ``model.freeze_backbone``: background-mixed copies of each training row whose BirdNET embeddings
     are cached besides the clean one (each row mixed with probability ``background_prob``); 0: clean only."""
+    pseudo_ratio: float = 1.0
+    """With ``train --pseudo``: pseudo-labelled soundscape windows drawn per epoch, as a multiple of the
+    number of training clips (1.0: as many as clips; capped by the windows available to the fold)."""
+    pseudo_weight: float = 1.0
+    """Loss weight of a pseudo-labelled window relative to a labelled clip."""
+    pseudo_mix_prob: float = 0.0
+    """With ``train --pseudo``: probability that a training clip gets a random pseudo-labelled soundscape
+    window added to its audio, the targets combined by max (the BirdCLEF 2025 winners' soundscape mixup)."""
     folds: tuple[int, ...] = (0, 1, 2, 3, 4)
     """Which folds to train (any subset of range(data.n_folds))."""
     seed: int = 42
@@ -235,10 +243,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _positive(self, "train", "epochs", "batch_size", "lr", "background_max_files", "devices")
         _check(0 <= self.min_lr <= self.lr, "train.min_lr", f"must be in [0, train.lr={self.lr}], got {self.min_lr}")
-        for name in ("weight_decay", "mixup_alpha", "focal_gamma", "num_workers", "embed_copies"):
+        for name in ("weight_decay", "mixup_alpha", "focal_gamma", "num_workers", "embed_copies", "pseudo_ratio",
+                     "pseudo_weight"):
             _check(getattr(self, name) >= 0, f"train.{name}", f"must be >= 0, got {getattr(self, name)}")
         _check(self.focal_alpha <= 1, "train.focal_alpha", f"must be in [0, 1] (or negative: off), got {self.focal_alpha}")
-        _unit(self, "train", "mixup_prob", "background_prob")
+        _unit(self, "train", "mixup_prob", "background_prob", "pseudo_mix_prob")
         _span(self, "train", "background_gain")
         _check(len(self.folds) > 0, "train.folds", "must name at least one fold")
         _check(len(set(self.folds)) == len(self.folds), "train.folds", f"names a fold twice: {list(self.folds)}")

@@ -1,6 +1,6 @@
 """Multi-label classification losses, registered by name (``train.loss`` in the config).
 
-Every loss is called as ``loss(logits, target, sample_weight=None)``:
+Every loss is called as ``loss(logits, target, sample_weight=None, mask=None)``:
 
 - ``logits``: (B, K) raw scores; ``target``: (B, K) in [0, 1]. Soft targets (mixup blends,
   distillation probabilities, secondary-label weights) are used as they are.
@@ -8,6 +8,9 @@ Every loss is called as ``loss(logits, target, sample_weight=None)``:
   the weighted mean over samples, ``sum_b w_b * l_b / sum_b w_b``, where ``l_b`` is the mean over
   classes, so the loss scale does not depend on the weights' scale. Without weights it is the
   plain mean over all B * K elements.
+- ``mask``: optional (B, K) bool / 0-1: False marks a target nobody knows (a class the pseudo-label
+  teacher cannot score). Masked elements contribute no loss and do not count in the mean: the result
+  is ``sum_bk w_b m_bk l_bk / sum_bk w_b m_bk`` (without a mask, the formula above).
 
 Example:
     >>> loss_fn = create_loss("focal_bce", alpha=0.25, gamma=2.0)
@@ -26,26 +29,35 @@ from birdclef.registry import Registry
 LOSSES: Registry[nn.Module] = Registry("loss")
 
 
-def weighted_mean(elementwise: torch.Tensor, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+def weighted_mean(elementwise: torch.Tensor, sample_weight: torch.Tensor | None = None,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
     """Reduce a (B, K) element-wise loss to a scalar.
 
     Args:
         elementwise: (B, K) loss per sample and class.
         sample_weight: optional (B,) non-negative weights.
+        mask: optional (B, K): nonzero where the target is known; masked elements count for nothing.
 
     Returns:
-        Scalar: the mean over all elements, or ``sum_b w_b * mean_k l_bk / sum_b w_b``.
+        Scalar: ``sum_bk w_b m_bk l_bk / sum_bk w_b m_bk`` (w = 1, m = 1 when not given); 0 when every
+        element is masked.
 
     Raises:
-        ValueError: `sample_weight` is not of shape (B,).
+        ValueError: `sample_weight` is not of shape (B,) or `mask` not of shape (B, K).
     """
-    if sample_weight is None:
+    if sample_weight is None and mask is None:
         return elementwise.mean()
-    if sample_weight.shape != elementwise.shape[:1]:
-        raise ValueError(f"sample_weight must have shape ({elementwise.shape[0]},), got {tuple(sample_weight.shape)}")
-    weight = sample_weight.to(elementwise.dtype)
-    per_sample = elementwise.mean(dim=1)  # (B,)
-    return (weight * per_sample).sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).eps)
+    weight = torch.ones_like(elementwise)
+    if sample_weight is not None:
+        if sample_weight.shape != elementwise.shape[:1]:
+            raise ValueError(f"sample_weight must have shape ({elementwise.shape[0]},), "
+                             f"got {tuple(sample_weight.shape)}")
+        weight = weight * sample_weight.to(elementwise.dtype)[:, None]
+    if mask is not None:
+        if mask.shape != elementwise.shape:
+            raise ValueError(f"mask must have shape {tuple(elementwise.shape)}, got {tuple(mask.shape)}")
+        weight = weight * mask.to(elementwise.dtype)
+    return (weight * elementwise).sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).eps)
 
 
 def _check_shapes(logits: torch.Tensor, target: torch.Tensor) -> None:
@@ -85,12 +97,12 @@ def sigmoid_focal_elementwise(logits: torch.Tensor, target: torch.Tensor, alpha:
 class BCELoss(nn.Module):
     """Binary cross-entropy with logits, mean over elements (or sample-weighted, see module doc)."""
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor,
-                sample_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, K) logits and targets, optional (B,) weights -> scalar loss."""
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, K) logits and targets, optional (B,) weights and (B, K) mask -> scalar loss."""
         _check_shapes(logits, target)
         bce = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none")
-        return weighted_mean(bce, sample_weight)
+        return weighted_mean(bce, sample_weight, mask)
 
 
 @LOSSES.register("focal")
@@ -108,11 +120,11 @@ class FocalLoss(nn.Module):
             raise ValueError(f"focal gamma must be >= 0, got {gamma}")
         self.alpha, self.gamma = alpha, gamma
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor,
-                sample_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, K) logits and targets, optional (B,) weights -> scalar loss."""
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, K) logits and targets, optional (B,) weights and (B, K) mask -> scalar loss."""
         _check_shapes(logits, target)
-        return weighted_mean(sigmoid_focal_elementwise(logits, target, self.alpha, self.gamma), sample_weight)
+        return weighted_mean(sigmoid_focal_elementwise(logits, target, self.alpha, self.gamma), sample_weight, mask)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, gamma={self.gamma}"
@@ -135,11 +147,11 @@ class FocalBCELoss(nn.Module):
         self.focal = FocalLoss(alpha, gamma)
         self.bce_weight, self.focal_weight = bce_weight, focal_weight
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor,
-                sample_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, K) logits and targets, optional (B,) weights -> scalar loss."""
-        return (self.bce_weight * self.bce(logits, target, sample_weight)
-                + self.focal_weight * self.focal(logits, target, sample_weight))
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, K) logits and targets, optional (B,) weights and (B, K) mask -> scalar loss."""
+        return (self.bce_weight * self.bce(logits, target, sample_weight, mask)
+                + self.focal_weight * self.focal(logits, target, sample_weight, mask))
 
     def extra_repr(self) -> str:
         return f"bce_weight={self.bce_weight}, focal_weight={self.focal_weight}"
@@ -153,7 +165,7 @@ def create_loss(name: str, **kwargs: float) -> nn.Module:
         **kwargs: the loss's own arguments, e.g. ``alpha``, ``gamma``, ``bce_weight``, ``focal_weight``.
 
     Returns:
-        An ``nn.Module`` called as ``loss(logits, target, sample_weight=None)``.
+        An ``nn.Module`` called as ``loss(logits, target, sample_weight=None, mask=None)``.
 
     Raises:
         ConfigError: unknown `name`; the message lists the registered names.

@@ -1,0 +1,206 @@
+"""Pseudo-label tables: soft targets for unlabelled soundscape windows, and the fold rule that keeps them honest.
+
+A pseudo table (``birdclef pseudo`` writes it, ``train --pseudo`` reads it) is a Parquet file::
+
+    path     str      the recording, relative to the soundscape folder named in the provenance
+    start_s  float64  window start in seconds from the file's start
+    end_s    float64  window end (start_s + 5)
+    fold     int64    the file's fold under the (n_folds, fold_seed) split of soundscape files
+    <class>  float32  one column per class: the teacher's soft probability, NaN where no teacher scores it
+
+NaN is a *mask*, not a zero: the loss skips those targets (a class BirdNET does not know is unknown,
+not absent). The schema metadata key ``birdclef.pseudo`` holds the provenance as JSON: at least
+``soundscapes`` (the folder the paths are relative to, absolute), ``classes`` (column order) and the
+teacher blend, transforms and fold assignment that made the table.
+
+**The fold rule.** Soundscape files are split into folds as clips are (:func:`soundscape_folds`: whole files,
+seeded). A student's fold ``k`` trains on the pseudo windows of soundscapes in the other folds only, and a run
+trained that way records which soundscape was in which fold (``RUN/pseudo_folds.csv``,
+:func:`write_run_pseudo`). When that run becomes a teacher, a soundscape of fold ``j`` is scored by the run's
+fold-``j`` model only (:func:`teacher_checkpoints`), the one model that never trained on its pseudo-labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from birdclef.errors import DatasetError
+from birdclef.utils.io import write_csv_atomic, write_json_atomic
+
+KEY_COLUMNS = ("path", "start_s", "end_s", "fold")
+METADATA_KEY = b"birdclef.pseudo"
+RUN_FOLDS = "pseudo_folds.csv"
+"""Per run trained on pseudo-labels: ``path`` (as in the table), ``audio`` (resolved file), ``fold``."""
+RUN_RECORD = "pseudo.json"
+"""Per run trained on pseudo-labels: the table's path, sha256 and provenance."""
+
+
+@dataclass
+class PseudoLabels:
+    """A read pseudo table, aligned to a class list."""
+
+    table: pd.DataFrame
+    """The key columns (path, start_s, end_s, fold) and ``audio`` (the resolved file of each row)."""
+    targets: np.ndarray
+    """(N, K) float32 soft targets, 0 where masked."""
+    mask: np.ndarray
+    """(N, K) bool: True where the target is known."""
+    provenance: dict
+    source: Path
+    """The table file."""
+    sha256: str
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.provenance["soundscapes"])
+
+
+def soundscape_folds(paths: list[str], n_folds: int, seed: int) -> dict[str, int]:
+    """Fold of each distinct soundscape path: whole files, a seeded permutation dealt round-robin.
+
+    The same (paths, n_folds, seed) always give the same folds, whatever the order of `paths`.
+    """
+    unique = sorted(set(paths))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    return {unique[i]: int(rank % n_folds) for rank, i in enumerate(order)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_provenance(path: Path) -> dict:
+    """The ``birdclef.pseudo`` metadata of a pseudo table (DatasetError naming the file when absent)."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: not a readable Parquet pseudo-label table ({exc})") from None
+    if METADATA_KEY not in meta:
+        raise DatasetError(f"{path}: no {METADATA_KEY.decode()} provenance; write pseudo tables with `birdclef pseudo`")
+    provenance = json.loads(meta[METADATA_KEY])
+    for key in ("soundscapes", "classes"):
+        if key not in provenance:
+            raise DatasetError(f"{path}: its provenance lacks {key!r}")
+    return provenance
+
+
+def read_pseudo(path: str | Path, classes: list[str], n_folds: int | None = None, seed: int | None = None,
+                check_audio: bool = True) -> PseudoLabels:
+    """Read and check a pseudo table against the run's `classes`.
+
+    A class of `classes` without a column is masked in every row (no teacher scored it); a class column
+    that is not in `classes` is an error, as are values outside [0, 1], missing key columns and (with
+    `check_audio`) recordings that are not on disk. With `n_folds` and `seed` the ``fold`` column is
+    recomputed (:func:`soundscape_folds`) so that it follows the student's split.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such pseudo-label table")
+    provenance = read_provenance(path)
+    frame = pd.read_parquet(path)
+    missing = [c for c in KEY_COLUMNS[:3] if c not in frame.columns]
+    if missing:
+        raise DatasetError(f"{path}: missing key columns {missing}")
+    class_cols = [c for c in frame.columns if c not in KEY_COLUMNS]
+    extra = sorted(set(class_cols) - set(classes))
+    if extra:
+        raise DatasetError(f"{path}: {len(extra)} class columns are not classes of this dataset: {extra[:5]}")
+    values = np.full((len(frame), len(classes)), np.nan, dtype=np.float32)
+    for k, name in enumerate(classes):
+        if name in frame.columns:
+            values[:, k] = pd.to_numeric(frame[name], errors="coerce").to_numpy(np.float32)
+    bad = np.argwhere(~np.isnan(values) & ((values < 0) | (values > 1)))
+    if len(bad):
+        row, k = bad[0]
+        raise DatasetError(f"{path}: row {row} ({frame['path'].iloc[row]} at {frame['start_s'].iloc[row]} s), "
+                           f"class {classes[k]}: {values[row, k]} is not a probability in [0, 1]")
+    table = frame[list(KEY_COLUMNS[:3])].copy()
+    table["path"] = table["path"].astype(str)
+    if n_folds is not None and seed is not None:
+        folds = soundscape_folds(table["path"].tolist(), n_folds, seed)
+        table["fold"] = table["path"].map(folds).astype(np.int64)
+    else:
+        table["fold"] = frame["fold"].astype(np.int64) if "fold" in frame else -1
+    root = Path(provenance["soundscapes"])
+    table["audio"] = [str(root / p) for p in table["path"]]
+    if check_audio:
+        absent = sorted({a for a in table["audio"] if not Path(a).is_file()})
+        if absent:
+            raise DatasetError(f"{path}: {len(absent)} of its recordings are not on disk (relative to {root}): "
+                               f"{absent[:3]}")
+    mask = ~np.isnan(values)
+    return PseudoLabels(table.reset_index(drop=True), np.nan_to_num(values, nan=0.0), mask, provenance, path,
+                        _sha256(path))
+
+
+def write_run_pseudo(run: Path, labels: PseudoLabels) -> None:
+    """Record in `run` the table it trained on and each soundscape's fold (the fold rule's input)."""
+    files = labels.table.drop_duplicates("path")[["path", "audio", "fold"]].copy()
+    files["audio"] = [str(Path(a).resolve()) for a in files["audio"]]
+    write_csv_atomic(files.sort_values("path").reset_index(drop=True), Path(run) / RUN_FOLDS)
+    write_json_atomic({"table": str(labels.source.resolve()), "sha256": labels.sha256, "rows": len(labels),
+                       "provenance": labels.provenance}, Path(run) / RUN_RECORD)
+
+
+def read_run_pseudo_folds(run: Path) -> dict[str, int] | None:
+    """{resolved audio path: fold} of the soundscapes `run` trained on, or None for a run without pseudo-labels."""
+    where = Path(run) / RUN_FOLDS
+    if not where.is_file():
+        return None
+    frame = pd.read_csv(where)
+    return dict(zip(frame["audio"].astype(str), frame["fold"].astype(int)))
+
+
+def teacher_checkpoints(run: Path, audio: Path) -> list[Path] | None:
+    """Which of `run`'s fold checkpoints may pseudo-label `audio` under the fold rule.
+
+    None: every finished fold may (the run never trained on `audio`'s pseudo-labels). Otherwise the one
+    ``fold{j}/best.pt`` whose fold held `audio` out; a DatasetError when that fold is not finished.
+    """
+    folds = read_run_pseudo_folds(run)
+    key = str(Path(audio).resolve())
+    if folds is None or key not in folds:
+        return None
+    best = Path(run) / f"fold{folds[key]}" / "best.pt"
+    if not (best.parent / "done.json").is_file() or not best.is_file():
+        raise DatasetError(f"{run}: trained on pseudo-labels of {audio} in folds other than {folds[key]}, and fold "
+                           f"{folds[key]} (the only one that may label it) is not finished")
+    return [best]
+
+
+def write_pseudo(frame: pd.DataFrame, classes: list[str], provenance: dict, out: str | Path) -> Path:
+    """Write a pseudo table atomically: `frame` holds the key columns and one column per class (NaN: masked).
+
+    `provenance` must name ``soundscapes``; ``classes`` is added. Class columns are stored as float32.
+    """
+    import pyarrow as pa
+
+    from birdclef.utils.io import atomic_path
+
+    if "soundscapes" not in provenance:
+        raise ValueError("provenance must name the soundscape folder ('soundscapes')")
+    columns = {"path": frame["path"].astype(str).to_numpy(), "start_s": frame["start_s"].to_numpy(np.float64),
+               "end_s": frame["end_s"].to_numpy(np.float64), "fold": frame["fold"].to_numpy(np.int64)}
+    columns.update({c: frame[c].to_numpy(np.float32) for c in classes})
+    table = pa.table(columns)
+    meta = {METADATA_KEY: json.dumps({**provenance, "classes": list(classes)}).encode()}
+    table = table.replace_schema_metadata(meta)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
+    return out
