@@ -1,0 +1,1 @@
+"""Self-training: pseudo-label unlabelled soundscapes with teacher models (:mod:`birdclef.selftrain.pseudo`)."""
