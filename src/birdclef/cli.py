@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pseudo", help="soft pseudo-labels of unlabelled soundscapes from teacher runs and/or BirdNET "
                        "(fold rule kept; resumable)")
-    p.add_argument("--teacher", dest="teachers", type=Path, action="append", default=None,
+    p.add_argument("--teacher", dest="teachers", type=Path, action="append", default=None, metavar="RUN",
                    help="run folder (or a foldK/best.pt); repeat to blend. A run trained on pseudo-labels labels "
                         "each soundscape with the fold that held it out")
     p.add_argument("--birdnet", action="store_true", help="BirdNET v2.4 zero-shot (CC BY-NC-SA 4.0), alone or blended")

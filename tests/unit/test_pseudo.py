@@ -150,6 +150,8 @@ def test_a_rerun_with_other_transforms_reuses_the_scores(soundscapes: Path, teac
     prov = read_provenance(out)
     assert prov["thresholds"] == str(csv.resolve()) and prov["threshold_values"] == {"aaa": 0.5}
     assert prov["thresholds_missing"] == ["bbb", "ccc"] and prov["power"] == pytest.approx(1 / 0.65)
+    with pytest.raises(BirdclefError, match="classes the teachers do not score .zzz.; the scores are kept"):
+        _label(soundscapes, out, [teacher], thresholds={"aaa": 0.5, "zzz": 0.1})
 
 
 class FakeBirdnetModel:
@@ -165,13 +167,18 @@ class FakeBirdnetModel:
         return np.stack([40.0 * mean, 8.0 * spread - 1.0], axis=1).astype(np.float32)
 
 
+def _taxonomy(folder: Path) -> Path:
+    taxonomy = folder / "taxonomy.csv"
+    pd.DataFrame({"primary_label": CLASSES, "scientific_name": ["Turdus merula", "Erithacus rubecula",
+                                                                "Rana temporaria"]}).to_csv(taxonomy, index=False)
+    return taxonomy
+
+
 def test_birdnet_unknown_classes_are_masked_not_zero(soundscapes: Path, tmp_path: Path, monkeypatch) -> None:
     from birdclef.birdnet import predictor as predictor_module
 
     monkeypatch.setattr(predictor_module, "BirdnetModel", FakeBirdnetModel)
-    taxonomy = tmp_path / "taxonomy.csv"
-    pd.DataFrame({"primary_label": CLASSES, "scientific_name": ["Turdus merula", "Erithacus rubecula",
-                                                                "Rana temporaria"]}).to_csv(taxonomy, index=False)
+    taxonomy = _taxonomy(tmp_path)
     out = tmp_path / "pseudo.parquet"
     summary = pseudo_label(soundscapes, out, [], birdnet=True, taxonomy=taxonomy, progress=False)
     frame = pd.read_parquet(out)
@@ -179,12 +186,36 @@ def test_birdnet_unknown_classes_are_masked_not_zero(soundscapes: Path, tmp_path
     assert summary.masked_classes == ["ccc"]
     prov = read_provenance(out)
     assert prov["masked_classes"] == ["ccc"] and prov["n_masked_classes"] == 1
-    assert prov["assignment"]["a.wav"] == ["birdnet"]
+    assert prov["assignment"]["a.wav"] == ["birdnet"] and prov["birdnet_model"] == str(Path("fake.tflite").resolve())
     labels = read_pseudo(out, CLASSES)
     assert not labels.mask[:, 2].any() and labels.mask[:, :2].all()
     filled = pseudo_label(soundscapes, tmp_path / "filled.parquet", [], birdnet=True, taxonomy=taxonomy,
                           unknown_fill=0.5, progress=False)
     assert (pd.read_parquet(filled.out)["ccc"] == 0.5).all() and not filled.masked_classes
+
+
+def test_a_teacher_blended_with_birdnet_scores_every_class_as_predicts_blend(soundscapes: Path, teacher: Path,
+                                                                               tmp_path: Path, monkeypatch) -> None:
+    from birdclef.audio.io import load_audio
+    from birdclef.birdnet import predictor as predictor_module
+    from birdclef.birdnet.predictor import BirdnetPredictor
+    from birdclef.infer.blend import BlendPredictor
+    from birdclef.infer.predict import TorchPredictor
+
+    monkeypatch.setattr(predictor_module, "BirdnetModel", FakeBirdnetModel)
+    taxonomy = _taxonomy(tmp_path)
+    out = tmp_path / "pseudo.parquet"
+    summary = _label(soundscapes, out, [teacher], weights=[0.3, 0.7], birdnet=True, taxonomy=taxonomy)
+    frame = pd.read_parquet(out)
+    assert not summary.masked_classes and frame[CLASSES].notna().all().all()
+    names = {"aaa": "Turdus merula", "bbb": "Erithacus rubecula", "ccc": "Rana temporaria"}
+    blend = BlendPredictor([TorchPredictor([teacher], config=RAW, device="cpu"),
+                            BirdnetPredictor(CLASSES, names, RAW, model=FakeBirdnetModel())], [0.3, 0.7], RAW)
+    expected = blend.predict_file(load_audio(soundscapes / "a.wav", blend.sample_rate))
+    np.testing.assert_allclose(_rows(frame, "a.wav"), expected, rtol=1e-4, atol=1e-5)
+    prov = read_provenance(out)
+    assert prov["assignment"]["a.wav"][-1] == "birdnet" and prov["weights"] == [0.3, 0.7]
+    assert prov["birdnet"] is True and prov["birdnet_model"].endswith("fake.tflite")
 
 
 def test_the_fold_rule_labels_a_soundscape_with_its_held_out_fold_only(soundscapes: Path, teacher: Path,
@@ -262,6 +293,13 @@ def test_cli_bad_flags_are_one_line_errors(soundscapes: Path, tmp_path: Path, ca
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_out_must_be_a_file(soundscapes: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "folder").mkdir()
+    code = main(["pseudo", "--birdnet", "--soundscapes", str(soundscapes), "--out", str(tmp_path / "folder")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a folder, not a file" in err and len(err.strip().splitlines()) == 1
+
+
 def test_cli_pseudo_with_a_teacher(soundscapes: Path, teacher: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "p.parquet"
     code = main(["pseudo", "--teacher", str(teacher), "--soundscapes", str(soundscapes), "--out", str(out),
@@ -270,3 +308,16 @@ def test_cli_pseudo_with_a_teacher(soundscapes: Path, teacher: Path, tmp_path: P
     assert code == 0 and f"pseudo-labels: {out}" in text and "from 3 soundscapes" in text
     prov = read_provenance(out)
     assert prov["power"] == 2.0 and (prov["n_folds"], prov["fold_seed"]) == (5, 42)
+
+
+def test_the_students_split_defaults_to_the_first_teachers(soundscapes: Path, teacher: Path, tmp_path: Path) -> None:
+    from birdclef.config import dump_config
+
+    run = tmp_path / "run"
+    shutil.copytree(teacher, run)
+    stored = load_config(None, TINY + ["data.n_folds=3", "data.fold_seed=9", "train.folds=[0,1,2]"])
+    (run / "config.yaml").write_text(dump_config(stored))
+    out = _label(soundscapes, tmp_path / "p.parquet", [run / "fold0" / "best.pt"]).out
+    prov, frame = read_provenance(out), pd.read_parquet(out)
+    assert (prov["n_folds"], prov["fold_seed"]) == (3, 9)
+    assert frame["fold"].tolist() == frame["path"].map(soundscape_folds(list(DURATIONS), 3, 9)).tolist()

@@ -27,7 +27,14 @@ Classes no teacher scores (BirdNET alone: the classes it does not know) stay NaN
 ``.json`` beside it naming its checkpoints and the file's size and mtime; a re-run redoes only files without a
 matching part. ``<out>.parts/settings.json`` refuses a re-run with other teachers or scoring settings (the
 transforms and the fold split may change: they apply when the table is assembled). Undecodable files are skipped
-and listed in ``<out stem>.skipped.csv``. A lock refuses a second job on the same `out`.
+and listed in ``<out stem>.skipped.csv``. A lock refuses a second job on the same `out`. The parts stay after
+the table is written (a re-run with another power or thresholds reuses them); delete ``<out>.parts/`` to free
+the space. BirdNET alone lists the classes it does not know in ``<out stem>.birdnet_unknown.csv``.
+
+Example:
+    >>> s = pseudo_label(Path("train_soundscapes"), Path("pseudo.parquet"), [Path("runs/A"), Path("runs/B")],
+    ...                  weights=[0.6, 0.4], power=1 / 0.65)
+    >>> s.n_rows, s.masked_classes, s.skipped
 """
 
 from __future__ import annotations
@@ -135,6 +142,7 @@ def pseudo_label(soundscapes: Path, out: Path, teachers: list[Path] | None = Non
         if frame.empty:
             raise BirdclefError(f"{soundscapes}: no recording could be scored (see {summary.skipped_path})")
         classes = [c for c in frame.columns if c not in ("path", "start_s", "end_s")]
+        _check_classes(classes, limits, parts)
         frame = transform(frame, classes, power, limits)
         folds = soundscape_folds(frame["path"].tolist(), n_folds, fold_seed)
         frame.insert(3, "fold", frame["path"].map(folds).astype(np.int64))
@@ -202,6 +210,16 @@ def _thresholds(value: Path | str | dict[str, float] | float | None) -> dict[str
     from birdclef.eval.thresholds import read_thresholds
 
     return read_thresholds(Path(value))
+
+
+def _check_classes(classes: list[str], limits: dict[str, float] | float | None, parts: Path) -> None:
+    if "fold" in classes:
+        raise BirdclefError("a class named 'fold' clashes with the pseudo table's fold column; rename that class")
+    unknown = sorted(set(limits) - set(classes)) if isinstance(limits, dict) else []
+    if unknown:
+        raise BirdclefError(f"--thresholds names {len(unknown)} classes the teachers do not score "
+                            f"({', '.join(unknown[:5])}); the scores are kept in {parts}: re-run with the "
+                            "thresholds of these teachers' classes")
 
 
 def _run_folder(run: Path) -> Path:
@@ -294,6 +312,7 @@ def _score_group(spec: Teachers, key: tuple[str, ...], group: list[Entry], sound
         else:
             write_json_atomic({"teachers": list(key), "checkpoints": checkpoints, "size": entry.size,
                                "mtime_ns": entry.mtime_ns, "windows": result.windows,
+                               "birdnet_model": _birdnet_model(predictor),
                                "infer": config_to_dict(scorer.config)}, _record_path(parts, entry.path))
         bar.update(1)
     return skipped
@@ -328,6 +347,17 @@ def build_teacher(spec: Teachers, runs: list[Path], out: Path):
     return build_birdnet(out, infer, members, data=spec.data, taxonomy=spec.taxonomy,
                          model_path=spec.birdnet_model, threads=spec.threads, weights=weights,
                          unknown_fill=spec.unknown_fill).predictor
+
+
+def _birdnet_model(predictor) -> str | None:
+    """The resolved BirdNET model file of the zero-shot member of `predictor`, or None."""
+    if hasattr(predictor, "predictor"):  # FilledPredictor
+        return _birdnet_model(predictor.predictor)
+    if hasattr(predictor, "members"):
+        return next((m for m in map(_birdnet_model, predictor.members) if m is not None), None)
+    if hasattr(predictor, "mapping") and hasattr(predictor, "model"):  # BirdnetPredictor
+        return str(Path(predictor.model.path).resolve())
+    return None
 
 
 def _checkpoints(predictor) -> list[str]:
@@ -367,7 +397,7 @@ def _provenance(soundscapes: Path, spec: Teachers, records: dict[str, dict], pow
         Path(thresholds).resolve())
     return {"soundscapes": str(soundscapes.resolve()), "teachers": [str(r.resolve()) for r in spec.runs],
             "weights": None if spec.weights is None else list(spec.weights), "birdnet": spec.birdnet,
-            "birdnet_model": None if spec.birdnet_model is None else str(Path(spec.birdnet_model).resolve()),
+            "birdnet_model": next((r["birdnet_model"] for r in records.values() if r.get("birdnet_model")), None),
             "unknown_fill": spec.unknown_fill, "postprocess": postprocess,
             "infer": infers[0] if len(infers) == 1 else infers, "power": power, "thresholds": given,
             "threshold_values": limits,
