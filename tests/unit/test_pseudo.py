@@ -286,6 +286,11 @@ def test_a_killed_job_redoes_only_the_missing_files_and_skips_broken_ones(sounds
     (["--taxonomy", "t.csv", "--teacher", "."], "--taxonomy: only used with --birdnet"),
     (["--teacher", "nowhere"], "--teacher nowhere: no such run folder"),
     (["--birdnet", "--thresholds", "1.5"], "one threshold must be a probability"),
+    (["--birdnet", "--thresholds", "no.csv"], "no.csv: thresholds file not found"),
+    (["--birdnet", "--hop", "0"], "--hop must be above 0 seconds"),
+    (["--teacher", ".", "--weights", "1", "2"], "--weights: got 2 for 1 teacher(s); give one per --teacher"),
+    (["--birdnet", "--folds", "1"], "--folds must be at least 2"),
+    (["--birdnet", "--soundscapes", "nowhere"], "--soundscapes nowhere: folder not found"),
 ])
 def test_cli_bad_flags_are_one_line_errors(soundscapes: Path, tmp_path: Path, capsys, flags, message) -> None:
     code = main(["pseudo", "--soundscapes", str(soundscapes), "--out", str(tmp_path / "p.parquet"), *flags])

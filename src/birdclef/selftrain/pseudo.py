@@ -124,6 +124,8 @@ def pseudo_label(soundscapes: Path, out: Path, teachers: list[Path] | None = Non
     limits = _thresholds(thresholds)
     n_folds, fold_seed = _fold_split(spec.runs, n_folds, fold_seed)
     soundscapes, out = Path(soundscapes), Path(out)
+    if not soundscapes.is_dir():
+        raise BirdclefError(f"--soundscapes {soundscapes}: folder not found")
     entries = discover(soundscapes, exclude=parts_dir(out))
     summary = PseudoSummary(out, n_files=len(entries))
     with exclusive_lock(out, "pseudo job"):
