@@ -24,6 +24,9 @@ knows), and the best epoch is kept. AdamW on mini-batches of cached embeddings (
 ``train.lr`` cosine-decayed to ``train.min_lr``, ``train.epochs``) with the configured loss; the
 decoupled weight decay (``train.weight_decay``) pulls towards BirdNET's rows, not towards zero.
 A finished fold (done.json) is skipped on ``--resume``; a fold takes seconds, so an interrupted one restarts.
+
+With a pseudo-label table (``train --pseudo``) its soundscape windows are embedded the same way and added as
+masked, soft-target examples of the folds that do not hold their soundscape (:mod:`birdclef.birdnet.head_pseudo`).
 """
 
 from __future__ import annotations
@@ -160,10 +163,36 @@ class HeadData:
         self.target = torch.from_numpy(targets[clip_of_row[self.rows]])
         self.fold = folds[clip_of_row[self.rows]]
         self.clean = np.arange(len(self.rows)) < n_rows
+        self.pseudo = np.zeros(len(self.rows), bool)
+        self.mask: torch.Tensor | None = None
+        """(N, K) bool, True where the target is known; None without pseudo rows (all known)."""
+
+    def add_pseudo(self, emb: np.ndarray, targets: np.ndarray, mask: np.ndarray, folds: np.ndarray,
+                   weight: float) -> None:
+        """Append pseudo-labelled windows (row -1): soft `targets`, `mask` (False: unknown), soundscape `folds`."""
+        n, known = len(emb), self.mask if self.mask is not None else torch.ones(self.target.shape, dtype=torch.bool)
+        self.emb = torch.cat([self.emb, torch.from_numpy(emb.astype(np.float32))])
+        self.target = torch.cat([self.target, torch.from_numpy(targets.astype(np.float32))])
+        self.mask = torch.cat([known, torch.from_numpy(mask.astype(bool))])
+        self.weight = torch.cat([self.weight, torch.full((n,), float(weight))])
+        self.rows = np.concatenate([self.rows, np.full(n, -1, np.int64)])
+        self.fold = np.concatenate([self.fold, np.asarray(folds, self.fold.dtype)])
+        self.clean = np.concatenate([self.clean, np.zeros(n, bool)])
+        self.pseudo = np.concatenate([self.pseudo, np.ones(n, bool)])
 
     def split(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
-        """(training example positions, validation example positions: the fold's clean rows)."""
-        return np.flatnonzero(self.fold != fold), np.flatnonzero((self.fold == fold) & self.clean)
+        """(training clip example positions, validation example positions: the fold's clean rows)."""
+        return np.flatnonzero((self.fold != fold) & ~self.pseudo), np.flatnonzero((self.fold == fold) & self.clean)
+
+    def epoch_examples(self, fold: int, epoch: int, seed: int, ratio: float) -> np.ndarray:
+        """Fold `fold`'s training positions in `epoch`: its clip examples plus a seeded draw of ``ratio`` x its
+        clean clip rows from the pseudo rows of the other soundscape folds (no repeats; capped by their number)."""
+        fit = self.split(fold)[0]
+        pool = np.flatnonzero(self.pseudo & (self.fold != fold))
+        n = min(len(pool), int(round(ratio * np.count_nonzero(self.clean[fit]))))
+        if n == 0:
+            return fit
+        return np.concatenate([fit, np.random.default_rng([seed, fold, epoch]).permutation(pool)[:n]])
 
 
 def build_head(config: Config, classes: list[str], names: dict[str, str], model: BirdnetModel) -> EmbeddingHead:
@@ -189,7 +218,8 @@ def fit_head(head: EmbeddingHead, data: HeadData, fold: int, config: Config) -> 
     """Train `head` on all folds but `fold`; (best state, metrics rows, best validation probabilities)."""
     train, pool = config.train, config.infer.birdnet_pool
     torch.manual_seed(train.seed + fold)
-    fit, val = data.split(fold)
+    val = data.split(fold)[1]
+    fit = data.epoch_examples(fold, 1, train.seed, train.pseudo_ratio)  # every epoch draws as many
     loss_fn = loss_from_config(train)
     opt = torch.optim.AdamW(head.parameters(), lr=train.lr, weight_decay=0.0)
     steps = train.epochs * max(1, math.ceil(len(fit) / train.batch_size))
@@ -201,9 +231,11 @@ def fit_head(head: EmbeddingHead, data: HeadData, fold: int, config: Config) -> 
     for epoch in range(1, train.epochs + 1):
         head.train()
         losses, lr = [], opt.param_groups[0]["lr"]
+        fit = data.epoch_examples(fold, epoch, train.seed, train.pseudo_ratio)
         for batch in torch.randperm(len(fit), generator=generator).split(train.batch_size):
             idx = fit[batch.numpy()]
-            loss = loss_fn(pool_logits(head(data.emb[idx]), pool), data.target[idx], data.weight[idx])
+            mask = None if data.mask is None else data.mask[idx]
+            loss = loss_fn(pool_logits(head(data.emb[idx]), pool), data.target[idx], data.weight[idx], mask)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -286,7 +318,7 @@ def _prepare(config: Config, data_root: Path, run: Path, cache_dir: Path | None,
 
 
 def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: Path | None = None,
-                         resume: bool = False, progress: bool = True):
+                         resume: bool = False, progress: bool = True, pseudo: Path | None = None):
     """Train `config.train.folds` of an embedding head on frozen BirdNET (module docstring) into `out`.
 
     Args:
@@ -295,28 +327,37 @@ def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: 
         out: run folder; an existing one needs `resume` (finished folds are skipped, cached embeddings reused).
         cache_dir: prepared wave cache (made there when absent; default ``out/cache``).
         progress: tqdm bars for decoding and embedding.
+        pseudo: a pseudo-label table (``birdclef pseudo``): its soundscape windows become extra training
+            examples of the folds that do not hold their soundscape (:mod:`birdclef.birdnet.head_pseudo`;
+            ``train.pseudo_ratio`` / ``pseudo_weight`` apply, ``pseudo_mix_prob`` does not).
 
     Returns:
         The :class:`~birdclef.train.kfold.TrainSummary` torch runs return.
 
     Raises:
-        ConfigError: a head or loss this trainer does not have; a resumed run with another config.
+        ConfigError: a head or loss this trainer does not have; a resumed run with another config or
+            another pseudo table (or without the one it trains on).
         BirdnetUnavailableError: ai-edge-litert or the BirdNET model file is missing.
-        DatasetError: as for torch runs (train.csv, taxonomy.csv).
+        DatasetError: as for torch runs (train.csv, taxonomy.csv); a pseudo table that does not fit the dataset.
     """
+    from birdclef.birdnet.head_pseudo import add_pseudo_rows, open_pseudo, record_pseudo
     from birdclef.train.kfold import OOF_NOTE, _collect, init_run
 
     started, run = time.perf_counter(), Path(out)
     check_head_config(config)
     model = BirdnetModel(config.model.birdnet_path, batch_size=config.infer.birdnet_batch_size)
+    labels = None if pseudo is None else open_pseudo(config, data_root, Path(pseudo))
     init_run(run, config, resume)
+    record_pseudo(run, labels)
     write_text_atomic(LICENSE_NOTE, run / "LICENSE-NOTE.txt")
     prep = _prepare(config, data_root, run, cache_dir, progress)
     folder = run / "embeddings" / embedding_key(config, prep.cache, model)
     copies = embed_copies(config, prep.cache, model, prep.bank, folder, progress)
-    embed_s, head_started = time.perf_counter() - started, time.perf_counter()
     clips, windows = clip_rows(prep.cache)
     head_data = HeadData(copies, clips, prep.targets, prep.weights, prep.folds)
+    skipped_pseudo = [] if labels is None else add_pseudo_rows(head_data, config, labels, model, folder.parent,
+                                                                progress)
+    embed_s, head_started = time.perf_counter() - started, time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # ops this small lose more to thread hand-offs than they gain
     try:
@@ -331,6 +372,7 @@ def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: 
     summary.skipped_background = [] if prep.bank is None else list(prep.bank.skipped)
     write_json_atomic({"fold_scores": summary.fold_scores, "oof_auc": summary.oof_auc, "oof_note": OOF_NOTE,
                        "n_clips": summary.n_clips, "n_rows": len(clips), "n_examples": len(head_data.rows),
+                       "n_pseudo_windows": int(head_data.pseudo.sum()), "skipped_pseudo": skipped_pseudo,
                        "classes": len(prep.classes), "elapsed_s": round(summary.elapsed_s, 1),
                        "prepare_and_embed_s": round(embed_s, 1),
                        "head_s": round(time.perf_counter() - head_started, 1)}, run / "summary.json")

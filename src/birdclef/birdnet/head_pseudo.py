@@ -1,0 +1,153 @@
+"""Pseudo-labelled soundscape windows as extra examples of the embedding head (``train --pseudo``).
+
+:func:`~birdclef.birdnet.head_train.train_embedding_head` with a pseudo table (:mod:`birdclef.data.pseudo`):
+
+- each table row's 5 s window ``[start_s, start_s + 5)`` of its recording is decoded at BirdNET's 48 kHz
+  (zero padded past the file's end) and its 3 s chunks are embedded exactly as a clip row's are (same
+  chunk offsets, ``infer.birdnet_hop_s``; the head pools them as it pools clip rows). The embeddings are
+  cached once per table in ``RUN/embeddings/pseudo-<key>.npz`` (``rows`` (n,) int64 table rows, ``emb``
+  (n, C, D) float16, ``skipped`` the recordings that could not be decoded); the key hashes the table's
+  sha256, the hop and the model file, so ``--resume`` reuses them;
+- a pseudo window's targets are the teacher's soft probabilities, its mask the table's non-NaN cells
+  (the loss skips masked classes) and its fold the soundscape's fold under ``data.n_folds`` /
+  ``data.fold_seed`` (whole files); fold ``k`` trains on the windows of the other folds only, and
+  ``RUN/pseudo_folds.csv`` + ``RUN/pseudo.json`` record that, so the run can later teach under the fold rule;
+- per epoch fold ``k`` draws ``train.pseudo_ratio`` x its clean clip rows of those windows (without
+  repetition, capped by the windows it may use; seeded by (``train.seed``, fold, epoch)), each weighing
+  ``train.pseudo_weight`` x (1 + ``train.embed_copies``): a clip row appears once per copy, so this is
+  ``pseudo_weight`` times a clip row's weight per epoch. Validation and OOF stay clip rows only.
+
+``train.pseudo_mix_prob`` (mixing a pseudo window into a clip's audio) applies to the CNN path only: the
+head trains on cached embeddings, so its pseudo windows are extra examples and nothing is mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from birdclef.audio.io import load_audio
+from birdclef.birdnet.head_train import ROW_BATCH, HeadData, _embed
+from birdclef.birdnet.model import SAMPLE_RATE, BirdnetModel
+from birdclef.birdnet.predictor import chunk_offsets
+from birdclef.config import Config
+from birdclef.data.pseudo import RUN_RECORD, PseudoLabels, read_pseudo, write_run_pseudo
+from birdclef.errors import AudioError, ConfigError, DatasetError
+from birdclef.infer.base import ROW_WINDOW_S
+from birdclef.utils.io import write_atomic
+
+log = logging.getLogger(__name__)
+
+
+def open_pseudo(config: Config, data_root: Path, path: Path) -> PseudoLabels:
+    """Read `path` against the dataset's classes, folds following the student's split; 5 s windows only."""
+    from birdclef.data.metadata import DatasetLayout, load_classes
+
+    classes = load_classes(DatasetLayout.from_root(data_root))
+    labels = read_pseudo(path, classes, config.data.n_folds, config.data.fold_seed)
+    length = (labels.table["end_s"] - labels.table["start_s"]).to_numpy()
+    bad = np.flatnonzero(np.abs(length - ROW_WINDOW_S) > 1e-3)
+    if len(bad):
+        row = labels.table.iloc[bad[0]]
+        raise DatasetError(f"{path}: row {bad[0]} ({row['path']} at {row['start_s']} s) spans {length[bad[0]]:g} s; "
+                           f"the head trains on {ROW_WINDOW_S:g} s windows (end_s = start_s + {ROW_WINDOW_S:g})")
+    if config.train.pseudo_mix_prob > 0:
+        log.warning("train.pseudo_mix_prob applies to CNN training only; the BirdNET head adds the pseudo "
+                    "windows as examples and mixes nothing")
+    return labels
+
+
+def record_pseudo(run: Path, labels: PseudoLabels | None) -> None:
+    """Refuse to resume `run` with another table (or none, or one its finished folds lacked); then record it."""
+    where = run / RUN_RECORD
+    done = sorted(p.parent.name for p in run.glob("fold*/done.json"))
+    if where.is_file():
+        old = json.loads(where.read_text())
+        if labels is None:
+            raise ConfigError(f"cannot resume {run}: it trains on the pseudo-label table {old['table']} "
+                              f"(sha256 {old['sha256']}); pass --pseudo {old['table']} again")
+        if labels.sha256 != old["sha256"]:
+            raise ConfigError(f"cannot resume {run} with the pseudo-label table {labels.source} (sha256 "
+                              f"{labels.sha256}): it trains on {old['table']} (sha256 {old['sha256']}); "
+                              f"choose another --out")
+    elif labels is not None and done:
+        raise ConfigError(f"cannot resume {run} with --pseudo {labels.source}: its finished folds "
+                          f"({', '.join(done)}) trained without pseudo-labels; choose another --out")
+    if labels is not None:
+        write_run_pseudo(run, labels)
+
+
+def pseudo_key(config: Config, labels: PseudoLabels, model: BirdnetModel) -> str:
+    """Hash of what changes the pseudo windows' embeddings: the table's content, the hop and the model file."""
+    path = Path(model.path)
+    record = {"table": labels.sha256, "hop": config.infer.birdnet_hop_s, "sample_rate": SAMPLE_RATE,
+              "model": [path.name, path.stat().st_size if path.is_file() else None]}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _window(wave: np.ndarray, start_s: float) -> np.ndarray:
+    """(5 s,) float32 samples from `start_s`, zero padded past the end of `wave`."""
+    row_len = int(round(ROW_WINDOW_S * SAMPLE_RATE))
+    start = int(round(start_s * SAMPLE_RATE))
+    out = np.zeros(row_len, np.float32)
+    part = wave[start : start + row_len]
+    out[: len(part)] = part
+    return out
+
+
+def _embed_windows(config: Config, labels: PseudoLabels, model: BirdnetModel,
+                   progress: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(table rows, (n, C, D) float16 embeddings, skipped recordings): each recording decoded once."""
+    offsets = chunk_offsets(config.infer.birdnet_hop_s)
+    rows, parts, waves, skipped = [], [], [], []
+    bar = tqdm(total=len(labels), desc="BirdNET embeddings (pseudo windows)", unit="window", disable=not progress)
+    for audio, group in labels.table.groupby("audio", sort=False):
+        try:
+            wave = load_audio(audio, SAMPLE_RATE)
+        except AudioError as exc:
+            log.warning("skipping %d pseudo-labelled windows: %s", len(group), exc)
+            skipped.append(str(exc))
+            bar.update(len(group))
+            continue
+        for row, start_s in zip(group.index, group["start_s"]):
+            rows.append(int(row))
+            waves.append(_window(wave, float(start_s)))
+            if len(waves) == ROW_BATCH:
+                parts.append(_embed(model, waves, offsets, SAMPLE_RATE))
+                waves = []
+            bar.update(1)
+    if waves or not parts:
+        parts.append(_embed(model, waves, offsets, SAMPLE_RATE))
+    bar.close()
+    return np.asarray(rows, np.int64), np.concatenate(parts), skipped
+
+
+def embed_pseudo(config: Config, labels: PseudoLabels, model: BirdnetModel, folder: Path,
+                 progress: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(table rows, embeddings, skipped recordings) of the pseudo windows, computed once and cached in `folder`."""
+    path = folder / f"pseudo-{pseudo_key(config, labels, model)}.npz"
+    if not path.is_file():
+        rows, emb, skipped = _embed_windows(config, labels, model, progress)
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a temporary name
+                np.savez(f, rows=rows, emb=emb, skipped=np.asarray(skipped, dtype=str))
+
+        write_atomic(path, save)
+    with np.load(path) as data:
+        return data["rows"], data["emb"], [str(s) for s in data["skipped"]]
+
+
+def add_pseudo_rows(data: HeadData, config: Config, labels: PseudoLabels, model: BirdnetModel, folder: Path,
+                    progress: bool = True) -> list[str]:
+    """Embed (or reuse) the pseudo windows and add them to `data`; returns the recordings skipped."""
+    rows, emb, skipped = embed_pseudo(config, labels, model, folder, progress)
+    weight = config.train.pseudo_weight * (1 + config.train.embed_copies)
+    data.add_pseudo(emb, labels.targets[rows], labels.mask[rows], labels.table["fold"].to_numpy()[rows], weight)
+    return skipped
