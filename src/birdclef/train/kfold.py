@@ -43,7 +43,8 @@ from birdclef.birdnet.torch_net import init_head_from_birdnet
 from birdclef.config import BIRDNET_BACKBONE, Config, config_to_dict, dump_config, load_config
 from birdclef.data.augment import BackgroundBank
 from birdclef.data.cache import WaveCache, prepare_cache
-from birdclef.data.examples import Examples, build_examples, build_targets, prepare_pseudo_audio
+from birdclef.data.examples import Examples, build_examples, prepare_pseudo_audio
+from birdclef.data.examples import build_targets  # noqa: F401  (re-exported: birdnet/head_train imports it from here)
 from birdclef.data.metadata import DatasetLayout, load_classes
 from birdclef.data.pseudo import RUN_RECORD, PseudoLabels, read_pseudo, write_run_pseudo
 from birdclef.errors import ConfigError, DatasetError
