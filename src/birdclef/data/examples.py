@@ -98,7 +98,12 @@ class PseudoAudio:
     def wave(self, file: int) -> np.ndarray:
         """The (samples,) float16 memory map of recording `file`."""
         if file not in self._maps:
-            self._maps[file] = np.load(self.path / f"{file:05d}.npy", mmap_mode="r")
+            where = self.path / f"{file:05d}.npy"
+            try:
+                self._maps[file] = np.load(where, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise DatasetError(f"{where}: unreadable decoded audio of {self.files[file]} ({exc}); "
+                                   f"delete {self.path} to decode the pseudo table's recordings again") from None
         return self._maps[file]
 
     def window(self, file: int, start_s: float, end_s: float) -> np.ndarray:

@@ -271,7 +271,8 @@ def _open_pseudo(run: Path, pseudo: Path | None, classes: list[str], config: Con
     labels = read_pseudo(pseudo, classes, config.data.n_folds, config.data.fold_seed)
     if before is not None and before["sha256"] != labels.sha256:
         raise ConfigError(f"cannot resume {run} with the pseudo-label table {labels.source} (sha256 "
-                          f"{labels.sha256[:12]}): it was trained on {before['table']} (sha256 {before['sha256'][:12]})")
+                          f"{labels.sha256[:12]}): it was trained on {before['table']} "
+                          f"(sha256 {before['sha256'][:12]})")
     if not child:
         write_run_pseudo(run, labels)
     return labels
