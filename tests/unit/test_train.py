@@ -98,13 +98,13 @@ def test_configured_focal_loss_is_used_under_mixup(monkeypatch: pytest.MonkeyPat
     seen = []
     real_forward = module.criterion.forward
 
-    def spy(logits, target, weight=None):
+    def spy(logits, target, weight=None, mask=None):
         seen.append((logits.detach().clone(), target.clone()))
-        return real_forward(logits, target, weight)
+        return real_forward(logits, target, weight, mask)
 
     monkeypatch.setattr(module.criterion, "forward", spy)
     target = torch.eye(3)[[0, 1, 2, 0]]
-    loss = module.training_step((torch.randn(4, 32_000), target, torch.ones(4)), 0)
+    loss = module.training_step((torch.randn(4, 32_000), target, torch.ones(4, 3, dtype=torch.bool), torch.ones(4)), 0)
     logits = seen[0][0]
     focal, bce = create_loss("focal_bce"), create_loss("bce")
     if mode == "weighted":

@@ -24,9 +24,22 @@ class MixedBatch:
     partner: torch.Tensor
     """(B, K) targets of their partners (``target[perm]``)."""
     lam: float
+    mask: torch.Tensor | None = None
+    """(B, K) bool: which targets of the examples are known (None: all)."""
+    partner_mask: torch.Tensor | None = None
+    """(B, K) bool: which targets of their partners are known (``mask[perm]``)."""
 
 
-def mix_batch(wave: torch.Tensor, target: torch.Tensor, alpha: float, rng: np.random.Generator) -> MixedBatch:
+def max_targets(target: torch.Tensor, mask: torch.Tensor, other: torch.Tensor,
+                other_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target, mask) of two sounds mixed together: the element-wise max, known where both are known or
+    where either is a known positive (1): a call heard in one half is present whatever the other holds."""
+    known = (mask & other_mask) | (mask & (target >= 1)) | (other_mask & (other >= 1))
+    return torch.maximum(target, other), known
+
+
+def mix_batch(wave: torch.Tensor, target: torch.Tensor, alpha: float, rng: np.random.Generator,
+              mask: torch.Tensor | None = None) -> MixedBatch:
     """Mix each example with a random partner of the same batch (Zhang et al., 2018).
 
     Args:
@@ -34,10 +47,12 @@ def mix_batch(wave: torch.Tensor, target: torch.Tensor, alpha: float, rng: np.ra
         target: (B, K) targets in [0, 1].
         alpha: Beta(alpha, alpha) parameter of the mixing weight `lam`.
         rng: draws `lam`, then the partner permutation (seeded per step, so resumed runs repeat it).
+        mask: optional (B, K) bool, True where a target is known; the partners' masks travel with them.
     """
     lam = float(rng.beta(alpha, alpha))
     perm = torch.from_numpy(rng.permutation(wave.shape[0])).to(wave.device)
-    return MixedBatch(lam * wave + (1.0 - lam) * wave[perm], target, target[perm], lam)
+    return MixedBatch(lam * wave + (1.0 - lam) * wave[perm], target, target[perm], lam,
+                      mask, None if mask is None else mask[perm])
 
 
 def mixup_loss(loss_fn, logits: torch.Tensor, mixed: MixedBatch, mode: str = "weighted",
@@ -45,19 +60,20 @@ def mixup_loss(loss_fn, logits: torch.Tensor, mixed: MixedBatch, mode: str = "we
     """The loss of a mixed batch.
 
     Args:
-        loss_fn: called as ``loss_fn(logits, target, sample_weight)``.
+        loss_fn: called as ``loss_fn(logits, target, sample_weight, mask)``.
         logits: (B, K) predictions for ``mixed.wave``.
         mixed: the batch from :func:`mix_batch`.
-        mode: "weighted": ``lam * loss(t) + (1 - lam) * loss(t[perm])`` (the reference's mixup
-            criterion); "blend": ``loss(lam * t + (1 - lam) * t[perm])``, which equals "weighted"
-            only for losses linear in the target (BCE), not focal; "max": ``loss(max(t, t[perm]))``
-            (both calls are audible in the mix, so both are present).
+        mode: "weighted": ``lam * loss(t, m) + (1 - lam) * loss(t[perm], m[perm])`` (the reference's
+            mixup criterion, each term with its own mask); "blend": ``loss(lam * t + (1 - lam) * t[perm])``
+            known where both are, which equals "weighted" only for losses linear in the target (BCE), not
+            focal; "max": ``loss(max(t, t[perm]))`` (both calls are audible in the mix, so both are
+            present), known as :func:`max_targets` says.
         sample_weight: optional (B,) weights of the examples (not their partners).
     """
     if mode == "weighted":
-        return (mixed.lam * loss_fn(logits, mixed.target, sample_weight)
-                + (1.0 - mixed.lam) * loss_fn(logits, mixed.partner, sample_weight))
-    return loss_fn(logits, mixed_target(mixed, mode), sample_weight)
+        return (mixed.lam * loss_fn(logits, mixed.target, sample_weight, mixed.mask)
+                + (1.0 - mixed.lam) * loss_fn(logits, mixed.partner, sample_weight, mixed.partner_mask))
+    return loss_fn(logits, mixed_target(mixed, mode), sample_weight, mixed_mask(mixed, mode))
 
 
 def mixed_target(mixed: MixedBatch, mode: str = "blend") -> torch.Tensor:
@@ -66,6 +82,20 @@ def mixed_target(mixed: MixedBatch, mode: str = "blend") -> torch.Tensor:
         return mixed.lam * mixed.target + (1.0 - mixed.lam) * mixed.partner
     if mode == "max":
         return torch.maximum(mixed.target, mixed.partner)
+    raise ValueError(f"mixup target mode must be 'weighted', 'blend' or 'max', got {mode!r}")
+
+
+def mixed_mask(mixed: MixedBatch, mode: str = "blend") -> torch.Tensor | None:
+    """(B, K) bool: which targets of :func:`mixed_target` are known (None when the batch has no mask).
+
+    A blend is known only where both halves are; a max also where either half is a known positive.
+    """
+    if mixed.mask is None:
+        return None
+    if mode == "max":
+        return max_targets(mixed.target, mixed.mask, mixed.partner, mixed.partner_mask)[1]
+    if mode == "blend":
+        return mixed.mask & mixed.partner_mask
     raise ValueError(f"mixup target mode must be 'weighted', 'blend' or 'max', got {mode!r}")
 
 

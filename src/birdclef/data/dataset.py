@@ -1,6 +1,6 @@
-"""Torch datasets over a prepared cache: training windows (random crops, background) and fixed ones.
+"""Torch datasets over the run's examples: training windows (random crops, background) and fixed ones.
 
-Randomness is keyed on (seed, epoch, clip), never on worker state, so a resumed run draws the same
+Randomness is keyed on (seed, epoch, example), never on worker state, so a resumed run draws the same
 crops as an uninterrupted one. The epoch reaches worker processes through the sampler: it yields
 ``epoch * n + i`` and the dataset splits the key back.
 """
@@ -12,66 +12,83 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
-from birdclef.data.augment import BackgroundBank, add_background
-from birdclef.data.cache import WaveCache
+from birdclef.data.augment import BackgroundBank, add_background, max_targets
+from birdclef.data.examples import Examples
 
 
 class WindowDataset(Dataset):
-    """(wave (T,), target (K,), weight ()) for the cache rows `rows`.
+    """(wave (T,), target (K,), mask (K,), weight ()) for the examples `rows` (clips and pseudo windows).
 
     Args:
-        cache: prepared training cache.
-        rows: indices into `cache` that this split uses.
-        targets: (len(cache), K) float32 targets of every cache row.
-        weights: (len(cache),) float32 per-clip loss weights.
-        train: random crops and background mixing (keyed by the sampler's epoch); False gives the
-            deterministic window of each clip (validation, out-of-fold predictions).
+        examples: the run's examples (:class:`birdclef.data.examples.Examples`).
+        rows: example indices this split uses.
+        train: random crops, background and soundscape mixing (keyed by the sampler's epoch); False gives
+            the deterministic window of each example (validation, out-of-fold predictions).
         seed: base seed of all draws.
-        background: soundscape bank to mix under clips with probability `background_prob`.
-        background_gain: range of the background RMS relative to the clip RMS.
+        background: soundscape bank to mix under examples with probability `background_prob`.
+        background_gain: range of the background (and mixed pseudo window) RMS relative to the clip RMS.
+        mix_rows: pseudo windows that may be added to a training clip ("soundscape mixup"), with
+            probability `mix_prob`; the targets combine by max (:func:`~birdclef.data.augment.max_targets`).
     """
 
     def __init__(
         self,
-        cache: WaveCache,
+        examples: Examples,
         rows: np.ndarray,
-        targets: np.ndarray,
-        weights: np.ndarray,
         train: bool,
         seed: int = 42,
         background: BackgroundBank | None = None,
         background_prob: float = 0.0,
         background_gain: tuple[float, float] = (0.1, 0.5),
+        mix_rows: np.ndarray | None = None,
+        mix_prob: float = 0.0,
     ):
-        self.cache, self.rows, self.targets, self.weights = cache, np.asarray(rows), targets, weights
+        self.examples, self.rows = examples, np.asarray(rows, dtype=np.int64)
         self.train, self.seed = train, seed
         self.background = background if background is not None and len(background) else None
         self.background_prob, self.background_gain = background_prob, background_gain
+        self.mix_rows = np.asarray(mix_rows if mix_rows is not None else [], dtype=np.int64)
+        self.mix_prob = mix_prob if len(self.mix_rows) else 0.0
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, key: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         epoch, i = divmod(int(key), len(self.rows))
         row = int(self.rows[i])
+        ex = self.examples
         rng = np.random.default_rng([self.seed, epoch, row]) if self.train else None
-        wave = self.cache.window(row, rng)  # (T,)
+        wave = ex.wave(row, rng)  # (T,)
         if rng is not None and self.background is not None and rng.random() < self.background_prob:
             excerpt = self.background.excerpt(len(wave), rng)
             wave = add_background(wave, excerpt, float(rng.uniform(*self.background_gain)))
-        return torch.from_numpy(wave), torch.from_numpy(self.targets[row]), torch.tensor(self.weights[row])
+        target, mask = torch.from_numpy(ex.targets[row]), torch.from_numpy(ex.mask[row])
+        if rng is not None and self.mix_prob > 0 and ex.is_clip(row) and rng.random() < self.mix_prob:
+            other = int(self.mix_rows[rng.integers(len(self.mix_rows))])
+            wave = add_background(wave, ex.wave(other), float(rng.uniform(*self.background_gain)))
+            target, mask = max_targets(target, mask, torch.from_numpy(ex.targets[other]),
+                                       torch.from_numpy(ex.mask[other]))
+        return torch.from_numpy(wave), target, mask, torch.tensor(ex.weights[row])
 
 
 class EpochSampler(Sampler[int]):
     """Shuffles with (seed, epoch) and yields ``epoch * n + i`` keys for :class:`WindowDataset`.
+
+    Positions ``0 .. always - 1`` (the training clips) are in every epoch; `draw` more are drawn each
+    epoch, without replacement, from positions ``always .. n - 1`` (the fold's pseudo windows), seeded by
+    (seed, epoch) so a resumed epoch draws the same ones. By default every position is in every epoch.
 
     Under torch.distributed each rank takes every world_size-th key of the same permutation
     (padded by wrapping so ranks get equal counts), so Lightning's own sampler replacement is
     not needed (``use_distributed_sampler=False``).
     """
 
-    def __init__(self, n: int, seed: int = 42, shuffle: bool = True):
+    def __init__(self, n: int, seed: int = 42, shuffle: bool = True, always: int | None = None, draw: int = 0):
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.always = n if always is None else always
+        if not 0 <= draw <= n - self.always:
+            raise ValueError(f"cannot draw {draw} of the {n - self.always} optional positions")
+        self.draw = draw
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch."""
@@ -82,13 +99,21 @@ class EpochSampler(Sampler[int]):
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
+    def _positions(self) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if not self.draw and self.always == self.n:
+            return rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        drawn = self.always + rng.choice(self.n - self.always, self.draw, replace=False)
+        positions = np.concatenate([np.arange(self.always), np.sort(drawn)])
+        return rng.permutation(positions) if self.shuffle else positions
+
     def __iter__(self):
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
+        order = self._positions()
         rank, world = self._shard()
         if world > 1:
-            order = np.resize(order, -(-self.n // world) * world)[rank::world]
+            order = np.resize(order, -(-len(order) // world) * world)[rank::world]
         return iter((self.epoch * self.n + order).tolist())
 
     def __len__(self) -> int:
         rank, world = self._shard()
-        return -(-self.n // world)
+        return -(-(self.always + self.draw) // world)

@@ -15,33 +15,35 @@ from torch.utils.data import DataLoader
 
 from birdclef.config import Config
 from birdclef.data.augment import BackgroundBank
-from birdclef.data.cache import WaveCache
 from birdclef.data.dataset import EpochSampler, WindowDataset
+from birdclef.data.examples import Examples
 from birdclef.utils.process import worker_dies_with_parent
 
 
 class FoldData(L.LightningDataModule):
-    """Training windows of every fold but `fold` (random crops, background) and `fold`'s fixed windows.
+    """Fold `fold`'s training examples (other folds' clips, and a per-epoch draw of the other soundscape folds'
+    pseudo windows) and its validation clips (fixed windows, hard labels).
 
     Args:
-        config: run config (seed, batch size, workers, background mixing).
-        cache: prepared cache.
-        targets: (len(cache), K) float32 targets.
-        weights: (len(cache),) float32 loss weights.
-        folds: (len(cache),) fold id of each cache row.
+        config: run config (seed, batch size, workers, background and soundscape mixing, pseudo_ratio).
+        examples: the run's examples (clips first, then pseudo windows).
         fold: the held-out fold.
         background: soundscape bank for background mixing, or None.
     """
 
-    def __init__(self, config: Config, cache: WaveCache, targets: np.ndarray, weights: np.ndarray,
-                 folds: np.ndarray, fold: int, background: BackgroundBank | None):
+    def __init__(self, config: Config, examples: Examples, fold: int, background: BackgroundBank | None):
         super().__init__()
         train = config.train
         self.seed, self.batch_size, self.num_workers = train.seed + fold, train.batch_size, train.num_workers
-        self.train_set = WindowDataset(cache, np.flatnonzero(folds != fold), targets, weights, train=True,
-                                       seed=self.seed, background=background, background_prob=train.background_prob,
-                                       background_gain=train.background_gain)
-        self.val_set = WindowDataset(cache, np.flatnonzero(folds == fold), targets, weights, train=False, seed=self.seed)
+        clips, pseudo = examples.rows("clip", fold, held_out=False), examples.rows("pseudo", fold, held_out=False)
+        self.n_clips = len(clips)
+        self.n_pseudo = min(int(round(train.pseudo_ratio * len(clips))), len(pseudo))
+        """Pseudo windows drawn per epoch (train.pseudo_ratio of the clips, at most the fold's pool)."""
+        self.train_set = WindowDataset(examples, np.concatenate([clips, pseudo]), train=True, seed=self.seed,
+                                       background=background, background_prob=train.background_prob,
+                                       background_gain=train.background_gain, mix_rows=pseudo,
+                                       mix_prob=train.pseudo_mix_prob)
+        self.val_set = WindowDataset(examples, examples.rows("clip", fold, held_out=True), train=False, seed=self.seed)
 
     def _loader(self, dataset: WindowDataset, **kwargs) -> DataLoader:
         # An explicit generator keeps worker base seeds off the global torch RNG; the data itself is
@@ -50,7 +52,7 @@ class FoldData(L.LightningDataModule):
                           worker_init_fn=worker_dies_with_parent, generator=torch.Generator().manual_seed(self.seed), **kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochSampler(len(self.train_set), self.seed)
+        sampler = EpochSampler(len(self.train_set), self.seed, always=self.n_clips, draw=self.n_pseudo)
         # The epoch Lightning will pass to set_epoch (its restored progress, as in FitLoop.on_advance_start).
         sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0)
         # A last batch of one example would break BatchNorm in train mode; drop it, keep every other.

@@ -3,12 +3,18 @@
 Run folder (STYLE §3.5)::
 
     RUN/config.yaml  env.json  data.json  folds.csv  metrics.csv  oof.parquet  summary.json
+    RUN/pseudo_folds.csv  pseudo.json  pseudo_cache/           (with --pseudo)
     RUN/fold{k}/best.pt  last.ckpt  metrics.csv  oof.parquet  done.json
 
 ``best.pt`` is the self-describing checkpoint inference loads; ``last.ckpt`` is Lightning's full
 state (optimizer, scheduler, callbacks) for ``--resume``, written atomically (an unreadable one is
 moved to ``last.ckpt.corrupt`` and its fold restarts, with a warning); ``done.json`` marks a
 finished fold. ``oof.parquet`` is keyed by clip (``filename``, and the cache index's ``row``).
+
+Clips and pseudo-labelled soundscape windows are one table of examples (:mod:`birdclef.data.examples`)
+with one fold column: ``folds.csv`` lists the clips' folds, ``pseudo_folds.csv`` the soundscapes'
+(:func:`birdclef.data.pseudo.write_run_pseudo`); fold ``k`` trains on both sources outside fold ``k`` and
+validates on fold ``k``'s clips only.
 
 Under DDP (``train.devices`` > 1) Lightning re-runs the command for ranks 1..N-1 once rank 0
 reaches its first fit; those ranks read the run folder and cache but never write them.
@@ -37,8 +43,10 @@ from birdclef.birdnet.torch_net import init_head_from_birdnet
 from birdclef.config import BIRDNET_BACKBONE, Config, config_to_dict, dump_config, load_config
 from birdclef.data.augment import BackgroundBank
 from birdclef.data.cache import WaveCache, prepare_cache
-from birdclef.data.folds import assign_folds
-from birdclef.data.metadata import DatasetLayout, label_matrix, load_classes, parse_secondary_labels
+from birdclef.data.examples import Examples, build_examples, prepare_pseudo_audio
+from birdclef.data.examples import build_targets  # noqa: F401  (re-exported: birdnet/head_train imports it from here)
+from birdclef.data.metadata import DatasetLayout, load_classes
+from birdclef.data.pseudo import RUN_RECORD, PseudoLabels, read_pseudo, write_run_pseudo
 from birdclef.errors import ConfigError, DatasetError
 from birdclef.models import list_heads, load_checkpoint
 from birdclef.models.classifier import check_backbone_name
@@ -48,7 +56,7 @@ from birdclef.train.lifecycle import AtomicCheckpointIO, is_launched_rank, reada
 from birdclef.train.losses import loss_from_config
 from birdclef.train.module import BirdModule, validation_auc
 from birdclef.utils.device import autocast_for, resolve_device
-from birdclef.utils.io import write_csv_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
+from birdclef.utils.io import read_json, write_csv_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
 from birdclef.utils.process import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -75,27 +83,8 @@ class TrainSummary:
     cache_dir: Path | None = None
     skipped_background: list[tuple[str, str]] = field(default_factory=list)
     """(file, reason) of train_soundscapes that could not be decoded for background mixing."""
-
-
-def build_targets(index: pd.DataFrame, classes: list[str], secondary_weight: float, rating_weight: bool):
-    """(targets (N, K) float32, weights (N,) float32) of the cache rows.
-
-    Secondary labels that are not classes are ignored (real train.csv files name species outside the
-    scored set); a primary label outside the class list is an error.
-    """
-    unknown = sorted(set(index["primary_label"].astype(str)) - set(classes))
-    if unknown:
-        raise DatasetError(f"{len(unknown)} primary labels are not in the class list "
-                           f"(sample_submission.csv / taxonomy.csv): {unknown[:5]}")
-    column = index["secondary_labels"] if "secondary_labels" in index else [None] * len(index)
-    secondary = [parse_secondary_labels(v) for v in column]
-    targets = label_matrix(index["primary_label"].astype(str).tolist(), secondary, classes, secondary_weight,
-                           ignore_unknown=True)
-    weights = np.ones(len(index), dtype=np.float32)
-    if rating_weight and "rating" in index:
-        rating = pd.to_numeric(index["rating"], errors="coerce").fillna(0.0).to_numpy(np.float32)
-        weights = np.where(rating > 0, np.clip(rating, 0.0, 5.0) / 5.0, 1.0).astype(np.float32)
-    return targets.astype(np.float32), weights
+    n_pseudo: int = 0
+    """Pseudo-labelled soundscape windows in the run's table (0 without ``--pseudo``)."""
 
 
 def _config_diff(a: Config, b: Config) -> list[str]:
@@ -182,15 +171,14 @@ def _resume_checkpoint(fold_dir: Path, resume: bool) -> Path | None:
     return None
 
 
-def _fit_fold(config, classes, cache, targets, weights, folds, fold, run, background, resume, progress, callbacks,
-              taxonomy=None):
+def _fit_fold(config, classes, examples: Examples, fold, run, background, resume, progress, callbacks, taxonomy=None):
     fold_dir = run / f"fold{fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.train.seed + fold, verbose=False)
     module = BirdModule(config, classes, fold)
     if config.model.backbone == BIRDNET_BACKBONE and config.model.init_from_birdnet:
         init_head_from_birdnet(module.model, classes, taxonomy)  # a resumed fold then loads last.ckpt over it
-    data = FoldData(config, cache, targets, weights, folds, fold, background)
+    data = FoldData(config, examples, fold, background)
     last = ModelCheckpoint(dirpath=fold_dir, filename="last", monitor=None, save_top_k=1,
                            save_on_train_epoch_end=True, enable_version_counter=False)
     ckpt = _resume_checkpoint(fold_dir, resume) if not is_launched_rank() else _existing(fold_dir / "last.ckpt", resume)
@@ -206,7 +194,7 @@ def _fit_fold(config, classes, cache, targets, weights, folds, fold, run, backgr
         trainer.fit(module, datamodule=data, ckpt_path=ckpt)
     finished = trainer.current_epoch >= config.train.epochs and not trainer.interrupted
     if finished and trainer.is_global_zero:
-        _write_oof(fold_dir, fold, data.val_dataloader(), cache.index, classes, config)
+        _write_oof(fold_dir, fold, data.val_dataloader(), examples, classes, config)
     return finished
 
 
@@ -216,16 +204,17 @@ def _existing(path: Path, resume: bool) -> Path | None:
 
 
 @torch.no_grad()
-def _write_oof(fold_dir: Path, fold: int, val_dl: DataLoader, index: pd.DataFrame, classes, config: Config) -> None:
-    """Predict the held-out fold with best.pt and mark the fold done."""
+def _write_oof(fold_dir: Path, fold: int, val_dl: DataLoader, examples: Examples, classes, config: Config) -> None:
+    """Predict the held-out fold's clips with best.pt and mark the fold done."""
     device = resolve_device("cpu" if config.train.accelerator == "cpu" else "auto")
     best = load_checkpoint(fold_dir / "best.pt", map_location=device)
     model = best.model.to(device).eval()
     chunks = []
-    for wave, _, _ in val_dl:
+    for wave, *_ in val_dl:
         with autocast_for(device):
             chunks.append(torch.sigmoid(model(wave.to(device))["clip_logits"].float()).cpu().numpy())
-    positions = val_dl.dataset.rows  # positions in the cache, which are not the cache index's `row`
+    index = examples.cache.index
+    positions = examples.table["cache_row"].to_numpy()[val_dl.dataset.rows]  # not the cache index's `row`
     probs = np.concatenate(chunks) if chunks else np.zeros((0, len(classes)), np.float32)
     oof = pd.DataFrame(probs, columns=classes)
     oof.insert(0, "fold", fold)
@@ -268,6 +257,27 @@ def background_bank(config: Config, layout: DatasetLayout) -> BackgroundBank | N
                           config.train.background_max_files)
 
 
+def _open_pseudo(run: Path, pseudo: Path | None, classes: list[str], config: Config, child: bool,
+                 existed: bool) -> PseudoLabels | None:
+    """Read `pseudo` against the run's split; a resumed run must keep the table it began with."""
+    record = run / RUN_RECORD
+    before = read_json(record) if existed and record.is_file() else None
+    if existed and not child and (before is None) != (pseudo is None):
+        raise ConfigError(f"cannot resume {run}: it was trained " + (
+            f"with the pseudo-label table {before['table']}; pass --pseudo {before['table']}" if before else
+            f"without pseudo-labels, and --pseudo {pseudo} would change its training set; choose another --out"))
+    if pseudo is None:
+        return None
+    labels = read_pseudo(pseudo, classes, config.data.n_folds, config.data.fold_seed)
+    if before is not None and before["sha256"] != labels.sha256:
+        raise ConfigError(f"cannot resume {run} with the pseudo-label table {labels.source} (sha256 "
+                          f"{labels.sha256[:12]}): it was trained on {before['table']} "
+                          f"(sha256 {before['sha256'][:12]})")
+    if not child:
+        write_run_pseudo(run, labels)
+    return labels
+
+
 def train_kfold(
     config: Config,
     data_root: Path,
@@ -276,6 +286,7 @@ def train_kfold(
     resume: bool = False,
     progress: bool = True,
     callbacks: list[L.Callback] | None = None,
+    pseudo: Path | None = None,
 ) -> TrainSummary:
     """Train `config.train.folds` of a StratifiedKFold split of `data_root`'s train.csv into `out`.
 
@@ -287,24 +298,37 @@ def train_kfold(
         cache_dir: prepared cache (made there when absent); default ``out/cache``.
         progress: show Lightning's progress bar.
         callbacks: extra Lightning callbacks (tests use one to interrupt a run).
+        pseudo: a pseudo-label table (:mod:`birdclef.data.pseudo`): fold ``k`` also trains on the windows
+            of soundscapes outside fold ``k`` (``train.pseudo_ratio``, ``pseudo_weight``, ``pseudo_mix_prob``);
+            validation and out-of-fold predictions stay the held-out clips. The soundscapes' folds go to
+            ``RUN/pseudo_folds.csv`` and the table's identity to ``RUN/pseudo.json`` (folds.csv keeps the
+            clips); their audio is decoded once into ``RUN/pseudo_cache/``. A resumed run must be given
+            the same table (same sha256), or none if it had none.
 
     Returns:
         Per-fold best scores and the out-of-fold macro ROC-AUC of the finished folds.
+
+    Raises:
+        ConfigError: a resumed run with a different config or pseudo table.
+        DatasetError: a broken data set or pseudo table (named).
     """
     if config.model.freeze_backbone:  # a head on frozen BirdNET embeddings: no Lightning, no torch backbone
         from birdclef.birdnet.head_train import train_embedding_head
 
-        return train_embedding_head(config, data_root, out, cache_dir, resume, progress)
+        extra = {} if pseudo is None else {"pseudo": pseudo}  # the head path's own pseudo support
+        return train_embedding_head(config, data_root, out, cache_dir, resume, progress, **extra)
     started = time.perf_counter()
     run = Path(out)
     child = is_launched_rank()  # a DDP rank > 0 re-running the command: rank 0 owns the run folder
     check_names(config)
+    existed = resume and (run / "config.yaml").is_file()
     if child:
         die_with_parent()
     else:
         init_run(run, config, resume)
     layout = DatasetLayout.from_root(data_root)
     classes = load_classes(layout)
+    labels = _open_pseudo(run, pseudo, classes, config, child, existed)
     data = config.data
     skipped_clips = 0
     if not child:  # the cache is complete before rank 0 launches the other ranks
@@ -313,28 +337,32 @@ def train_kfold(
                                       num_workers=config.train.num_workers, max_files=data.max_files,
                                       progress=progress).n_skipped
     cache = WaveCache(cache_dir or run / "cache")
+    audio = None if labels is None else prepare_pseudo_audio(labels, run / "pseudo_cache", data.sample_rate,
+                                                             data.window_s, progress and not child)
     if not child:
         write_json_atomic({"data_root": str(layout.root.resolve()), "cache": str(cache.path.resolve())},
                           run / "data.json")
-    targets, weights = build_targets(cache.index, classes, data.secondary_label_weight, data.rating_weight)
-    folds = assign_folds(cache.index["primary_label"].astype(str).tolist(), data.n_folds, data.fold_seed)
+    examples = build_examples(cache, classes, config, labels, audio)
+    clips = examples.table.iloc[: examples.n_clips]
     if not child:
         write_csv_atomic(pd.DataFrame({"filename": cache.index["filename"],
-                                       "primary_label": cache.index["primary_label"], "fold": folds}), run / "folds.csv")
+                                       "primary_label": cache.index["primary_label"], "fold": clips["fold"]}),
+                         run / "folds.csv")
     background = background_bank(config, layout)
     for fold in config.train.folds:
         if (run / f"fold{fold}" / "done.json").is_file():
             continue
-        if not _fit_fold(config, classes, cache, targets, weights, folds, fold, run, background, resume, progress,
-                         callbacks, taxonomy=layout.taxonomy_csv):
+        if not _fit_fold(config, classes, examples, fold, run, background, resume, progress, callbacks,
+                         taxonomy=layout.taxonomy_csv):
             break  # interrupted: leave the remaining folds for --resume
     if child:
         return TrainSummary(run, n_clips=len(cache.index), elapsed_s=time.perf_counter() - started)
-    summary = _collect(run, list(config.train.folds), classes, targets, cache.index)
+    summary = _collect(run, list(config.train.folds), classes, examples.targets[: examples.n_clips], cache.index)
     summary.n_clips, summary.elapsed_s = len(cache.index), time.perf_counter() - started
     summary.skipped_clips, summary.cache_dir = skipped_clips, cache.path
     summary.skipped_background = [] if background is None else list(background.skipped)
+    summary.n_pseudo = 0 if labels is None else len(labels)
     write_json_atomic({"fold_scores": summary.fold_scores, "oof_auc": summary.oof_auc, "oof_note": OOF_NOTE,
-                       "n_clips": summary.n_clips, "classes": len(classes), "elapsed_s": round(summary.elapsed_s, 1)},
-                      run / "summary.json")
+                       "n_clips": summary.n_clips, "n_pseudo": summary.n_pseudo, "classes": len(classes),
+                       "elapsed_s": round(summary.elapsed_s, 1)}, run / "summary.json")
     return summary

@@ -50,24 +50,24 @@ class BirdModule(L.LightningModule):
         return np.random.default_rng(key)
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        wave, target, weight = batch  # (B, T), (B, K), (B,)
+        wave, target, mask, weight = batch  # (B, T), (B, K), (B, K) bool: known targets, (B,)
         rng = self._step_rng(batch_idx)
         train = self.config.train
         if train.mixup_alpha > 0 and len(wave) > 1 and rng.random() < train.mixup_prob:
-            mixed = mix_batch(wave, target, train.mixup_alpha, rng)
+            mixed = mix_batch(wave, target, train.mixup_alpha, rng, mask)
             loss = mixup_loss(self.criterion, self.model(mixed.wave)["clip_logits"], mixed, train.mixup_target, weight)
         else:
-            loss = self.criterion(self.model(wave)["clip_logits"], target, weight)
+            loss = self.criterion(self.model(wave)["clip_logits"], target, weight, mask)
         self.log("train_loss", loss, on_step=True, prog_bar=True, batch_size=len(wave))
         # The epoch mean is averaged over all DDP ranks (each trains on its own shard).
         self.log("train_loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(wave))
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        wave, target, weight = batch
+        wave, target, mask, weight = batch
         logits = self.model(wave)["clip_logits"]
         # Every DDP rank validates the whole fold (no distributed sampler), so the sync averages equal values.
-        self.log("val_loss", self.criterion(logits, target, weight), on_epoch=True, prog_bar=True, batch_size=len(wave),
+        self.log("val_loss", self.criterion(logits, target, weight, mask), on_epoch=True, prog_bar=True, batch_size=len(wave),
                  sync_dist=True)
         self._val_probs.append(torch.sigmoid(logits.float()).cpu())
         self._val_targets.append(target.float().cpu())
