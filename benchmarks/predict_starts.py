@@ -2,8 +2,8 @@
 
 A script, not a test (timings never go in assertions):
 
-    python benchmarks/predict_starts.py --run runs/b0 --run runs/head [--birdnet] [--data DIR] [--files 6]
-                                        [--rounds 3] [--threads 2] [--json PATH]
+    python benchmarks/predict_starts.py --run runs/b0 --run runs/head [--model EXPORTED] [--birdnet] [--data DIR]
+                                        [--files 6] [--rounds 3] [--threads 2] [--json PATH]
 
 Each model predicts the same ``--files`` soundscapes of ``DATA/test_soundscapes`` the way ``birdclef predict``
 does (``load_audio`` at the model's rate, then ``predict_file`` with the run's stored settings), one model after
@@ -42,6 +42,10 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     for run in args.runs:
         infer = resolve_infer(runs=[run]).config
         models[f"run {run.name}"] = runs_predictor([run], None, infer, "cpu", args.threads)
+    for model in args.models:  # exported folders (`birdclef export`), on their own runtime
+        from birdclef.export.runtime import ExportedPredictor
+
+        models[f"exported {model.name}"] = ExportedPredictor(model, threads=args.threads)
     if args.birdnet:
         from birdclef.birdnet.build import BIRDNET_DEFAULTS, build_birdnet
 
@@ -61,6 +65,8 @@ def timed(predictor: Any, paths: list[Path]) -> float:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", dest="runs", type=Path, action="append", default=[])
+    parser.add_argument("--model", dest="models", type=Path, action="append", default=[],
+                        help="an exported model folder (`birdclef export`), run on its own runtime")
     parser.add_argument("--birdnet", action="store_true", help="also time BirdNET v2.4 zero-shot (the reference)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder (its test_soundscapes)")
     parser.add_argument("--files", type=int, default=6)
@@ -68,8 +74,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=2, help="torch and LiteRT threads")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "predict_starts.json")
     args = parser.parse_args(argv)
-    if not args.runs and not args.birdnet:
-        parser.error("give --run and/or --birdnet")
+    if not args.runs and not args.models and not args.birdnet:
+        parser.error("give --run, --model and/or --birdnet")
     paths = sorted((args.data / "test_soundscapes").glob("*.ogg"))[: args.files]
     if not paths:
         parser.error(f"no .ogg soundscapes in {args.data / 'test_soundscapes'}")

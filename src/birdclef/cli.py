@@ -255,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("csvs", type=Path, nargs="+")
     p.add_argument("--weights", type=float, nargs="+", default=None, help="one per CSV (normalised to sum 1)")
     p.add_argument("--out", type=Path, required=True)
+
+    from birdclef.cli_selftrain import add_parsers  # selftrain, distill
+
+    add_parsers(sub)
     return parser
 
 
@@ -662,6 +666,9 @@ def _blend(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``birdclef`` command; returns the exit code."""
+    from birdclef.cli_selftrain import OUT_KINDS as SELFTRAIN_OUT_KINDS  # registers its verbs
+
+    OUT_KINDS.update(SELFTRAIN_OUT_KINDS)
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "out", None) is not None and args.verb in OUT_KINDS:

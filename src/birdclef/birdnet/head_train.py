@@ -7,6 +7,8 @@ metrics.csv, summary.json) plus ``LICENSE-NOTE.txt`` and the embedding cache::
     RUN/embeddings/<key>/copy0.npz    clean rows: emb (R, C, 1024) float16
     RUN/embeddings/<key>/copy{a}.npz  augmented copy a: rows (n,) int64 of the rows it mixed, emb (n, C, 1024)
 
+(``CACHE/birdnet-embeddings/<key>/`` instead when a wave cache folder is given, so runs sharing it embed once.)
+
 Examples are the 5 s rows of each cached clip (what the prepared cache holds: with ``data.strategy:
 random`` the first ``data.max_clip_s`` seconds, so a long weakly labelled clip gives several rows; a
 fixed strategy gives its one window): every full 5 s window, plus a last partial one holding at least
@@ -54,6 +56,10 @@ from birdclef.infer.base import ROW_WINDOW_S
 from birdclef.train.losses import loss_from_config
 from birdclef.train.module import validation_auc
 from birdclef.utils.io import write_atomic, write_csv_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
+
+EMBEDDINGS_IN_CACHE = "birdnet-embeddings"
+"""With a given wave cache (``--cache``), embeddings are cached in CACHE/birdnet-embeddings/ (else RUN/embeddings/),
+so the runs that share a cache (selftrain's rounds) embed the clips once."""
 
 ROW_BATCH = 64
 """Rows embedded per LiteRT call batch (bounds memory: 64 x 5 s at 48 kHz)."""
@@ -351,7 +357,9 @@ def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: 
     record_pseudo(run, labels)
     write_text_atomic(LICENSE_NOTE, run / "LICENSE-NOTE.txt")
     prep = _prepare(config, data_root, run, cache_dir, progress)
-    folder = run / "embeddings" / embedding_key(config, prep.cache, model)
+    # Beside a shared wave cache, the embeddings are shared too (selftrain rounds, runs of one dataset).
+    root = Path(cache_dir) / EMBEDDINGS_IN_CACHE if cache_dir is not None else run / "embeddings"
+    folder = root / embedding_key(config, prep.cache, model)
     copies = embed_copies(config, prep.cache, model, prep.bank, folder, progress)
     clips, windows = clip_rows(prep.cache)
     head_data = HeadData(copies, clips, prep.targets, prep.weights, prep.folds)

@@ -315,8 +315,7 @@ def train_kfold(
     if config.model.freeze_backbone:  # a head on frozen BirdNET embeddings: no Lightning, no torch backbone
         from birdclef.birdnet.head_train import train_embedding_head
 
-        extra = {} if pseudo is None else {"pseudo": pseudo}  # the head path's own pseudo support
-        return train_embedding_head(config, data_root, out, cache_dir, resume, progress, **extra)
+        return train_embedding_head(config, data_root, out, cache_dir, resume, progress, pseudo=pseudo)
     started = time.perf_counter()
     run = Path(out)
     child = is_launched_rank()  # a DDP rank > 0 re-running the command: rank 0 owns the run folder

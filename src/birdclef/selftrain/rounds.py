@@ -1,0 +1,307 @@
+"""``birdclef selftrain``: noisy-student rounds (teacher -> pseudo-labels -> student -> the student teaches).
+
+Folder (every step resumable; a killed job continues where it stopped and gives the same result)::
+
+    OUT/selftrain.json          the settings (a re-run with other settings is refused; ``rounds`` may grow)
+    OUT/cache/                  the clip cache every round shares
+    OUT/round0/run/             the supervised start (clips only), unless teachers are given
+    OUT/round0/scores.json      its score
+    OUT/roundR/pseudo.parquet   pseudo-labels of the soundscapes from round R's teachers
+    OUT/roundR/run/             the student: the same config, trained on clips + those pseudo-labels
+    OUT/roundR/validation.csv   with a validation set: the student's predictions of it
+    OUT/roundR/scores.json      score, what was scored, teachers, pseudo settings, wall and CPU seconds
+    OUT/rounds.csv              one row per finished round
+    OUT/summary.json            the best round and why the rounds stopped
+
+Round R's teachers are the best student so far (round 0: the supervised start, or the given ``teachers``),
+plus BirdNET zero-shot in every round when asked (it never trains on anything here), plus the given teachers
+when ``keep_teachers``. The fold rule (:mod:`birdclef.data.pseudo`) applies to every run teacher: a
+soundscape is labelled only by the fold model that held it out.
+
+**The stopping rule.** Rounds stop when ``patience`` rounds in a row fail to beat the best score by more than
+``min_gain``. The score is the macro ROC-AUC of the round's model on labelled soundscapes when a validation
+set is given (``validate``: a folder with ``solution.csv`` and the audio, or a BirdCLEF folder with
+``test_soundscapes/``), otherwise its out-of-fold clip score (optimistic, and blind to soundscapes);
+``scores.json`` says which.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import pandas as pd
+
+from birdclef.config import Config, config_to_dict
+from birdclef.errors import ConfigError, DatasetError
+from birdclef.utils.io import exclusive_lock, read_json, write_csv_atomic, write_json_atomic
+
+GROWABLE = ("rounds",)
+"""Settings a resumed selftrain may change."""
+
+
+@dataclass(frozen=True)
+class SelfTrainSettings:
+    rounds: int = 4
+    """Most student rounds after round 0."""
+    teachers: tuple[str, ...] = ()
+    """Trained runs that label round 1 (none: train the config on clips first, as round 0)."""
+    weights: tuple[float, ...] | None = None
+    """Blend weights of `teachers` (then BirdNET, when asked); default equal."""
+    birdnet: bool = False
+    """BirdNET v2.4 zero-shot joins the teachers of every round (its unknown classes stay masked)."""
+    birdnet_model: str | None = None
+    keep_teachers: bool = False
+    """The given teachers stay teachers beside the best student in every round."""
+    soundscapes: str | None = None
+    """Unlabelled soundscapes to pseudo-label (default DATA/train_soundscapes)."""
+    power: float = 1.0
+    """Pseudo-label sharpening p -> p ** power (the BirdCLEF 2025 winner: 1 / 0.65 = 1.54)."""
+    thresholds: str | None = None
+    """Per-class thresholds CSV (``birdclef thresholds``): pseudo-labels below them become 0."""
+    hop_s: float = 5.0
+    """Seconds between pseudo-labelled windows."""
+    validate: str | None = None
+    """Labelled soundscapes to score each round on (see the module docstring)."""
+    patience: int = 1
+    min_gain: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.patience < 1:
+            raise ConfigError(f"--rounds and --patience must be at least 1, got {self.rounds} and {self.patience}")
+        if self.power <= 0 or self.hop_s <= 0:
+            raise ConfigError(f"--power and --hop must be positive, got {self.power} and {self.hop_s}")
+        if self.keep_teachers and not self.teachers:
+            raise ConfigError("--keep-teachers needs --teacher runs")
+
+
+@dataclass
+class RoundResult:
+    round: int
+    score: float | None
+    scored_on: str
+    """``soundscapes`` (labelled validation soundscapes) or ``oof_clips``."""
+    groups: dict[str, float] = field(default_factory=dict)
+    teachers: list[str] = field(default_factory=list)
+    student: str | None = None
+    pseudo: dict = field(default_factory=dict)
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+
+
+@dataclass
+class SelfTrainSummary:
+    out: Path
+    rounds: list[RoundResult]
+    best_round: int
+    stopped: str
+
+    @property
+    def best(self) -> RoundResult:
+        return next(r for r in self.rounds if r.round == self.best_round)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (DataLoader workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def validation_set(validate: Path) -> tuple[Path, Path]:
+    """(audio folder, solution.csv) of a validation set: DIR/test_soundscapes or DIR itself, and DIR/solution.csv."""
+    validate = Path(validate)
+    solution = validate / "solution.csv"
+    if not solution.is_file():
+        raise DatasetError(f"{validate}: a validation set needs solution.csv (true 0/1 labels per 5 s row)")
+    audio = validate / "test_soundscapes" if (validate / "test_soundscapes").is_dir() else validate
+    return audio, solution
+
+
+def _check_settings(out: Path, config: Config, data: Path, settings: SelfTrainSettings) -> None:
+    record = {"config": config_to_dict(config), "data": str(Path(data).resolve()), "settings": asdict(settings)}
+    path = out / "selftrain.json"
+    if path.is_file():
+        old = read_json(path)
+        mine = json.loads(json.dumps(record))  # tuples as lists, as stored
+        changed = [k for k in mine["settings"] if k not in GROWABLE and old["settings"].get(k) != mine["settings"][k]]
+        changed += [k for k in ("config", "data") if old.get(k) != mine[k]]
+        if changed:
+            raise ConfigError(f"{out} holds a selftrain with other settings (changed: {', '.join(changed)}); "
+                              "choose another --out")
+    write_json_atomic(record, path)
+
+
+class _Rounds:
+    """One selftrain job: the steps of each round, each skipped when its output is already there."""
+
+    def __init__(self, config: Config, data: Path, out: Path, settings: SelfTrainSettings, device: str,
+                 progress: bool, log):
+        self.config, self.data, self.out, self.settings = config, Path(data), Path(out), settings
+        self.device, self.progress, self.log = device, progress, log
+        self.soundscapes = Path(settings.soundscapes) if settings.soundscapes else self.data / "train_soundscapes"
+        self.validation = validation_set(Path(settings.validate)) if settings.validate else None
+
+    # ------------------------------------------------------------------ steps
+
+    def train(self, run: Path, pseudo: Path | None) -> None:
+        from birdclef.train.kfold import train_kfold
+
+        train_kfold(self.config, self.data, run, cache_dir=self.out / "cache", resume=(run / "config.yaml").is_file(),
+                    progress=self.progress, pseudo=pseudo)
+
+    def label(self, where: Path, teachers: list[str]) -> dict:
+        from birdclef.selftrain.pseudo import pseudo_label
+
+        s = self.settings
+        weights = None
+        if s.weights is not None and teachers == list(s.teachers):
+            weights = list(s.weights)
+        summary = pseudo_label(self.soundscapes, where, [Path(t) for t in teachers], weights=weights,
+                               birdnet=s.birdnet, birdnet_model=Path(s.birdnet_model) if s.birdnet_model else None,
+                               power=s.power, thresholds=Path(s.thresholds) if s.thresholds else None, hop_s=s.hop_s,
+                               n_folds=self.config.data.n_folds, fold_seed=self.config.data.fold_seed,
+                               data=self.data if s.birdnet else None, device=self.device, progress=self.progress)
+        return {"rows": summary.n_rows, "files": summary.n_files, "skipped": len(summary.skipped),
+                "masked_classes": len(summary.masked_classes), "power": s.power, "thresholds": s.thresholds,
+                "hop_s": s.hop_s, "birdnet": s.birdnet}
+
+    def score(self, where: Path, runs: list[str], birdnet: bool,
+              weights: list[float] | None = None) -> tuple[float | None, str, dict[str, float]]:
+        """(score, what was scored, per taxon group) of `runs` (+ BirdNET) on the validation set, else OOF clips."""
+        if self.validation is None:
+            if birdnet or len(runs) != 1:
+                return None, "oof_clips", {}
+            summary = Path(runs[0]) / "summary.json"
+            oof = read_json(summary).get("oof_auc") if summary.is_file() else None
+            return oof, "oof_clips", {}
+        return self.score_predictor(where, self._predictor(runs, birdnet, weights, where / "validation.csv"))
+
+    def score_predictor(self, where: Path, predictor) -> tuple[float, str, dict[str, float]]:
+        """Macro ROC-AUC (and per taxon group) of `predictor` on the validation set (its CSV kept in `where`)."""
+        from birdclef.eval.metrics import evaluate_submission, group_scores
+        from birdclef.infer.job import predict_to_csv
+
+        audio, solution = self.validation
+        csv = where / "validation.csv"
+        predict_to_csv(audio, predictor, csv, progress=self.progress)
+        report = evaluate_submission(csv, solution)
+        groups = {}
+        taxonomy = self.data / "taxonomy.csv"
+        if taxonomy.is_file():
+            table = group_scores(report, taxonomy)
+            groups = {row.group: float(row.auc) for row in table.itertuples() if row.auc == row.auc}
+        return float(report.score), "soundscapes", groups
+
+    def _predictor(self, runs: list[str], birdnet: bool, weights: list[float] | None, csv: Path):
+        from birdclef.birdnet.head import runs_predictor
+        from birdclef.infer.settings import resolve_infer
+
+        infer = resolve_infer(runs=runs).config
+        run_weights = weights[:len(runs)] if weights else None
+        predictor = runs_predictor(runs, run_weights, infer, self.device)
+        if not birdnet:
+            return predictor
+        from birdclef.birdnet.build import build_birdnet
+
+        return build_birdnet(csv, replace(infer, smoothing=False, power_adjust=False), predictor, data=self.data,
+                             model_path=self.settings.birdnet_model, weights=weights).predictor
+
+    # ------------------------------------------------------------------ rounds
+
+    def round_zero(self) -> RoundResult:
+        where = self.out / "round0"
+        done = where / "scores.json"
+        if done.is_file():
+            return RoundResult(**read_json(done))
+        started, cpu = time.perf_counter(), _cpu_seconds()
+        where.mkdir(parents=True, exist_ok=True)
+        if self.settings.teachers:
+            runs, student = list(self.settings.teachers), None
+            self.log(f"round 0: the given teachers {runs}")
+        else:
+            student = str(where / "run")
+            runs = [student]
+            self.log(f"round 0: the supervised start on clips -> {student}")
+            self.train(Path(student), None)
+        birdnet = self.settings.birdnet and bool(self.settings.teachers)
+        weights = list(self.settings.weights) if self.settings.weights else None
+        score, kind, groups = self.score(where, runs, birdnet, weights)
+        result = RoundResult(0, score, kind, groups, teachers=runs + (["birdnet"] if birdnet else []),
+                             student=student, wall_s=time.perf_counter() - started, cpu_s=_cpu_seconds() - cpu)
+        write_json_atomic(asdict(result), done)
+        return result
+
+    def student_round(self, r: int, teachers: list[str]) -> RoundResult:
+        where = self.out / f"round{r}"
+        done = where / "scores.json"
+        if done.is_file():
+            return RoundResult(**read_json(done))
+        started, cpu = time.perf_counter(), _cpu_seconds()
+        where.mkdir(parents=True, exist_ok=True)
+        shown = teachers + (["birdnet"] if self.settings.birdnet else [])
+        self.log(f"round {r}: pseudo-labelling {self.soundscapes} with {shown}")
+        pseudo = self.label(where / "pseudo.parquet", teachers)
+        student = where / "run"
+        self.log(f"round {r}: training the student on clips + {pseudo['rows']} pseudo-labelled windows -> {student}")
+        self.train(student, where / "pseudo.parquet")
+        score, kind, groups = self.score(where, [str(student)], False)
+        result = RoundResult(r, score, kind, groups, teachers=shown, student=str(student), pseudo=pseudo,
+                             wall_s=time.perf_counter() - started, cpu_s=_cpu_seconds() - cpu)
+        write_json_atomic(asdict(result), done)
+        return result
+
+
+def _format(score: float | None) -> str:
+    return "n/a" if score is None else f"{score:.4f}"
+
+
+def run_selftrain(config: Config, data: Path, out: Path, settings: SelfTrainSettings, device: str = "auto",
+                  progress: bool = True, log=print) -> SelfTrainSummary:
+    """Run (or resume) the rounds of the module docstring into `out`.
+
+    Raises:
+        ConfigError: bad settings, or `out` holds a selftrain with other settings.
+        DatasetError: a validation set without solution.csv; as ``train`` and ``pseudo`` for their inputs.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out / "selftrain.json", "birdclef selftrain"):
+        _check_settings(out, config, data, settings)
+        job = _Rounds(config, data, out, settings, device, progress, log)
+        results = [job.round_zero()]
+        log(f"round 0: {results[0].scored_on} macro ROC-AUC {_format(results[0].score)}")
+        best, misses, stopped = results[0], 0, f"ran all {settings.rounds} rounds"
+        for r in range(1, settings.rounds + 1):
+            teachers = [best.student] if best.student else []
+            if settings.keep_teachers or not teachers:
+                teachers = list(dict.fromkeys(list(settings.teachers) + teachers))
+            result = job.student_round(r, teachers)
+            results.append(result)
+            log(f"round {r}: {result.scored_on} macro ROC-AUC {_format(result.score)} (best so far "
+                f"{_format(best.score)} in round {best.round})")
+            if result.score is not None and (best.score is None or result.score > best.score + settings.min_gain):
+                best, misses = result, 0
+            else:
+                misses += 1
+            if misses >= settings.patience:
+                stopped = (f"round {r} did not beat round {best.round}'s {_format(best.score)} by more than "
+                           f"{settings.min_gain} ({misses} round(s) in a row)")
+                break
+        _write_tables(out, results, best, stopped)
+    return SelfTrainSummary(out, results, best.round, stopped)
+
+
+def _write_tables(out: Path, results: list[RoundResult], best: RoundResult, stopped: str) -> None:
+    rows = []
+    for r in results:
+        row = {"round": r.round, "score": r.score, "scored_on": r.scored_on, "teachers": " + ".join(r.teachers),
+               "student": r.student or "", "pseudo_rows": r.pseudo.get("rows"), "power": r.pseudo.get("power"),
+               "wall_s": round(r.wall_s, 1), "cpu_s": round(r.cpu_s, 1)}
+        row.update({f"auc_{group}": auc for group, auc in r.groups.items()})
+        rows.append(row)
+    write_csv_atomic(pd.DataFrame(rows), out / "rounds.csv")
+    write_json_atomic({"best_round": best.round, "best_score": best.score, "best_run": best.student,
+                       "scored_on": best.scored_on, "stopped": stopped}, out / "summary.json")
