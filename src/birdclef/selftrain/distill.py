@@ -77,7 +77,7 @@ def distill(config: Config, data: Path, out: Path, settings: SelfTrainSettings, 
 
             score, kind, groups = job.score_predictor(out, ExportedPredictor(model))
         else:
-            score, kind, groups = job.score(out, [str(out / "run")], False)
+            score, kind, groups = job.score(out, out / "run")
         summary = DistillSummary(out, out / "run", model, score, kind, groups, pseudo,
                                  time.perf_counter() - started, _cpu_seconds() - cpu)
         write_json_atomic({**asdict(summary), "out": str(out), "run": str(summary.run),

@@ -4,7 +4,7 @@ Folder (every step resumable; a killed job continues where it stopped and gives 
 
     OUT/selftrain.json          the settings (a re-run with other settings is refused; ``rounds`` may grow)
     OUT/cache/                  the clip cache every round shares
-    OUT/round0/run/             the supervised start (clips only), unless teachers are given
+    OUT/round0/run/             the supervised start (clips only)
     OUT/round0/scores.json      its score
     OUT/roundR/pseudo.parquet   pseudo-labels of the soundscapes from round R's teachers
     OUT/roundR/run/             the student: the same config, trained on clips + those pseudo-labels
@@ -13,9 +13,10 @@ Folder (every step resumable; a killed job continues where it stopped and gives 
     OUT/rounds.csv              one row per finished round
     OUT/summary.json            the best round and why the rounds stopped
 
-Round R's teachers are the best student so far (round 0: the supervised start, or the given ``teachers``),
-plus BirdNET zero-shot in every round when asked (it never trains on anything here), plus the given teachers
-when ``keep_teachers``. The fold rule (:mod:`birdclef.data.pseudo`) applies to every run teacher: a
+Round 0 trains the config on the clips alone: the supervised start every round is measured against. Round 1's
+teachers are the given ``teachers`` (e.g. a BirdNET head run), or the supervised start when none are given;
+later rounds' teachers are the best student so far (the student becomes the teacher), plus the given teachers
+when ``keep_teachers``; BirdNET zero-shot joins every round when asked (it never trains on anything here). The fold rule (:mod:`birdclef.data.pseudo`) applies to every run teacher: a
 soundscape is labelled only by the fold model that held it out.
 
 **The stopping rule.** Rounds stop when ``patience`` rounds in a row fail to beat the best score by more than
@@ -30,17 +31,21 @@ from __future__ import annotations
 import json
 import resource
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from birdclef.config import Config, config_to_dict
-from birdclef.errors import ConfigError, DatasetError
+from birdclef.errors import BirdclefError, ConfigError, DatasetError
 from birdclef.utils.io import exclusive_lock, read_json, write_csv_atomic, write_json_atomic
 
 GROWABLE = ("rounds",)
 """Settings a resumed selftrain may change."""
+
+
+class TrainingStopped(BirdclefError):
+    """A round's training returned before all its folds finished (interrupted); the job resumes on a re-run."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ class SelfTrainSettings:
     rounds: int = 4
     """Most student rounds after round 0."""
     teachers: tuple[str, ...] = ()
-    """Trained runs that label round 1 (none: train the config on clips first, as round 0)."""
+    """Trained runs that label round 1 (none: the supervised start, round 0, labels it)."""
     weights: tuple[float, ...] | None = None
     """Blend weights of `teachers` (then BirdNET, when asked); default equal."""
     birdnet: bool = False
@@ -151,6 +156,10 @@ class _Rounds:
 
         train_kfold(self.config, self.data, run, cache_dir=self.out / "cache", resume=(run / "config.yaml").is_file(),
                     progress=self.progress, pseudo=pseudo)
+        unfinished = [f for f in self.config.train.folds if not (run / f"fold{f}" / "done.json").is_file()]
+        if unfinished:  # Lightning stopped early (Ctrl-C, a callback): never score or teach with a partial run
+            raise TrainingStopped(f"training {run} stopped before folds {unfinished} finished; re-run the same "
+                                  "command to resume")
 
     def label(self, where: Path, teachers: list[str]) -> dict:
         from birdclef.selftrain.pseudo import pseudo_label
@@ -168,16 +177,16 @@ class _Rounds:
                 "masked_classes": len(summary.masked_classes), "power": s.power, "thresholds": s.thresholds,
                 "hop_s": s.hop_s, "birdnet": s.birdnet}
 
-    def score(self, where: Path, runs: list[str], birdnet: bool,
-              weights: list[float] | None = None) -> tuple[float | None, str, dict[str, float]]:
-        """(score, what was scored, per taxon group) of `runs` (+ BirdNET) on the validation set, else OOF clips."""
+    def score(self, where: Path, run: Path) -> tuple[float | None, str, dict[str, float]]:
+        """(score, what was scored, per taxon group) of `run` on the validation set, else its OOF clip score."""
         if self.validation is None:
-            if birdnet or len(runs) != 1:
-                return None, "oof_clips", {}
-            summary = Path(runs[0]) / "summary.json"
-            oof = read_json(summary).get("oof_auc") if summary.is_file() else None
-            return oof, "oof_clips", {}
-        return self.score_predictor(where, self._predictor(runs, birdnet, weights, where / "validation.csv"))
+            summary = Path(run) / "summary.json"
+            return (read_json(summary).get("oof_auc") if summary.is_file() else None), "oof_clips", {}
+        from birdclef.birdnet.head import runs_predictor
+        from birdclef.infer.settings import resolve_infer
+
+        predictor = runs_predictor([run], None, resolve_infer(runs=[run]).config, self.device)
+        return self.score_predictor(where, predictor)
 
     def score_predictor(self, where: Path, predictor) -> tuple[float, str, dict[str, float]]:
         """Macro ROC-AUC (and per taxon group) of `predictor` on the validation set (its CSV kept in `where`)."""
@@ -195,42 +204,22 @@ class _Rounds:
             groups = {row.group: float(row.auc) for row in table.itertuples() if row.auc == row.auc}
         return float(report.score), "soundscapes", groups
 
-    def _predictor(self, runs: list[str], birdnet: bool, weights: list[float] | None, csv: Path):
-        from birdclef.birdnet.head import runs_predictor
-        from birdclef.infer.settings import resolve_infer
-
-        infer = resolve_infer(runs=runs).config
-        run_weights = weights[:len(runs)] if weights else None
-        predictor = runs_predictor(runs, run_weights, infer, self.device)
-        if not birdnet:
-            return predictor
-        from birdclef.birdnet.build import build_birdnet
-
-        return build_birdnet(csv, replace(infer, smoothing=False, power_adjust=False), predictor, data=self.data,
-                             model_path=self.settings.birdnet_model, weights=weights).predictor
-
     # ------------------------------------------------------------------ rounds
 
     def round_zero(self) -> RoundResult:
+        """The supervised start: the config trained on clips only (what every round is measured against)."""
         where = self.out / "round0"
         done = where / "scores.json"
         if done.is_file():
             return RoundResult(**read_json(done))
         started, cpu = time.perf_counter(), _cpu_seconds()
         where.mkdir(parents=True, exist_ok=True)
-        if self.settings.teachers:
-            runs, student = list(self.settings.teachers), None
-            self.log(f"round 0: the given teachers {runs}")
-        else:
-            student = str(where / "run")
-            runs = [student]
-            self.log(f"round 0: the supervised start on clips -> {student}")
-            self.train(Path(student), None)
-        birdnet = self.settings.birdnet and bool(self.settings.teachers)
-        weights = list(self.settings.weights) if self.settings.weights else None
-        score, kind, groups = self.score(where, runs, birdnet, weights)
-        result = RoundResult(0, score, kind, groups, teachers=runs + (["birdnet"] if birdnet else []),
-                             student=student, wall_s=time.perf_counter() - started, cpu_s=_cpu_seconds() - cpu)
+        student = where / "run"
+        self.log(f"round 0: the supervised start on clips -> {student}")
+        self.train(student, None)
+        score, kind, groups = self.score(where, student)
+        result = RoundResult(0, score, kind, groups, student=str(student), wall_s=time.perf_counter() - started,
+                             cpu_s=_cpu_seconds() - cpu)
         write_json_atomic(asdict(result), done)
         return result
 
@@ -247,7 +236,7 @@ class _Rounds:
         student = where / "run"
         self.log(f"round {r}: training the student on clips + {pseudo['rows']} pseudo-labelled windows -> {student}")
         self.train(student, where / "pseudo.parquet")
-        score, kind, groups = self.score(where, [str(student)], False)
+        score, kind, groups = self.score(where, student)
         result = RoundResult(r, score, kind, groups, teachers=shown, student=str(student), pseudo=pseudo,
                              wall_s=time.perf_counter() - started, cpu_s=_cpu_seconds() - cpu)
         write_json_atomic(asdict(result), done)
@@ -275,8 +264,8 @@ def run_selftrain(config: Config, data: Path, out: Path, settings: SelfTrainSett
         log(f"round 0: {results[0].scored_on} macro ROC-AUC {_format(results[0].score)}")
         best, misses, stopped = results[0], 0, f"ran all {settings.rounds} rounds"
         for r in range(1, settings.rounds + 1):
-            teachers = [best.student] if best.student else []
-            if settings.keep_teachers or not teachers:
+            teachers = list(settings.teachers) if r == 1 and settings.teachers else [best.student]
+            if r > 1 and settings.keep_teachers:
                 teachers = list(dict.fromkeys(list(settings.teachers) + teachers))
             result = job.student_round(r, teachers)
             results.append(result)
