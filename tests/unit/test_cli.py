@@ -81,6 +81,9 @@ OUT_VERBS = {
     "embed": (["embed", "--audio", "noaudio"], "file"),
     "thresholds": (["thresholds", "--submission", "a.csv", "--solution", "b.csv", "--f1"], "file"),
     "summarize": (["summarize", "noresults"], "folder"),
+    "pseudo": (["pseudo", "--birdnet", "--soundscapes", "nosc"], "file"),
+    "selftrain": (["selftrain", "--data", "nodata"], "folder"),
+    "distill": (["distill", "--data", "nodata", "--birdnet"], "folder"),
 }
 
 
