@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from birdclef.config import Config, config_to_dict
+from birdclef.config import Config, config_from_dict, config_to_dict
 from birdclef.errors import BirdclefError, ConfigError, DatasetError
 from birdclef.utils.io import exclusive_lock, read_json, write_csv_atomic, write_json_atomic
 
@@ -131,6 +131,8 @@ def _check_settings(out: Path, config: Config, data: Path, settings: SelfTrainSe
     if path.is_file():
         old = read_json(path)
         mine = json.loads(json.dumps(record))  # tuples as lists, as stored
+        # The stored config is re-read so that fields a newer birdclef added (with their defaults) are no change.
+        old["config"] = json.loads(json.dumps(config_to_dict(config_from_dict(old["config"]))))
         changed = [k for k in mine["settings"] if k not in GROWABLE and old["settings"].get(k) != mine["settings"][k]]
         changed += [k for k in ("config", "data") if old.get(k) != mine[k]]
         if changed:
