@@ -13,7 +13,7 @@ float16 samples and writes::
 
 Fixed strategies (center, first, energy, reference) store exactly the chosen window, tiled when the
 clip is short; ``random`` stores the first `max_clip_s` seconds so that training draws a new crop
-each epoch. Shards are independent and written atomically (the .parquet last, so its presence marks
+each epoch, and ``mil`` stores the same (its cache.json says ``random``: one cache serves both). Shards are independent and written atomically (the .parquet last, so its presence marks
 a finished shard): an interrupted run, even one killed with SIGKILL, resumes where it stopped and
 gives the same files; worker processes exit when the process that started them dies.
 :class:`WaveCache` reads the result through memory maps.
@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from birdclef.audio.io import audio_info, load_audio, tile_to_length
 from birdclef.audio.segments import Window, crop, select_window
-from birdclef.config import SELECTION_STRATEGIES
+from birdclef.config import DATA_STRATEGIES, STORED_SPAN_STRATEGIES
 from birdclef.data.metadata import subset_round_robin
 from birdclef.data.validate import require_valid_metadata
 from birdclef.errors import AudioError, ConfigError, DatasetError
@@ -110,7 +110,7 @@ def prepare_cache(
     Args:
         data_root: BirdCLEF-layout folder holding train.csv and train_audio/.
         out: cache folder (created).
-        strategy: window strategy (DESIGN §2): center, first, random, energy or reference.
+        strategy: window strategy (DESIGN §2): center, first, random, energy, reference, or mil (stored as random).
         window_s: training window length in seconds.
         sample_rate: rate (Hz) the audio is resampled to.
         max_clip_s: with ``random``, seconds kept from the start of each clip (ignored otherwise,
@@ -137,6 +137,7 @@ def prepare_cache(
     started = time.perf_counter()
     data_root, out = Path(data_root), Path(out)
     _check_args(strategy, window_s, sample_rate, max_clip_s, shard_size, max_files)
+    strategy = "random" if strategy in STORED_SPAN_STRATEGIES else strategy  # mil stores what random stores
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out}: exists and is not a folder; give --out a cache folder")
     table = _prepare_table(require_valid_metadata(data_root), max_files)
@@ -161,8 +162,8 @@ def prepare_cache(
 
 def _check_args(strategy: str, window_s: float, sample_rate: int, max_clip_s: float, shard_size: int,
                 max_files: int | None) -> None:
-    if strategy not in SELECTION_STRATEGIES:
-        raise ConfigError(f"unknown window strategy {strategy!r}; choose from {list(SELECTION_STRATEGIES)}")
+    if strategy not in DATA_STRATEGIES:
+        raise ConfigError(f"unknown window strategy {strategy!r}; choose from {list(DATA_STRATEGIES)}")
     for name, value in (("window_s", window_s), ("sample_rate", sample_rate), ("max_clip_s", max_clip_s),
                         ("shard_size", shard_size)):
         if value <= 0:
