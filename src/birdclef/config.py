@@ -25,8 +25,9 @@ from birdclef.errors import ConfigError
 
 SELECTION_STRATEGIES = ("center", "first", "random", "energy", "reference")
 """Window-selection rules of :func:`birdclef.audio.segments.select_window`."""
-DATA_STRATEGIES = (*SELECTION_STRATEGIES, "mil")
-"""Values of ``data.strategy``: a selection rule, or mil (bags of windows, :mod:`birdclef.data.bags`)."""
+DATA_STRATEGIES = (*SELECTION_STRATEGIES, "mil", "table")
+"""Values of ``data.strategy``: a selection rule, mil (bags of windows, :mod:`birdclef.data.bags`), or table
+(each clip's window from ``data.window_table``, e.g. a MIL run's chosen windows)."""
 STORED_SPAN_STRATEGIES = ("random", "mil")
 """Strategies whose cache keeps the first ``data.max_clip_s`` seconds of each clip (one cache serves both)."""
 MIL_POOLINGS = ("attention", "max", "topk", "mean")
@@ -78,6 +79,9 @@ class DataConfig:
     or mil: each clip is a bag of windows whose pooled score its label supervises (``train.mil_*``)."""
     max_clip_s: float = 60.0
     """With strategy=random or mil the cache keeps up to this many seconds of each clip to crop from."""
+    window_table: str | None = None
+    """With strategy=table: CSV/Parquet of each clip's window (filename, start_s[, chosen]), e.g. a MIL run's
+    ``RUN/mil_windows.csv`` (:mod:`birdclef.data.window_table`); clips it lacks get the reference rule."""
     secondary_label_weight: float = 1.0
     """Target value given to secondary labels (primary labels get 1.0)."""
     rating_weight: bool = False
@@ -92,6 +96,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(self.strategy in DATA_STRATEGIES, "data.strategy", f"must be one of {DATA_STRATEGIES}, got {self.strategy!r}")
         _positive(self, "data", "sample_rate", "window_s", "max_clip_s")
+        _check((self.strategy == "table") == (self.window_table is not None), "data.window_table",
+               f"must be given exactly with data.strategy=table (got strategy={self.strategy!r}, "
+               f"window_table={self.window_table!r})")
         _positive(self, "data", "max_files", allow_none=True)
         _unit(self, "data", "secondary_label_weight")
         _check(self.n_folds >= 2, "data.n_folds", f"must be at least 2, got {self.n_folds}")

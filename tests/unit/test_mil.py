@@ -13,11 +13,15 @@ import pytest
 import torch
 from conftest import SR, chirp, noise, write_ogg
 
-from birdclef.config import load_config
+from birdclef import cli
+from birdclef.audio.io import load_audio
+from birdclef.config import InferConfig, load_config
 from birdclef.data.bags import BagDataset, clip_windows, pick_windows, window_starts
 from birdclef.data.cache import WaveCache, prepare_cache
 from birdclef.data.examples import build_examples
-from birdclef.errors import ConfigError
+from birdclef.data.validate import DataWarning
+from birdclef.data.window_table import read_window_table
+from birdclef.errors import BirdclefError, ConfigError, DatasetError
 from birdclef.models import create_model, load_checkpoint
 from birdclef.train.fold_data import FoldData
 from birdclef.train.kfold import train_kfold
@@ -264,3 +268,79 @@ def test_mil_resume_equals_uninterrupted_and_predicts_windows_unchanged(calls, t
     assert loaded.model.state_dict().keys() == plain.state_dict().keys()
     wave = torch.from_numpy(WaveCache(cache).window(0))[None]
     assert loaded.model.predict_proba(wave).shape == (1, 3)
+
+
+# ---------------------------------------------------------------- the chosen windows as a window rule
+
+
+@pytest.fixture(scope="module")
+def mil_run(calls, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 1-epoch MIL run (attention pooling) on the calls data set."""
+    root, _ = calls
+    run = tmp_path_factory.mktemp("milrun") / "run"
+    train_kfold(load_config(None, [*MIL, "train.epochs=1"]), root, run, progress=False)
+    return run
+
+
+def test_window_table_errors_name_the_file_row_and_clip(tmp_path: Path):
+    path = tmp_path / "t.csv"
+    for frame, match in [
+        (pd.DataFrame({"filename": ["a.ogg"]}), r"t.csv: window table lacks the column\(s\) \['start_s'\]"),
+        (pd.DataFrame({"filename": ["a.ogg", "b.ogg"], "start_s": [1.0, "x"]}), r"t.csv: row 1 \(b.ogg\): start_s"),
+        (pd.DataFrame({"filename": ["a.ogg", "a.ogg"], "start_s": [1.0, 2.0]}), r"clip a.ogg has several windows"),
+    ]:
+        frame.to_csv(path, index=False)
+        with pytest.raises(DatasetError, match=match):
+            read_window_table(path)
+    pd.DataFrame({"filename": ["a.ogg", "a.ogg", "b.ogg"], "start_s": [1.0, 2.5, 0.0],
+                  "chosen": [False, True, True]}).to_csv(path, index=False)
+    assert read_window_table(path) == {"a.ogg": 2.5, "b.ogg": 0.0}
+    with pytest.raises(DatasetError, match="window table not found"):
+        read_window_table(tmp_path / "none.csv")
+    with pytest.raises(ConfigError, match="data.window_table must be given exactly with data.strategy=table"):
+        load_config(None, ["data.strategy=table"])
+    with pytest.raises(ConfigError, match="data.window_table must be given exactly"):
+        load_config(None, ["data.strategy=mil", f"data.window_table={path}"])
+
+
+def test_the_chosen_windows_feed_back_as_the_window_rule_of_another_run(calls, mil_run: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture):
+    root, _ = calls
+    table = mil_run / "mil_windows.csv"
+    chosen = pd.read_csv(table).query("chosen").set_index("filename")["start_s"]
+    cache = WaveCache(prepare_cache(root, tmp_path / "cache", strategy="table", window_table=table, window_s=1.0,
+                                    num_workers=0, progress=False).out)
+    got = cache.index.set_index("filename")["start_s"]
+    assert got.to_dict() == pytest.approx(chosen.to_dict())
+    i = int(np.flatnonzero(cache.index["filename"] == "aaa/XC0101.ogg")[0])  # the 9.5 s clip
+    wave = load_audio(root / "train_audio" / "aaa/XC0101.ogg", SR)
+    start = int(round(got["aaa/XC0101.ogg"] * SR))
+    assert np.allclose(cache.window(i), wave[start : start + SR], atol=1e-3)  # float16 storage
+    part = tmp_path / "part.csv"
+    pd.read_csv(table).query("filename != 'bbb/XC0006.ogg'").to_csv(part, index=False)
+    with pytest.warns(DataWarning, match=r"part.csv: names no window for 1 of 20 clips .*reference rule"):
+        prepare_cache(root, tmp_path / "cache2", strategy="table", window_table=part, window_s=1.0, num_workers=0,
+                      progress=False)
+    with pytest.raises(DatasetError, match="window_table_sha256"):  # another table is another cache
+        prepare_cache(root, tmp_path / "cache", strategy="table", window_table=part, window_s=1.0, progress=False)
+    argv = ["train", "--data", str(root), "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu",
+            "--set", *TINY, "train.epochs=1", "data.strategy=table", f"data.window_table={table}"]
+    assert cli.main(argv) == 0
+    assert (tmp_path / "run" / "fold0" / "done.json").is_file() and not (tmp_path / "run" / "mil_windows.csv").exists()
+
+
+def test_a_mil_run_exports_like_any_other(mil_run: Path, tmp_path: Path):
+    from birdclef.export.export import check_target, export_model
+    from birdclef.export.runtime import ExportedPredictor
+    from birdclef.infer.predict import TorchPredictor
+
+    try:
+        check_target("onnx", "fp32")
+    except BirdclefError as exc:
+        pytest.skip(f"onnx export not available here: {exc}")
+    raw = InferConfig(smoothing=False, power_adjust=False)
+    report = export_model([mil_run], None, "onnx", "fp32", tmp_path / "model", parity_count=2, config=raw)
+    assert report.written and report.parity.passed
+    wave = noise(3.0, seed=7, level=0.1) + np.resize(chirp(0.8, 3_000, 4_500, noise=0.0), 3 * SR)
+    torch_probs = TorchPredictor([mil_run], None, raw, device="cpu").predict_file(wave)
+    assert np.abs(ExportedPredictor(tmp_path / "model", threads=1).predict_file(wave) - torch_probs).max() < 1e-4

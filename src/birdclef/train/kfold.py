@@ -350,7 +350,7 @@ def train_kfold(
         skipped_clips = prepare_cache(layout.root, cache_dir or run / "cache", strategy=data.strategy,
                                       window_s=data.window_s, sample_rate=data.sample_rate, max_clip_s=data.max_clip_s,
                                       num_workers=config.train.num_workers, max_files=data.max_files,
-                                      progress=progress).n_skipped
+                                      progress=progress, window_table=data.window_table).n_skipped
     cache = WaveCache(cache_dir or run / "cache")
     audio = None if labels is None else prepare_pseudo_audio(labels, run / "pseudo_cache", data.sample_rate,
                                                              data.window_s, progress and not child)
