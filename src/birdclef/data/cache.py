@@ -15,8 +15,8 @@ Fixed strategies (center, first, energy, reference, and table: each clip's windo
 :mod:`birdclef.data.window_table`) store exactly the chosen window, tiled when the clip is short;
 ``random`` stores the first `max_clip_s` seconds so that training draws a new crop each epoch, and
 ``mil`` stores the same (its cache.json says ``random``: one cache serves both). Shards are
-independent and written atomically (the .parquet last, so its presence marks a finished shard): an interrupted run, even one killed with SIGKILL, resumes where it stopped and
-gives the same files; worker processes exit when the process that started them dies.
+independent and written atomically (the .parquet last, so its presence marks a finished shard): an
+interrupted run, even one killed with SIGKILL, resumes where it stopped and gives the same files; worker processes exit when the process that started them dies.
 :class:`WaveCache` reads the result through memory maps.
 
 train.csv is checked first (:func:`birdclef.data.validate.require_valid_metadata`, the checks of
