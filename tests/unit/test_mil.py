@@ -344,3 +344,23 @@ def test_a_mil_run_exports_like_any_other(mil_run: Path, tmp_path: Path):
     wave = noise(3.0, seed=7, level=0.1) + np.resize(chirp(0.8, 3_000, 4_500, noise=0.0), 3 * SR)
     torch_probs = TorchPredictor([mil_run], None, raw, device="cpu").predict_file(wave)
     assert np.abs(ExportedPredictor(tmp_path / "model", threads=1).predict_file(wave) - torch_probs).max() < 1e-4
+
+
+def test_report_of_a_mil_run_shows_spectrograms_with_window_weights(mil_run: Path, tmp_path: Path):
+    from birdclef.eval.mil_report import pick_clips
+    from birdclef.eval.plots import plot_window_weights
+    from birdclef.eval.report import write_report
+
+    submission = tmp_path / "submission.csv"
+    pd.DataFrame({"row_id": ["SC_5"], "aaa": [0.1], "bbb": [0.2], "ccc": [0.3]}).to_csv(submission, index=False)
+    page = write_report(tmp_path / "report", submission, run=mil_run).read_text()
+    table = pd.read_csv(mil_run / "mil_windows.csv")
+    rows = pick_clips(table, 3)
+    best = table[table["chosen"] & (table.groupby("row")["row"].transform("size") >= 2)]["weight"]
+    assert len(rows) == 3 and table.set_index("row").loc[rows[0]].query("chosen")["weight"].item() == best.max()
+    assert "Multiple-instance learning: chosen windows" in page
+    pngs = sorted(p.name for p in (tmp_path / "report").glob("mil_windows_*.png"))
+    assert len(pngs) == 3 and all(f'src="{name}"' in page for name in pngs)
+    assert "chosen windows" not in write_report(tmp_path / "plain", submission).read_text()  # no run: no section
+    with pytest.raises(ValueError, match=r"windows: missing column\(s\) \['chosen'\]"):
+        plot_window_weights(np.zeros(SR), SR, table.drop(columns="chosen"), tmp_path / "x.png")
