@@ -29,6 +29,8 @@ from birdclef.train.mil import MilPooling, bag_forward, mix_bags
 from birdclef.train.mil_windows import fold_windows
 from birdclef.train.module import BirdModule
 from test_train import TINY, EpochLog, StopAfterEpochs
+from test_train_pseudo import _examples as pseudo_examples
+from test_train_pseudo import pseudo_data  # noqa: F401  (a fixture: 3 soundscapes and a pseudo table)
 
 SWEEPS = {"aaa": (1_000, 1_500), "bbb": (3_000, 4_500), "ccc": (6_000, 9_000)}
 CLIPS_PER_CLASS = 6
@@ -133,6 +135,23 @@ def test_bags_hold_all_windows_of_a_short_clip_and_a_seeded_subset_of_a_long_one
         picks.append(tuple(next(i for i in range(10) if np.array_equal(all_windows[i], w)) for w in bag.numpy()))
     assert len(set(picks)) > 1 and all(list(p) == sorted(p) for p in picks)
     assert torch.equal(val[long_][0], torch.from_numpy(all_windows[[0, 3, 6, 9]]))
+
+
+def test_a_pseudo_window_is_a_bag_of_one_and_a_mixed_window_joins_every_window_of_a_bag(pseudo_data, tmp_path):
+    data, table = pseudo_data
+    config, cache, _, ex = pseudo_examples(data, table, tmp_path, "data.strategy=mil", "train.mil_windows=3")
+    pseudo = np.flatnonzero(ex.table["source"] == "pseudo")
+    bags = BagDataset(ex, pseudo, train=True, k=3, hop_s=0.5, seed=1)
+    bag, target, mask, weight, valid = bags[0]
+    assert valid.tolist() == [True, False, False] and torch.equal(bag[0], torch.from_numpy(ex.wave(pseudo[0])))
+    assert mask.tolist() == ex.mask[pseudo[0]].tolist() and weight == ex.weights[pseudo[0]]
+    clips = np.arange(ex.n_clips)
+    mixed = BagDataset(ex, clips, train=True, k=3, hop_s=0.5, seed=1, mix_rows=pseudo[:1], mix_prob=1.0)
+    plain = BagDataset(ex, clips, train=True, k=3, hop_s=0.5, seed=1)
+    bag, target, *_, valid = mixed[0]
+    clean = plain[0][0]
+    assert all(not torch.equal(bag[j], clean[j]) for j in range(int(valid.sum())))
+    assert np.allclose(target.numpy(), np.maximum(ex.targets[0], ex.targets[pseudo[0]]))
 
 
 # ---------------------------------------------------------------- pooling
