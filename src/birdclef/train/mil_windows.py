@@ -33,36 +33,46 @@ COLUMNS = ("filename", "row", "primary_label", "fold", "held_out", "window", "st
 
 
 @torch.no_grad()
-def clip_window_scores(model: torch.nn.Module, pool: MilPooling, windows: np.ndarray, device: torch.device,
-                       batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """((n, C) window logits, (n, C) pooling weights) of one clip's (n, T) windows, `model` in eval mode."""
-    chunks = []
-    for begin in range(0, len(windows), batch_size):
+def _window_logits(model: torch.nn.Module, cache: WaveCache, hop: int, device: torch.device, batch_size: int):
+    """Yield (clip, (n,) its windows' start samples, (n, C) logits) for every clip, windows of several clips
+    batched together (``batch_size`` windows per forward pass, or one clip's when it has more)."""
+    pending: list[tuple[int, np.ndarray, np.ndarray]] = []
+
+    def flush():
+        wave = torch.from_numpy(np.concatenate([w for _, w, _ in pending])).to(device)
         with autocast_for(device):
-            wave = torch.from_numpy(windows[begin : begin + batch_size]).to(device)
-            chunks.append(model(wave)["clip_logits"].float().cpu())
-    logits = torch.cat(chunks)
-    weights = pool.cpu().weights(logits[None], torch.ones(1, len(logits), dtype=torch.bool))[0]
-    return logits.numpy(), weights.numpy()
+            logits = model(wave)["clip_logits"].float().cpu()
+        for (i, _, starts), part in zip(pending, torch.split(logits, [len(s) for _, _, s in pending])):
+            yield i, starts, part
+        pending.clear()
+
+    for i in range(len(cache)):
+        wins, starts = clip_windows(cache.segment(i), cache.window_length, hop)
+        if pending and sum(len(s) for *_, s in pending) + len(wins) > batch_size:
+            yield from flush()
+        pending.append((i, wins, starts))
+    if pending:
+        yield from flush()
 
 
 def fold_windows(model: torch.nn.Module, pool: MilPooling, cache: WaveCache, classes: list[str], folds: np.ndarray,
-                 fold: int, hop_s: float, device: torch.device) -> pd.DataFrame:
-    """The table (module docstring) of every window of every clip of `cache`, scored by fold `fold`'s model."""
+                 fold: int, hop_s: float, device: torch.device, batch_size: int = 64) -> pd.DataFrame:
+    """The table (module docstring) of every window of every clip of `cache`, scored by fold `fold`'s model
+    (in eval mode; `batch_size` windows per forward pass)."""
     index, column = cache.index, {c: i for i, c in enumerate(classes)}
-    length, hop = cache.window_length, max(1, int(round(hop_s * cache.sample_rate)))
+    hop, pool = max(1, int(round(hop_s * cache.sample_rate))), pool.cpu()
     frames = []
-    for i in range(len(index)):
-        wins, starts = clip_windows(cache.segment(i), length, hop)
-        logits, weights = clip_window_scores(model, pool, wins, device)
+    for i, starts, logits in _window_logits(model, cache, hop, device, batch_size):
         c = column[str(index["primary_label"].iat[i])]
+        with torch.no_grad():
+            weight = pool.weights(logits[None], torch.ones(1, len(logits), dtype=torch.bool))[0, :, c].numpy()
         start_s = float(index["start_s"].iat[i]) + starts / cache.sample_rate
         frames.append(pd.DataFrame({
             "filename": index["filename"].iat[i], "row": int(index["row"].iat[i]),
             "primary_label": str(index["primary_label"].iat[i]), "fold": fold, "held_out": bool(folds[i] == fold),
-            "window": np.arange(len(wins)), "start_s": start_s, "end_s": start_s + cache.window_s,
-            "weight": weights[:, c], "logit": logits[:, c],
-            "chosen": np.arange(len(wins)) == int(np.argmax(weights[:, c]))}))
+            "window": np.arange(len(starts)), "start_s": start_s, "end_s": start_s + cache.window_s,
+            "weight": weight, "logit": logits[:, c].numpy(),
+            "chosen": np.arange(len(starts)) == int(np.argmax(weight))}))
     return pd.concat(frames, ignore_index=True)[list(COLUMNS)]
 
 
