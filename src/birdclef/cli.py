@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="decode training clips once into a memory-mapped cache")
     p.add_argument("data", type=Path, help="dataset folder (train.csv, train_audio/)")
     p.add_argument("--out", type=Path, required=True, help="cache folder (re-running resumes)")
-    p.add_argument("--strategy", default=None, help="center | first | random | energy | reference")
+    p.add_argument("--strategy", default=None, help="center | first | random | energy | reference | mil | table")
     p.add_argument("--num-workers", type=int, default=2, help="decoding processes")
     _add_config_flags(p)
 
@@ -296,10 +296,12 @@ def _prepare(args: argparse.Namespace) -> int:
     from birdclef.data.cache import prepare_cache
 
     data = load_config(args.config, args.overrides).data
+    strategy = args.strategy or data.strategy
     with _data_warnings_as_lines("prepare"):
-        summary = prepare_cache(args.data, args.out, strategy=args.strategy or data.strategy, window_s=data.window_s,
+        summary = prepare_cache(args.data, args.out, strategy=strategy, window_s=data.window_s,
                                 sample_rate=data.sample_rate, max_clip_s=data.max_clip_s,
-                                num_workers=args.num_workers, max_files=data.max_files)
+                                num_workers=args.num_workers, max_files=data.max_files,
+                                window_table=data.window_table if strategy == "table" else None)
     print(f"cache: {summary.out} ({summary.n_clips} clips, {summary.seconds_of_audio:.0f} s of audio, "
           f"{summary.bytes / 1e6:.1f} MB, {summary.elapsed_s:.1f} s)")
     if summary.n_skipped:

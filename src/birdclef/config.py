@@ -24,10 +24,23 @@ import yaml
 from birdclef.errors import ConfigError
 
 SELECTION_STRATEGIES = ("center", "first", "random", "energy", "reference")
+"""Window-selection rules of :func:`birdclef.audio.segments.select_window`."""
+DATA_STRATEGIES = (*SELECTION_STRATEGIES, "mil", "table")
+"""Values of ``data.strategy``: a selection rule, mil (bags of windows, :mod:`birdclef.data.bags`), or table
+(each clip's window from ``data.window_table``, e.g. a MIL run's chosen windows)."""
+STORED_SPAN_STRATEGIES = ("random", "mil")
+"""Strategies whose cache keeps the first ``data.max_clip_s`` seconds of each clip (one cache serves both)."""
+MIL_POOLINGS = ("attention", "max", "topk", "mean")
 MIXUP_TARGETS = ("weighted", "blend", "max")
 BIRDNET_BACKBONE = "birdnet"
 """``model.backbone`` value for BirdNET v2.4, built in torch from the user's TFLite file (:mod:`birdclef.birdnet`)."""
 BIRDNET_SAMPLE_RATE = 48_000
+
+
+def mil_hop_s(config: Config) -> float:
+    """Step (s) between the windows of a MIL bag: ``train.mil_hop_s``, or half of ``data.window_s``."""
+    hop = config.train.mil_hop_s
+    return config.data.window_s / 2 if hop is None else hop
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -62,9 +75,13 @@ class DataConfig:
     window_s: float = 5.0
     """Length of one training / inference window in seconds (the competition scores 5 s)."""
     strategy: str = "reference"
-    """Training-window choice for weakly labelled clips: center, first, random, energy, reference (DESIGN §2)."""
+    """Training-window choice for weakly labelled clips: center, first, random, energy, reference (DESIGN §2),
+    or mil: each clip is a bag of windows whose pooled score its label supervises (``train.mil_*``)."""
     max_clip_s: float = 60.0
-    """With strategy=random the cache keeps up to this many seconds of each clip to crop from."""
+    """With strategy=random or mil the cache keeps up to this many seconds of each clip to crop from."""
+    window_table: str | None = None
+    """With strategy=table: CSV/Parquet of each clip's window (filename, start_s[, chosen]), e.g. a MIL run's
+    ``RUN/mil_windows.csv`` (:mod:`birdclef.data.window_table`); clips it lacks get the reference rule."""
     secondary_label_weight: float = 1.0
     """Target value given to secondary labels (primary labels get 1.0)."""
     rating_weight: bool = False
@@ -77,8 +94,11 @@ class DataConfig:
     """Shuffle seed of the fold split."""
 
     def __post_init__(self) -> None:
-        _check(self.strategy in SELECTION_STRATEGIES, "data.strategy", f"must be one of {SELECTION_STRATEGIES}, got {self.strategy!r}")
+        _check(self.strategy in DATA_STRATEGIES, "data.strategy", f"must be one of {DATA_STRATEGIES}, got {self.strategy!r}")
         _positive(self, "data", "sample_rate", "window_s", "max_clip_s")
+        _check((self.strategy == "table") == (self.window_table is not None), "data.window_table",
+               f"must be given exactly with data.strategy=table (got strategy={self.strategy!r}, "
+               f"window_table={self.window_table!r})")
         _positive(self, "data", "max_files", allow_none=True)
         _unit(self, "data", "secondary_label_weight")
         _check(self.n_folds >= 2, "data.n_folds", f"must be at least 2, got {self.n_folds}")
@@ -239,6 +259,16 @@ class TrainConfig:
     """Devices per fold; more than 1 trains with DDP."""
     precision: str = "auto"
     """auto: bf16-mixed on GPU, 32-true on CPU; or any Lightning precision string."""
+    mil_pooling: str = "attention"
+    """With ``data.strategy=mil``: how window logits become the bag logit: attention (per-class learned
+    softmax over windows), max, topk (mean of the mil_topk best windows) or mean (:mod:`birdclef.train.mil`)."""
+    mil_windows: int = 4
+    """With ``data.strategy=mil``: windows per bag (all of a shorter clip's; a seeded random subset of a
+    longer one's each epoch). A batch runs up to batch_size * mil_windows windows through the model."""
+    mil_topk: int = 2
+    """With ``mil_pooling=topk``: how many of a bag's best windows are averaged (fewer in a smaller bag)."""
+    mil_hop_s: float | None = None
+    """With ``data.strategy=mil``: step (s) between the windows of a clip; None: half of data.window_s."""
 
     def __post_init__(self) -> None:
         _positive(self, "train", "epochs", "batch_size", "lr", "background_max_files", "devices")
@@ -253,6 +283,10 @@ class TrainConfig:
         _check(len(set(self.folds)) == len(self.folds), "train.folds", f"names a fold twice: {list(self.folds)}")
         _check(self.mixup_target in MIXUP_TARGETS, "train.mixup_target",
                f"must be one of {MIXUP_TARGETS}, got {self.mixup_target!r}")
+        _check(self.mil_pooling in MIL_POOLINGS, "train.mil_pooling",
+               f"must be one of {MIL_POOLINGS}, got {self.mil_pooling!r}")
+        _positive(self, "train", "mil_windows", "mil_topk")
+        _positive(self, "train", "mil_hop_s", allow_none=True)
 
 
 @dataclass(frozen=True)
@@ -310,6 +344,9 @@ class Config:
                "model hears audio at the rate the data is decoded at; set data.sample_rate only")
         _check(self.model.backbone != BIRDNET_BACKBONE or rate == BIRDNET_SAMPLE_RATE, "data.sample_rate",
                f"must be {BIRDNET_SAMPLE_RATE} with model.backbone={BIRDNET_BACKBONE} (BirdNET hears 48 kHz), got {rate}")
+        _check(not (self.data.strategy == "mil" and self.model.freeze_backbone), "data.strategy",
+               "mil trains the whole model on bags of windows; it does not apply to model.freeze_backbone "
+               "(a head on cached BirdNET embeddings); choose another data.strategy or unfreeze")
         bad = [f for f in self.train.folds if not 0 <= f < self.data.n_folds]
         _check(not bad, "train.folds", f"{bad} outside range(data.n_folds={self.data.n_folds})")
 

@@ -313,7 +313,8 @@ def _prepare(config: Config, data_root: Path, run: Path, cache_dir: Path | None,
     cache_path = Path(cache_dir) if cache_dir is not None else run / "cache"
     skipped = prepare_cache(layout.root, cache_path, strategy=data.strategy, window_s=data.window_s,
                             sample_rate=data.sample_rate, max_clip_s=data.max_clip_s,
-                            num_workers=config.train.num_workers, max_files=data.max_files, progress=progress).n_skipped
+                            num_workers=config.train.num_workers, max_files=data.max_files, progress=progress,
+                            window_table=data.window_table).n_skipped
     cache = WaveCache(cache_path)
     write_json_atomic({"data_root": str(layout.root.resolve()), "cache": str(cache.path.resolve())}, run / "data.json")
     targets, weights = build_targets(cache.index, classes, data.secondary_label_weight, data.rating_weight)

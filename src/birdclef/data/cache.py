@@ -11,11 +11,12 @@ float16 samples and writes::
     CACHE/index.parquet              the decoded clips with their train.csv columns
     CACHE/skipped.csv                filename, reason of every file that could not be used
 
-Fixed strategies (center, first, energy, reference) store exactly the chosen window, tiled when the
-clip is short; ``random`` stores the first `max_clip_s` seconds so that training draws a new crop
-each epoch. Shards are independent and written atomically (the .parquet last, so its presence marks
-a finished shard): an interrupted run, even one killed with SIGKILL, resumes where it stopped and
-gives the same files; worker processes exit when the process that started them dies.
+Fixed strategies (center, first, energy, reference, and table: each clip's window read from a table,
+:mod:`birdclef.data.window_table`) store exactly the chosen window, tiled when the clip is short;
+``random`` stores the first `max_clip_s` seconds so that training draws a new crop each epoch, and
+``mil`` stores the same (its cache.json says ``random``: one cache serves both). Shards are
+independent and written atomically (the .parquet last, so its presence marks a finished shard): an
+interrupted run, even one killed with SIGKILL, resumes where it stopped and gives the same files; worker processes exit when the process that started them dies.
 :class:`WaveCache` reads the result through memory maps.
 
 train.csv is checked first (:func:`birdclef.data.validate.require_valid_metadata`, the checks of
@@ -41,9 +42,10 @@ from tqdm.auto import tqdm
 
 from birdclef.audio.io import audio_info, load_audio, tile_to_length
 from birdclef.audio.segments import Window, crop, select_window
-from birdclef.config import SELECTION_STRATEGIES
+from birdclef.config import DATA_STRATEGIES, STORED_SPAN_STRATEGIES
 from birdclef.data.metadata import subset_round_robin
 from birdclef.data.validate import require_valid_metadata
+from birdclef.data.window_table import table_sha256, table_starts
 from birdclef.errors import AudioError, ConfigError, DatasetError
 from birdclef.utils.io import write_atomic, write_csv_atomic, write_json_atomic, write_parquet_atomic
 from birdclef.utils.process import die_with_parent
@@ -88,6 +90,8 @@ class _ShardJob:
     window_s: float
     sample_rate: int
     max_clip_s: float
+    starts: tuple[float, ...] = ()
+    """With strategy=table: each row's window start from the table (NaN: not in it, the reference rule)."""
 
 
 def prepare_cache(
@@ -101,6 +105,7 @@ def prepare_cache(
     max_files: int | None = None,
     shard_size: int = 256,
     progress: bool = True,
+    window_table: str | Path | None = None,
 ) -> CacheSummary:
     """Decode every training clip of `data_root` once into a cache folder `out`.
 
@@ -110,7 +115,7 @@ def prepare_cache(
     Args:
         data_root: BirdCLEF-layout folder holding train.csv and train_audio/.
         out: cache folder (created).
-        strategy: window strategy (DESIGN §2): center, first, random, energy or reference.
+        strategy: window strategy (DESIGN §2): center, first, random, energy, reference, or mil (stored as random).
         window_s: training window length in seconds.
         sample_rate: rate (Hz) the audio is resampled to.
         max_clip_s: with ``random``, seconds kept from the start of each clip (ignored otherwise,
@@ -120,6 +125,8 @@ def prepare_cache(
         max_files: use at most this many rows of train.csv, round-robin over classes (metadata.subset_round_robin).
         shard_size: train.csv rows per shard.
         progress: show a tqdm bar over the clips.
+        window_table: with strategy ``table``: the table of each clip's window
+            (:mod:`birdclef.data.window_table`; e.g. a MIL run's ``mil_windows.csv``).
 
     Returns:
         Counts, size and time of the cache.
@@ -137,16 +144,22 @@ def prepare_cache(
     started = time.perf_counter()
     data_root, out = Path(data_root), Path(out)
     _check_args(strategy, window_s, sample_rate, max_clip_s, shard_size, max_files)
+    if (strategy == "table") != (window_table is not None):
+        raise ConfigError("data.strategy=table needs data.window_table=PATH (and the table is read only with it); "
+                          f"got strategy={strategy!r}, window_table={window_table!r}")
+    strategy = "random" if strategy in STORED_SPAN_STRATEGIES else strategy  # mil stores what random stores
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out}: exists and is not a folder; give --out a cache folder")
     table = _prepare_table(require_valid_metadata(data_root), max_files)
     config = {"format": CACHE_FORMAT, "strategy": strategy, "window_s": float(window_s),
               "sample_rate": int(sample_rate), "max_clip_s": float(max_clip_s) if strategy == "random" else None,
               "max_files": max_files, "shard_size": int(shard_size),
+              "window_table_sha256": None if window_table is None else table_sha256(window_table),
               "train_csv_sha256": _sha256(data_root / "train.csv")}
     _claim(out, config)
     _remove_stale_temporaries(out / "shards")
-    jobs = _plan_shards(table, data_root / "train_audio", out / "shards", config, shard_size)
+    starts = table_starts(table["filename"].tolist(), window_table) if window_table is not None else None
+    jobs = _plan_shards(table, data_root / "train_audio", out / "shards", config, shard_size, starts)
     _run_jobs([job for job in jobs if not _shard_done(job)], len(table), num_workers, progress)
     index, skipped = _collect(jobs, table)
     write_csv_atomic(skipped, out / "skipped.csv")
@@ -161,8 +174,8 @@ def prepare_cache(
 
 def _check_args(strategy: str, window_s: float, sample_rate: int, max_clip_s: float, shard_size: int,
                 max_files: int | None) -> None:
-    if strategy not in SELECTION_STRATEGIES:
-        raise ConfigError(f"unknown window strategy {strategy!r}; choose from {list(SELECTION_STRATEGIES)}")
+    if strategy not in DATA_STRATEGIES:
+        raise ConfigError(f"unknown window strategy {strategy!r}; choose from {list(DATA_STRATEGIES)}")
     for name, value in (("window_s", window_s), ("sample_rate", sample_rate), ("max_clip_s", max_clip_s),
                         ("shard_size", shard_size)):
         if value <= 0:
@@ -227,11 +240,12 @@ def _remove_stale_temporaries(shard_dir: Path) -> None:
 
 
 def _plan_shards(table: pd.DataFrame, audio_dir: Path, shard_dir: Path, config: dict[str, Any],
-                 shard_size: int) -> list[_ShardJob]:
+                 shard_size: int, starts: list[float] | None = None) -> list[_ShardJob]:
     filenames, rows = table["filename"].tolist(), [int(r) for r in table.index]
     return [_ShardJob(k, tuple(rows[begin : begin + shard_size]),
                       tuple(filenames[begin : begin + shard_size]), audio_dir, shard_dir, config["strategy"],
-                      config["window_s"], config["sample_rate"], config["max_clip_s"] or 0.0)
+                      config["window_s"], config["sample_rate"], config["max_clip_s"] or 0.0,
+                      tuple(starts[begin : begin + shard_size]) if starts is not None else ())
             for k, begin in enumerate(range(0, len(table), shard_size))]
 
 
@@ -279,12 +293,12 @@ def _init_worker(parent_pid: int) -> None:
 def _write_shard(job: _ShardJob, on_clip: Callable[[], object] | None = None) -> int:
     """Decode the shard's clips, write its .npy then its .parquet; return the number decoded."""
     records, chunks, offset = [], [], 0
-    for row, filename in zip(job.rows, job.filenames):
+    for i, (row, filename) in enumerate(zip(job.rows, job.filenames)):
         record: dict[str, Any] = {"row": row, "filename": filename, "shard": job.shard, "offset": offset,
                                   "length": 0, "start_s": np.nan, "end_s": np.nan, "duration_s": np.nan,
                                   "skip_reason": ""}
         try:
-            samples, window, duration_s = _clip_samples(job, filename)
+            samples, window, duration_s = _clip_samples(job, filename, job.starts[i] if job.starts else np.nan)
         except AudioError as exc:  # a broken file is reported, never fatal
             record["skip_reason"] = exc.reason
         else:
@@ -300,17 +314,24 @@ def _write_shard(job: _ShardJob, on_clip: Callable[[], object] | None = None) ->
     return len(chunks)
 
 
-def _clip_samples(job: _ShardJob, filename: str) -> tuple[np.ndarray, Window, float]:
-    """(float16 samples to store, their span in clip seconds, clip duration_s) of one clip."""
+def _clip_samples(job: _ShardJob, filename: str, start_s: float = np.nan) -> tuple[np.ndarray, Window, float]:
+    """(float16 samples to store, their span in clip seconds, clip duration_s) of one clip (`start_s`: the
+    table's window start with strategy=table)."""
     path = job.audio_dir / filename
     if job.strategy == "random":
         duration_s = audio_info(path).duration_s
         wave = load_audio(path, job.sample_rate, duration_s=job.max_clip_s)
         return wave.astype(np.float16), Window(0.0, len(wave) / job.sample_rate), duration_s
     wave = load_audio(path, job.sample_rate)
-    window = select_window(wave, job.sample_rate, job.strategy, filename, job.window_s)
+    duration_s = len(wave) / job.sample_rate
+    if job.strategy == "table" and not np.isnan(start_s):  # clamped into the clip, as the fixed rules are
+        start_s = min(float(start_s), max(duration_s - job.window_s, 0.0))
+        window = Window(start_s, start_s + job.window_s) if duration_s > job.window_s else Window(0.0, job.window_s)
+    else:
+        rule = "reference" if job.strategy == "table" else job.strategy
+        window = select_window(wave, job.sample_rate, rule, filename, job.window_s)
     samples = crop(wave, job.sample_rate, window, job.window_s)
-    return samples.astype(np.float16), window, len(wave) / job.sample_rate
+    return samples.astype(np.float16), window, duration_s
 
 
 def _write_npy(path: Path, chunks: list[np.ndarray], total: int) -> None:

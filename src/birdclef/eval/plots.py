@@ -321,3 +321,48 @@ def _draw_truth(ax: Axes, cells: np.ndarray) -> None:
         handle = Rectangle((0, 0), 1, 1, fill=False, edgecolor=TRUTH_COLOR, linewidth=2.0, label="true label")
         ax.legend(handles=[handle], loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8,
                   borderaxespad=0.2)
+
+
+def plot_window_weights(wave: np.ndarray, sample_rate: int, windows: pd.DataFrame, out: Path, title: str = "") -> Path:
+    """One recording's mel spectrogram over the weight a MIL pooling gave each of its windows.
+
+    The top panel is the log-mel spectrogram (dB) against time in seconds, the chosen window shaded; the
+    bottom panel draws each window as a bar over its span at the height of its weight (windows may overlap),
+    the chosen one in red.
+
+    Args:
+        wave: (samples,) waveform of the recording (from its start).
+        sample_rate: its rate in Hz.
+        windows: one row per window: ``start_s``, ``end_s``, ``weight`` and ``chosen`` (bool), as in a MIL
+            run's ``mil_windows.csv`` (:mod:`birdclef.train.mil_windows`).
+        out: PNG path to write.
+        title: figure title (e.g. the file name and label).
+
+    Raises:
+        ValueError: an empty wave or table, or a missing column.
+    """
+    wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+    _require(windows, ("start_s", "end_s", "weight", "chosen"), "windows")
+    if wave.size == 0 or windows.empty:
+        raise ValueError(f"need a non-empty wave and windows table (got {wave.size} samples, {len(windows)} rows)")
+    end = max(float(windows["end_s"].max()), wave.size / sample_rate)
+    fig = Figure(figsize=(float(np.clip(2.0 + 0.8 * end, 8.0, 30.0)), 5.5), layout="constrained")
+    grid = fig.add_gridspec(2, 2, width_ratios=(1.0, 0.015), height_ratios=(3.0, 1.6))
+    spec_ax = fig.add_subplot(grid[0, 0])
+    weight_ax = fig.add_subplot(grid[1, 0], sharex=spec_ax)
+    _draw_spectrogram(spec_ax, fig.add_subplot(grid[0, 1]), wave, sample_rate)
+    for row in windows.itertuples(index=False):
+        chosen = bool(row.chosen)
+        weight_ax.bar(row.start_s, row.weight, width=row.end_s - row.start_s, align="edge",
+                      alpha=0.75 if chosen else 0.35, color=TRUTH_COLOR if chosen else "#3b6ea8", edgecolor="0.2",
+                      linewidth=0.5)
+        if chosen:
+            spec_ax.axvspan(row.start_s, row.end_s, facecolor="white", alpha=0.18, edgecolor=TRUTH_COLOR, linewidth=2.0)
+    weight_ax.set_ylim(0.0, min(1.0, float(windows["weight"].max()) * 1.15) or 1.0)
+    weight_ax.set_ylabel("window weight")
+    weight_ax.set_xlabel("time (s)")
+    spec_ax.set_xlim(0.0, end)
+    fig.add_subplot(grid[1, 1]).axis("off")
+    if title:
+        fig.suptitle(title, fontsize=12)
+    return _save(fig, out)

@@ -21,6 +21,7 @@ import pandas as pd
 
 from birdclef.audio.io import SAMPLE_RATE, load_audio
 from birdclef.errors import AudioError, DatasetError, SubmissionError
+from birdclef.eval.mil_report import mil_section
 from birdclef.eval.metrics import (IGNORED_SOLUTION_COLUMNS, EvalReport, check_row_ids, evaluate_submission,
                                    numeric_values)
 from birdclef.eval.plots import plot_class_auc, plot_detections, plot_training_curves, split_row_ids
@@ -269,7 +270,8 @@ def write_report(
         out_dir: folder to write into (created; files of the same names are replaced).
         submission: prediction CSV, row_id `<stem>_<end_s>` plus one probability column per class.
         solution: optional 0/1 labels of the same layout; adds the score and per-class AUC.
-        run: optional training run folder (metrics.csv, summary.json); adds curves and fold scores.
+        run: optional training run folder (metrics.csv, summary.json); adds curves and fold scores, and for
+            a MIL run (mil_windows.csv) spectrograms of training clips with their window weights.
         soundscapes: optional folder of `<stem>.ogg`; adds one detection figure per chosen file.
         files: stems to draw; default the `max_files` with most labelled windows in the solution,
             or without a solution the first `max_files` stems of the submission.
@@ -301,6 +303,7 @@ def write_report(
         sections.append(_class_section(evaluation, out_dir))
     if run is not None:
         sections.append(_training_section(run, out_dir))
+        sections.append(mil_section(run, out_dir, _esc, _img, _note))  # '' unless a MIL run
     sections.append(_detections_section(chosen, frame, stems, truth, soundscapes, out_dir, top_k))
     return write_text_atomic(_page(f"BirdCLEF report: {submission.name}", sections), out_dir / "index.html")
 

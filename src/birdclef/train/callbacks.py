@@ -57,8 +57,10 @@ class FoldRecorder(L.Callback):
         score = row["val_auc"] if not math.isnan(row["val_auc"]) else -row["val_loss"]
         if score > self.best_score:
             self.best_score, self.best_epoch = score, epoch
+            mil = getattr(pl_module, "mil", None)  # a MIL run's pooling travels beside the (unchanged) model
+            extra = {"fold": self.fold, **({"mil_pooling": mil.checkpoint_entry()} if mil is not None else {})}
             save_checkpoint(self.fold_dir / "best.pt", pl_module.model, self.config, self.classes, epoch, score,
-                            extra={"fold": self.fold})
+                            extra=extra)
 
     def _append_row(self, row: dict[str, Any]) -> None:
         old = pd.read_csv(self.metrics_path) if self.metrics_path.is_file() else pd.DataFrame()

@@ -8,12 +8,15 @@ restored, and sets the sampler's epoch there first (to the restored epoch progre
 
 from __future__ import annotations
 
+from functools import partial
+
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from birdclef.config import Config
+from birdclef.config import Config, mil_hop_s
+from birdclef.data.bags import BagDataset
 from birdclef.data.augment import BackgroundBank
 from birdclef.data.dataset import EpochSampler, WindowDataset
 from birdclef.data.examples import Examples
@@ -39,13 +42,15 @@ class FoldData(L.LightningDataModule):
         self.n_clips = len(clips)
         self.n_pseudo = min(int(round(train.pseudo_ratio * len(clips))), len(pseudo))
         """Pseudo windows drawn per epoch (train.pseudo_ratio of the clips, at most the fold's pool)."""
-        self.train_set = WindowDataset(examples, np.concatenate([clips, pseudo]), train=True, seed=self.seed,
-                                       background=background, background_prob=train.background_prob,
-                                       background_gain=train.background_gain, mix_rows=pseudo,
-                                       mix_prob=train.pseudo_mix_prob)
-        self.val_set = WindowDataset(examples, examples.rows("clip", fold, held_out=True), train=False, seed=self.seed)
+        # Under data.strategy=mil every example is a bag of windows (birdclef.data.bags), else one window.
+        kind = (partial(BagDataset, k=train.mil_windows, hop_s=mil_hop_s(config))
+                if config.data.strategy == "mil" else WindowDataset)
+        self.train_set = kind(examples, np.concatenate([clips, pseudo]), train=True, seed=self.seed,
+                              background=background, background_prob=train.background_prob,
+                              background_gain=train.background_gain, mix_rows=pseudo, mix_prob=train.pseudo_mix_prob)
+        self.val_set = kind(examples, examples.rows("clip", fold, held_out=True), train=False, seed=self.seed)
 
-    def _loader(self, dataset: WindowDataset, **kwargs) -> DataLoader:
+    def _loader(self, dataset: WindowDataset | BagDataset, **kwargs) -> DataLoader:
         # An explicit generator keeps worker base seeds off the global torch RNG; the data itself is
         # keyed on (seed, epoch, clip) and does not depend on them.
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,

@@ -5,6 +5,7 @@ Run folder (STYLE §3.5)::
     RUN/config.yaml  env.json  data.json  folds.csv  metrics.csv  oof.parquet  summary.json
     RUN/pseudo_folds.csv  pseudo.json  pseudo_cache/           (with --pseudo)
     RUN/fold{k}/best.pt  last.ckpt  metrics.csv  oof.parquet  done.json
+    RUN/mil_windows.csv  fold{k}/mil_windows.parquet           (data.strategy=mil: birdclef.train.mil_windows)
 
 ``best.pt`` is the self-describing checkpoint inference loads; ``last.ckpt`` is Lightning's full
 state (optimizer, scheduler, callbacks) for ``--resume``, written atomically (an unreadable one is
@@ -40,7 +41,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from birdclef.birdnet.torch_net import init_head_from_birdnet
-from birdclef.config import BIRDNET_BACKBONE, Config, config_to_dict, dump_config, load_config
+from birdclef.config import BIRDNET_BACKBONE, Config, config_to_dict, dump_config, load_config, mil_hop_s
 from birdclef.data.augment import BackgroundBank
 from birdclef.data.cache import WaveCache, prepare_cache
 from birdclef.data.examples import Examples, build_examples, prepare_pseudo_audio
@@ -54,6 +55,9 @@ from birdclef.train.callbacks import FoldRecorder
 from birdclef.train.fold_data import FoldData
 from birdclef.train.lifecycle import AtomicCheckpointIO, is_launched_rank, readable_checkpoint
 from birdclef.train.losses import loss_from_config
+from birdclef.train.mil import CHECKPOINT_KEY as MIL_CHECKPOINT_KEY
+from birdclef.train.mil import MilPooling, bag_forward
+from birdclef.train.mil_windows import write_fold_windows, write_run_windows
 from birdclef.train.module import BirdModule, validation_auc
 from birdclef.utils.device import autocast_for, resolve_device
 from birdclef.utils.io import read_json, write_csv_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
@@ -209,10 +213,13 @@ def _write_oof(fold_dir: Path, fold: int, val_dl: DataLoader, examples: Examples
     device = resolve_device("cpu" if config.train.accelerator == "cpu" else "auto")
     best = load_checkpoint(fold_dir / "best.pt", map_location=device)
     model = best.model.to(device).eval()
+    pool = _mil_pool(best, len(classes))
     chunks = []
-    for wave, *_ in val_dl:
+    for batch in val_dl:
         with autocast_for(device):
-            chunks.append(torch.sigmoid(model(wave.to(device))["clip_logits"].float()).cpu().numpy())
+            logits = (model(batch[0].to(device))["clip_logits"] if pool is None else  # a MIL run: bag predictions
+                      bag_forward(model, pool.to(device), batch[0].to(device), batch[4].to(device))["clip_logits"])
+        chunks.append(torch.sigmoid(logits.float()).cpu().numpy())
     index = examples.cache.index
     positions = examples.table["cache_row"].to_numpy()[val_dl.dataset.rows]  # not the cache index's `row`
     probs = np.concatenate(chunks) if chunks else np.zeros((0, len(classes)), np.float32)
@@ -222,8 +229,17 @@ def _write_oof(fold_dir: Path, fold: int, val_dl: DataLoader, examples: Examples
     oof.insert(0, "row", index["row"].to_numpy()[positions])  # the same `row` as the cache index
     oof.insert(0, "filename", index["filename"].to_numpy()[positions])
     write_parquet_atomic(oof, fold_dir / "oof.parquet")
+    if pool is not None:  # before done.json: a finished fold always has its table
+        write_fold_windows(fold_dir, model, pool, examples.cache, classes,
+                           examples.table["fold"].to_numpy()[: examples.n_clips], fold, mil_hop_s(config), device)
     write_json_atomic({"fold": fold, "best_epoch": best.epoch, "best_score": best.score, "epochs": config.train.epochs},
                       fold_dir / "done.json")
+
+
+def _mil_pool(best, num_classes: int) -> MilPooling | None:
+    """The pooling a MIL run's best.pt keeps beside its model, or None."""
+    entry = best.extra.get(MIL_CHECKPOINT_KEY)
+    return None if entry is None else MilPooling.from_checkpoint_entry(entry, num_classes).eval()
 
 
 def _collect(run: Path, folds: list[int], classes: list[str], targets: np.ndarray, index: pd.DataFrame) -> TrainSummary:
@@ -334,7 +350,7 @@ def train_kfold(
         skipped_clips = prepare_cache(layout.root, cache_dir or run / "cache", strategy=data.strategy,
                                       window_s=data.window_s, sample_rate=data.sample_rate, max_clip_s=data.max_clip_s,
                                       num_workers=config.train.num_workers, max_files=data.max_files,
-                                      progress=progress).n_skipped
+                                      progress=progress, window_table=data.window_table).n_skipped
     cache = WaveCache(cache_dir or run / "cache")
     audio = None if labels is None else prepare_pseudo_audio(labels, run / "pseudo_cache", data.sample_rate,
                                                              data.window_s, progress and not child)
@@ -357,6 +373,8 @@ def train_kfold(
     if child:
         return TrainSummary(run, n_clips=len(cache.index), elapsed_s=time.perf_counter() - started)
     summary = _collect(run, list(config.train.folds), classes, examples.targets[: examples.n_clips], cache.index)
+    if data.strategy == "mil":
+        write_run_windows(run, list(config.train.folds))
     summary.n_clips, summary.elapsed_s = len(cache.index), time.perf_counter() - started
     summary.skipped_clips, summary.cache_dir = skipped_clips, cache.path
     summary.skipped_background = [] if background is None else list(background.skipped)
