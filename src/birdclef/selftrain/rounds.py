@@ -257,7 +257,7 @@ def run_selftrain(config: Config, data: Path, out: Path, settings: SelfTrainSett
         ConfigError: bad settings, or `out` holds a selftrain with other settings.
         DatasetError: a validation set without solution.csv; as ``train`` and ``pseudo`` for their inputs.
     """
-    out = Path(out)
+    out = Path(out).resolve()  # round folders are recorded as teachers: absolute, whatever the cwd of a resume
     out.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out / "selftrain.json", "birdclef selftrain"):
         _check_settings(out, config, data, settings)
