@@ -74,6 +74,28 @@ def test_sample_weight_is_a_weighted_mean_of_per_sample_losses():
     assert ones.item() == pytest.approx(create_loss("focal")(LOGITS, TARGET).item(), rel=1e-6)
 
 
+def test_soft_masked_weighted_bce_equals_a_hand_value():
+    """Distillation's loss: BCE on soft targets, masked (unknown) targets skipped, sample weights."""
+    logits = torch.tensor([[0.0, 2.0, -1.0], [1.0, 0.5, 3.0]])
+    target = torch.tensor([[0.3, 0.9, 0.0], [0.6, 0.2, 0.7]])
+    mask = torch.tensor([[True, True, False], [True, False, True]])
+    weight = torch.tensor([1.0, 3.0])
+
+    def bce(z: float, t: float) -> float:
+        p = 1 / (1 + math.exp(-z))
+        return -(t * math.log(p) + (1 - t) * math.log(1 - p))
+
+    known = [(0, 0), (0, 1), (1, 0), (1, 2)]
+    expect = sum(weight[b].item() * bce(logits[b, k].item(), target[b, k].item()) for b, k in known)
+    expect /= sum(weight[b].item() for b, _ in known)
+    assert BCELoss()(logits, target, weight, mask).item() == pytest.approx(expect, rel=1e-6)
+    changed = target.clone()
+    changed[~mask] = 1.0  # what a masked target says does not matter
+    assert BCELoss()(logits, changed, weight, mask).item() == pytest.approx(expect, rel=1e-6)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        BCELoss()(logits, target, weight, mask[:, :2])
+
+
 def test_soft_targets_have_their_minimum_at_the_target_logit():
     target = torch.tensor([[0.3, 0.8]])
     logits = torch.log(target / (1 - target)).requires_grad_(True)  # sigmoid(logits) == target
