@@ -276,10 +276,10 @@ from pathlib import Path
 import birdclef.data.cache as cache
 
 decode = cache._clip_samples
-def slow(job, filename):  # slows every clip so that the kill lands mid-run, and records the worker pids
+def slow(*args):  # slows every clip so that the kill lands mid-run, and records the worker pids
     (Path(sys.argv[3]) / str(os.getpid())).touch()
     time.sleep(0.4)
-    return decode(job, filename)
+    return decode(*args)
 cache._clip_samples = slow  # inherited by the forked workers
 cache.prepare_cache(Path(sys.argv[1]), Path(sys.argv[2]), num_workers=2, shard_size=1, progress=False)
 """
