@@ -55,7 +55,7 @@ class SelfTrainSettings:
     teachers: tuple[str, ...] = ()
     """Trained runs that label round 1 (none: the supervised start, round 0, labels it)."""
     weights: tuple[float, ...] | None = None
-    """Blend weights of `teachers` (then BirdNET, when asked); default equal."""
+    """Blend weights of `teachers` (then BirdNET, when asked) in round 1; later rounds' teachers blend equally."""
     birdnet: bool = False
     """BirdNET v2.4 zero-shot joins the teachers of every round (its unknown classes stay masked)."""
     birdnet_model: str | None = None
