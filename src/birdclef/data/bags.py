@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from birdclef.audio.io import tile_to_length
 from birdclef.data.augment import BackgroundBank, add_background, max_targets
+from birdclef.data.dataset import WindowDataset
 from birdclef.data.examples import Examples
 
 
@@ -51,7 +51,7 @@ def clip_windows(segment: np.ndarray, length: int, hop: int) -> tuple[np.ndarray
     return np.stack([segment[s : s + length] for s in starts]).astype(np.float32), starts
 
 
-class BagDataset(Dataset):
+class BagDataset(WindowDataset):
     """(bag (K, T), target (C,), mask (C,), weight (), valid (K,) bool) for the examples `rows`.
 
     Args:
@@ -69,18 +69,12 @@ class BagDataset(Dataset):
                  background: BackgroundBank | None = None, background_prob: float = 0.0,
                  background_gain: tuple[float, float] = (0.1, 0.5), mix_rows: np.ndarray | None = None,
                  mix_prob: float = 0.0):
-        self.examples, self.rows = examples, np.asarray(rows, dtype=np.int64)
-        self.train, self.k, self.seed = train, int(k), seed
+        super().__init__(examples, rows, train, seed, background, background_prob, background_gain, mix_rows,
+                         mix_prob)
+        self.k = int(k)
         self.length = examples.cache.window_length
         self.hop = max(1, int(round(hop_s * examples.cache.sample_rate)))
         self.cache_rows = examples.table["cache_row"].to_numpy(np.int64)
-        self.background = background if background is not None and len(background) else None
-        self.background_prob, self.background_gain = background_prob, background_gain
-        self.mix_rows = np.asarray(mix_rows if mix_rows is not None else [], dtype=np.int64)
-        self.mix_prob = mix_prob if len(self.mix_rows) else 0.0
-
-    def __len__(self) -> int:
-        return len(self.rows)
 
     def windows(self, row: int, rng: np.random.Generator | None) -> np.ndarray:
         """(n <= K, T) float32 windows of example `row` (a pseudo window: one)."""

@@ -59,9 +59,10 @@ def distill(config: Config, data: Path, out: Path, settings: SelfTrainSettings, 
     out.mkdir(parents=True, exist_ok=True)
     record = out / "distill.json"
     with exclusive_lock(record, "birdclef distill"):
-        if record.is_file():
-            return DistillSummary(**{**read_json(record), "out": out, "run": out / "run",
-                                     "model": Path(read_json(record)["model"]) if read_json(record)["model"] else None})
+        if record.is_file():  # finished before: report it
+            done = read_json(record)
+            return DistillSummary(**{**done, "out": out, "run": out / "run",
+                                     "model": Path(done["model"]) if done["model"] else None})
         started, cpu = time.perf_counter(), _cpu_seconds()
         job = _Rounds(config, data, out, settings, device, progress, log)
         log(f"distill: labelling {job.soundscapes} with {list(settings.teachers) + (['birdnet'] if settings.birdnet else [])}")
