@@ -13,8 +13,9 @@ with ``birdclef evaluate --taxonomy`` (macro ROC-AUC, overall and per taxon grou
 The budget is matched: a one-window strategy sees one 5 s window per clip per epoch at 16 windows a step;
 ``mil-*`` sees bags of 4 windows (2.5 s hop) at 4 bags a step for a quarter of the epochs, so every
 strategy takes the same optimizer steps over the same number of windows. ``mil-attention-4x`` keeps the
-epochs (4x the windows) to show what the extra compute buys. ``learned`` trains one window per clip
-from the windows that the same fold's ``mil-attention`` run chose (``RUN/mil_windows.csv``).
+12 epochs (4x the steps and windows); ``random-4x`` (48 epochs) is its control at the same compute.
+``learned`` and ``learned-4x`` train one window per clip, 12 epochs, from the windows that the same fold's
+``mil-attention`` or ``mil-attention-4x`` run chose (``RUN/mil_windows.csv``).
 
 Finished runs are kept (``OUT/NAME-fK.eval.json``) and skipped on a rerun. Prints a markdown table (mean
 and standard deviation over folds, the per-fold difference to ``reference``) and writes ``OUT/summary.json``.
@@ -45,11 +46,13 @@ STRATEGIES: dict[str, list[str]] = {
     "reference": ["data.strategy=reference"],
     "random": ["data.strategy=random"],
     "learned": ["data.strategy=table"],  # + data.window_table from the fold's mil-attention run
+    "learned-4x": ["data.strategy=table"],  # ... from its mil-attention-4x run
     "mil-attention": [*_MIL, "train.mil_pooling=attention", "train.epochs=3"],
     "mil-max": [*_MIL, "train.mil_pooling=max", "train.epochs=3"],
     "mil-topk": [*_MIL, "train.mil_pooling=topk", "train.mil_topk=2", "train.epochs=3"],
     "mil-mean": [*_MIL, "train.mil_pooling=mean", "train.epochs=3"],
     "mil-attention-4x": [*_MIL, "train.mil_pooling=attention"],
+    "random-4x": ["data.strategy=random", "train.epochs=48"],
 }
 BASE = [o for o in DEMO_OVERRIDES if not o.startswith(("model.backbone=", "model.pretrained=", "train.folds="))]
 """The demo's CNN recipe on ``configs/lite0.yaml`` (its ImageNet start, not the demo's random b0)."""
@@ -57,9 +60,9 @@ BASE = [o for o in DEMO_OVERRIDES if not o.startswith(("model.backbone=", "model
 
 def _cache(name: str, fold: int) -> str:
     """Runs share a training cache when they read the same windows."""
-    if name == "learned":
-        return f"cache-learned-f{fold}"
-    return "cache-random" if name.startswith("mil") or name == "random" else f"cache-{name}"
+    if name.startswith("learned"):
+        return f"cache-{name}-f{fold}"
+    return "cache-random" if name.startswith(("mil", "random")) else f"cache-{name}"
 
 
 def _birdclef(args: list[str], log: Path) -> tuple[float, float]:
@@ -83,10 +86,11 @@ def run_one(name: str, fold: int, args: argparse.Namespace) -> dict[str, Any]:
     if record.exists():
         return json.loads(record.read_text())
     overrides = [*BASE, *args.set, f"train.folds=[{fold}]", *STRATEGIES[name]]
-    if name == "learned":
-        table = out / f"mil-attention-f{fold}" / "mil_windows.csv"
+    if name.startswith("learned"):
+        teacher = "mil-attention" + name.removeprefix("learned")
+        table = out / f"{teacher}-f{fold}" / "mil_windows.csv"
         if not table.exists():
-            run_one("mil-attention", fold, args)
+            run_one(teacher, fold, args)
         overrides.append(f"data.window_table={table.resolve()}")
     log = out / f"{tag}.log"
     log.write_text("")
