@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-c", "--config", type=Path, default=REPO / "configs" / "lite0.yaml")
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
-    parser.add_argument("--set", nargs="*", default=[], help="extra overrides for every run (a strategy's own settings, e.g. its epochs, win)")
+    parser.add_argument("--set", nargs="*", default=[],
+                        help="extra overrides for every run (a strategy's own settings, e.g. its epochs, win)")
     args = parser.parse_args(argv)
     if not (args.data / "solution.csv").exists():
         parser.error(f"{args.data}: no solution.csv to score the test soundscapes against")
