@@ -24,7 +24,6 @@ and standard deviation over folds, the per-fold difference to ``reference``) and
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import subprocess
@@ -37,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing
 
 from birdclef.demo import DEMO_OVERRIDES  # noqa: E402
+from birdclef.utils.io import read_json, write_json_atomic  # noqa: E402
 
 _MIL = ["data.strategy=mil", "train.mil_windows=4", "train.mil_hop_s=2.5", "train.batch_size=4"]
 STRATEGIES: dict[str, list[str]] = {
@@ -84,7 +84,7 @@ def run_one(name: str, fold: int, args: argparse.Namespace) -> dict[str, Any]:
     tag = f"{name}-f{fold}"
     record = out / f"{tag}.eval.json"
     if record.exists():
-        return json.loads(record.read_text())
+        return read_json(record)
     overrides = [*BASE, *args.set, f"train.folds=[{fold}]", *STRATEGIES[name]]
     if name.startswith("learned"):
         teacher = "mil-attention" + name.removeprefix("learned")
@@ -105,13 +105,11 @@ def run_one(name: str, fold: int, args: argparse.Namespace) -> dict[str, Any]:
     scored = out / f"{tag}.score.json"
     _birdclef(["evaluate", "--submission", str(submission), "--solution", str(args.data / "solution.csv"),
                "--taxonomy", str(args.data / "taxonomy.csv"), "--out", str(scored)], log)
-    score = json.loads(scored.read_text())
+    score = read_json(scored)
     result = {"strategy": name, "fold": fold, "auc": score["score"],
               "groups": {g["group"]: g["auc"] for g in score["groups"]},
               "train_cpu_s": cpu, "train_wall_s": wall, "overrides": overrides, "resumed": bool(resume)}
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(record)
+    write_json_atomic(result, record)
     return result
 
 
@@ -159,8 +157,8 @@ def main(argv: list[str] | None = None) -> None:
             results.append(run_one(name, fold, args))
     print(table(results, args.strategies))
     summary = args.out / "summary.json"
-    summary.write_text(json.dumps({"data": str(args.data), "config": str(args.config), "base": BASE,
-                                   "results": results}, indent=1))
+    write_json_atomic({"data": str(args.data), "config": str(args.config), "base": BASE, "results": results},
+                      summary)
     print(f"wrote {summary}")
 
 
