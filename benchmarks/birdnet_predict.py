@@ -46,7 +46,8 @@ import soxr  # noqa: E402
 from scipy.special import expit  # noqa: E402
 
 from birdclef.audio.io import load_audio  # noqa: E402
-from birdclef.birdnet.build import BIRDNET_DEFAULTS, resolve_classes  # noqa: E402
+from birdclef.zoo.build import ZERO_SHOT_DEFAULTS as BIRDNET_DEFAULTS  # noqa: E402
+from birdclef.zoo.build import resolve_classes  # noqa: E402
 from birdclef.birdnet.classes import read_scientific_names  # noqa: E402
 from birdclef.birdnet.embed import embed_to_parquet  # noqa: E402
 from birdclef.birdnet.model import CHUNK_SAMPLES, SAMPLE_RATE, BirdnetModel, bundled_model_path  # noqa: E402

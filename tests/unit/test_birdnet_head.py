@@ -21,16 +21,19 @@ from scipy.special import expit
 from birdclef.birdnet import head as head_module
 from birdclef.birdnet import head_train
 from birdclef.birdnet import predictor as predictor_module
-from birdclef.birdnet.head import UNKNOWN_BIAS, EmbeddingHead, HeadPredictor, RunsBlend, load_head, pool_logits
+from birdclef.birdnet.head import UNKNOWN_BIAS, EmbeddingHead, HeadPredictor, load_head, pool_logits
 from birdclef.birdnet.head_train import HeadData, build_head, fit_head
 from birdclef.birdnet.model import SAMPLE_RATE
 from birdclef.birdnet.predictor import BirdnetPredictor
 from birdclef.cli import main
 from birdclef.config import Config, InferConfig, dump_config, load_config
 from birdclef.errors import BirdclefError, ConfigError
-from birdclef.infer.base import row_count
+from birdclef.infer.base import PartsPredictor, SinglePart, span
+from birdclef.infer.ensemble import normalise_weights
 from birdclef.metrics import macro_roc_auc
 from birdclef.models import CheckpointError, load_checkpoint
+from birdclef.zoo.build import PredictorSpec, build_predictor
+from birdclef.zoo.runs import HEAD_RUN, Run
 
 from conftest import REPO, SHARED_DATA
 
@@ -43,6 +46,7 @@ CONFIG = REPO / "configs" / "birdnet-head.yaml"
 SMALL = ["data.n_folds=2", "train.folds=[0]", "train.epochs=3", "train.embed_copies=1", "train.num_workers=0",
          "train.batch_size=8", "infer.birdnet_hop_s=0.5"]
 RAW = InferConfig(smoothing=False, power_adjust=False)
+RAW_FLAGS = ("infer.smoothing=false", "infer.power_adjust=false")
 
 
 class FakeBirdnet:
@@ -197,16 +201,34 @@ def test_predict_run_scores_every_class(head_run: Path, tiny_dataset: Path, monk
     assert np.isfinite(probs).all() and ((probs > 0) & (probs < 1)).all()
 
 
-class FakeTorchRuns:
+class ConstantRun(SinglePart):
+    """One torch-like run at 32 kHz predicting `value` everywhere."""
+
+    sample_rate = 32_000
+
+    def __init__(self, value: float, classes: list[str], config: InferConfig):
+        self.value, self.classes, self.config = value, classes, config
+        self.lead, self.length = span(self.sample_rate, 5.0)
+        self.weights = np.ones(1)
+
+    def score(self, spans: np.ndarray) -> list[np.ndarray]:
+        return [np.full((len(spans), len(self.classes)), self.value)]
+
+    def settings(self) -> dict:
+        return {"backend": "constant", "value": self.value}
+
+
+class FakeTorchRuns(PartsPredictor):
     """TorchPredictor's surface: run k of the given ones predicts the constant 0.1 * (k + 1) everywhere."""
 
     def __init__(self, runs, weights, config, device="auto"):
         self.ensembles = list(runs)
         self.classes, self.sample_rate, self.config = ["syn00", "syn01", "syn02"], 32_000, config
+        self.weights = normalise_weights(weights, len(self.ensembles))
+        self._parts = [ConstantRun(0.1 * (k + 1), self.classes, config) for k in range(len(self.ensembles))]
 
-    def predict_runs(self, wave: np.ndarray) -> list[np.ndarray]:
-        n = row_count(len(wave), self.sample_rate)
-        return [np.full((n, 3), 0.1 * (k + 1)) for k in range(len(self.ensembles))]
+    def parts(self) -> list[ConstantRun]:
+        return list(self._parts)
 
     def settings(self) -> dict:
         return {"backend": "fake-torch", "runs": [str(r) for r in self.ensembles]}
@@ -225,11 +247,15 @@ def test_runs_blend_returns_runs_in_the_given_order(head_run: Path, tmp_path: Pa
     monkeypatch.setattr("birdclef.infer.predict.TorchPredictor", FakeTorchRuns)
     a, b = _torch_run(tmp_path / "a"), _torch_run(tmp_path / "b")
     wave = np.concatenate([_tone(1_000, 5.0, 32_000), _tone(3_000, 5.0, 32_000)])  # the blend decodes at 32 kHz
+    def runs_blend(weights: list[float]):
+        spec = PredictorSpec(runs=(a, head_run, b), weights=tuple(weights), overrides=RAW_FLAGS)
+        return build_predictor(spec).predictor
+
     for weights, expected in (([1, 0, 0], 0.1), ([0, 0, 1], 0.2)):  # a is torch run 0, b torch run 1
-        blend = RunsBlend([a, head_run, b], weights, RAW)
-        assert blend.counts == [2, 1] and blend.sample_rate == 32_000 and len(blend.ensembles) == 3
+        blend = runs_blend(weights)
+        assert [p.n_runs for p in blend.parts()] == [1, 1, 1] and blend.sample_rate == 32_000
         np.testing.assert_allclose(blend.predict_file(wave), expected)
-    head = RunsBlend([a, head_run, b], [0, 1, 0], RAW).predict_file(wave)
+    head = runs_blend([0, 1, 0]).predict_file(wave)
     at_48k = soxr.resample(wave, 32_000, SAMPLE_RATE, quality="HQ").astype(np.float32)
     np.testing.assert_allclose(head, HeadPredictor(head_run, RAW).predict_file(at_48k))
     assert head.shape == (2, 3) and not np.allclose(head, 0.1)
@@ -322,7 +348,7 @@ def test_demo_on_real_data_trains_the_birdnet_head(tiny_dataset: Path, tmp_path:
     assert main(["demo", "--data", str(tiny_dataset), "--out", str(out), "--no-progress", "--set", *SMALL]) == 0
     printed = capsys.readouterr().out
     assert "training a head on frozen BirdNET v2.4 embeddings" in printed
-    assert head_module.is_head_run(out / "run")
+    assert Run.open(out / "run").kind == HEAD_RUN
     assert (out / "run" / "fold0" / "done.json").is_file() and not (out / "run_submission.csv").exists()
     sub = pd.read_csv(out / "submission.csv")
     classes = [c for c in sub.columns if c != "row_id"]

@@ -79,8 +79,8 @@ def world(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Simpl
 
 def _count_embedded(mp: pytest.MonkeyPatch) -> list[int]:
     """Patch head_pseudo's embedding call to count the pseudo windows it embeds."""
-    counted, real = [], head_pseudo._embed
-    mp.setattr(head_pseudo, "_embed", lambda model, waves, *a: counted.append(len(waves)) or real(model, waves, *a))
+    counted, real = [], head_pseudo.embed_rows
+    mp.setattr(head_pseudo, "embed_rows", lambda model, waves, *a: counted.append(len(waves)) or real(model, waves, *a))
     return counted
 
 

@@ -36,11 +36,10 @@ def scorer_on_worker(build: Callable[[], object], key: str) -> object:
     return cached[1]
 
 
-def analyze_task(build: Callable[[], object], key: str, job, entry: Entry) -> Record:
-    """One recording on a worker (see :func:`birdclef.infer.analyze.process_entry`)."""
-    from birdclef.infer.analyze import process_entry
-
-    return process_entry(scorer_on_worker(build, key), job, entry)
+def analyze_task(work: Callable[[object, object, Entry], Record], build: Callable[[], object], key: str, job,
+                 entry: Entry) -> Record:
+    """One recording on a worker: ``work(scorer, job, entry)`` with this worker's scorer."""
+    return work(scorer_on_worker(build, key), job, entry)
 
 
 def _task_key(key: str, entry: Entry) -> str:
@@ -48,9 +47,11 @@ def _task_key(key: str, entry: Entry) -> str:
     return f"analyze-{key}-{hashlib.sha1(entry.path.encode()).hexdigest()[:16]}"
 
 
-def run_dask(todo: list[Entry], build: Callable[[], object], key: str, job, record: Callable[[Record], None],
-             scheduler: str = "local", workers: int = 2) -> None:
-    """Run `todo` as tasks and pass each task's :class:`Record` to `record` as it completes.
+def run_dask(todo: list[Entry], work: Callable[[object, object, Entry], Record], build: Callable[[], object], key: str,
+             job, record: Callable[[Record], None], scheduler: str = "local", workers: int = 2) -> None:
+    """Run ``work(scorer, job, entry)`` for each entry of `todo` as a task and pass each task's :class:`Record` to
+    `record` as it completes. `work` is the per-file function (``birdclef analyze``'s
+    :func:`~birdclef.infer.analyze.process_entry`); `build` makes the scorer once per worker.
 
     Raises:
         BirdclefError: dask.distributed is not installed, or `workers` < 1.
@@ -70,7 +71,7 @@ def run_dask(todo: list[Entry], build: Callable[[], object], key: str, job, reco
             client = stack.enter_context(Client(cluster))
         else:
             client = stack.enter_context(Client(scheduler))
-        futures = {client.submit(analyze_task, build, key, job, entry, key=_task_key(key, entry), retries=2,
+        futures = {client.submit(analyze_task, work, build, key, job, entry, key=_task_key(key, entry), retries=2,
                                  pure=False): entry for entry in todo}
         for future in as_completed(futures):
             entry = futures[future]

@@ -1,17 +1,13 @@
 """Score any list of 5 s windows (any start, any hop) with the predictors of ``birdclef predict``.
 
 A :class:`~birdclef.infer.base.Predictor` scores whole files, rows at 0, 5, 10 s. Archive analysis needs
-window-level scores: :func:`window_scorer` breaks a predictor into :class:`Member` s, each saying which span
-of audio, at which rate, it needs around a window (a torch run trained on 10 s hears 2.5 s either side of the
-5 s row, BirdNET only the row), and scoring a batch of such spans. The spans are those of
-:func:`~birdclef.infer.base.context_windows` (zeros outside the file), so at hop 5 s every window gets the
-numbers ``predict`` gives its row. Members' raw per-run probabilities are blended by
-:func:`~birdclef.infer.ensemble.combine_runs` with the predictor's own weights.
-
-Supported: :class:`~birdclef.infer.predict.TorchPredictor` (one member per run),
-:class:`~birdclef.export.runtime.ExportedPredictor`, :class:`~birdclef.birdnet.predictor.BirdnetPredictor`,
-:class:`~birdclef.birdnet.head.HeadPredictor` (and :class:`~birdclef.birdnet.head.RunsBlend` of runs and heads),
-:class:`~birdclef.infer.blend.BlendPredictor` of those, and :class:`~birdclef.infer.blend.FilledPredictor`.
+window-level scores: :func:`window_scorer` takes the predictor's parts (:class:`~birdclef.infer.base.Part`),
+each saying which span of audio, at which rate, it needs around a window (a torch run trained on 10 s hears
+2.5 s either side of the 5 s row, BirdNET only the row), and scoring a batch of such spans. The spans are
+those of :func:`~birdclef.infer.base.context_windows` (zeros outside the file), so at hop 5 s every window gets
+the numbers ``predict`` gives its row. The parts' raw per-run probabilities are blended by
+:func:`~birdclef.infer.ensemble.combine_runs` with the predictor's own weights. Any predictor the model zoo
+builds works, of any kind.
 
 Example:
     >>> scorer = window_scorer(TorchPredictor(["runs/a"]), postprocess=False)
@@ -21,48 +17,28 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from birdclef.config import InferConfig
 from birdclef.errors import BirdclefError
-from birdclef.infer.base import ROW_WINDOW_S
+from birdclef.infer.base import Part, Predictor
 from birdclef.infer.ensemble import combine_runs
+from birdclef.infer.postprocess import STEP_ORDER
 
-RAW_STEPS = {"smoothing": False, "power_adjust": False}
-"""InferConfig fields that switch post-processing off (analysis default: raw probabilities)."""
-
-
-@dataclass
-class Member:
-    """One part of a predictor: it scores (N, `length`) spans at `sample_rate`, starting `lead` samples
-    before each 5 s window's start, into one (N, K) array per run it holds."""
-
-    sample_rate: int
-    lead: int
-    """Samples of context before the window's start (negative: the span starts inside the window)."""
-    length: int
-    """Samples per span."""
-    score: Callable[[np.ndarray], list[np.ndarray]]
-    runs: int = 1
-    embed: Callable[[np.ndarray], tuple[list[np.ndarray], np.ndarray]] | None = None
-    """Like `score`, plus (N, D) float32 embeddings of the windows from the same pass (BirdNET only)."""
-
-
-def span(sample_rate: int, window_s: float) -> tuple[int, int]:
-    """(lead, length) of a model hearing `window_s` seconds centred on each 5 s row (as context_windows)."""
-    row_len, win_len = int(round(ROW_WINDOW_S * sample_rate)), int(round(window_s * sample_rate))
-    return (win_len - row_len) // 2, win_len
+RAW_STEPS = {name: False for name in STEP_ORDER}
+"""InferConfig fields that switch post-processing off (analysis default: raw probabilities): every registered
+step, each switched by the field of its name."""
 
 
 @dataclass
 class WindowScorer:
-    """A predictor as members plus the blend of their runs; see the module docstring."""
+    """A predictor's parts plus the blend of their runs; see the module docstring."""
 
     classes: list[str]
-    members: list[Member]
+    members: list[Part]
     weights: np.ndarray
     config: InferConfig
     """Blend and post-processing settings (post-processing applies to each scored batch of windows)."""
@@ -71,8 +47,8 @@ class WindowScorer:
 
     @property
     def embedder(self) -> int | None:
-        """Index of the member giving embeddings (the first BirdNET one), or None."""
-        return next((i for i, m in enumerate(self.members) if m.embed is not None), None)
+        """Index of the member giving embeddings (the first foundation model), or None."""
+        return next((i for i, m in enumerate(self.members) if m.can_embed), None)
 
     def score(self, spans: Sequence[np.ndarray]) -> np.ndarray:
         """(N, K) float32 probabilities from each member's (N, length) spans (one array per member)."""
@@ -99,73 +75,16 @@ class WindowScorer:
         return blended.astype(np.float32)
 
 
-def _torch_members(predictor) -> list[Member]:
-    from birdclef.infer.predict import score_windows
-
-    members = []
-    for ens, order in zip(predictor.ensembles, predictor._orders):
-        def score(windows: np.ndarray, ens=ens, order=order) -> list[np.ndarray]:
-            probs = score_windows(ens, windows, predictor.config.batch_size, predictor.device)
-            return [probs if order is None else probs[:, order]]
-
-        members.append(Member(ens.sample_rate, *span(ens.sample_rate, ens.window_s), score))
-    return members
-
-
-def _exported_members(predictor) -> list[Member]:
-    def score(windows: np.ndarray) -> list[np.ndarray]:
-        probs = predictor.predict_windows(windows)  # (N, R, K)
-        return [probs[:, r, :].astype(np.float64) for r in range(probs.shape[1])]
-
-    return [Member(predictor.sample_rate, *span(predictor.sample_rate, predictor.window_s), score,
-                   runs=len(predictor.weights))]
-
-
-def _birdnet_members(predictor) -> list[Member]:
-    def score(windows: np.ndarray) -> list[np.ndarray]:
-        # Rows laid end to end are a wave whose 5 s rows are exactly these windows: BirdNET hears no context.
-        return [predictor.predict_rows(windows.reshape(-1), len(windows))]
-
-    def embed(windows: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        probs, embeddings = predictor.predict_rows_with_embeddings(windows.reshape(-1), len(windows))
-        return [probs], embeddings
-
-    can_embed = hasattr(predictor, "predict_rows_with_embeddings") and hasattr(predictor.model, "infer")
-    return [Member(predictor.sample_rate, *span(predictor.sample_rate, ROW_WINDOW_S), score,
-                   embed=embed if can_embed else None)]
-
-
-def _members(predictor) -> list[Member]:
-    from birdclef.infer.blend import BlendPredictor
-
-    if isinstance(predictor, BlendPredictor):
-        flat = [m for member in predictor.members for m in _members(member)]
-        order = getattr(predictor, "order", None)  # a RunsBlend gives its runs back in the order given
-        return flat if order is None else [flat[k] for k in order]
-    if hasattr(predictor, "predict_rows"):  # BirdNET zero-shot or a head run, as BlendPredictor tells them apart
-        return _birdnet_members(predictor)  # 5 s rows from 3 s chunks inside them: no context
-    if hasattr(predictor, "ensembles"):  # TorchPredictor (imported lazily: no torch for the others)
-        return _torch_members(predictor)
-    if hasattr(predictor, "predict_windows") and hasattr(predictor, "window_s"):  # ExportedPredictor
-        return _exported_members(predictor)
-    raise BirdclefError(f"archive analysis cannot score windows with a {type(predictor).__name__}; use trained "
-                        "runs, an exported model or BirdNET")
-
-
-def window_scorer(predictor, postprocess: bool = False) -> WindowScorer:
-    """The :class:`WindowScorer` of `predictor`; `postprocess` False turns smoothing and power adjustment off.
+def window_scorer(predictor: Predictor, postprocess: bool = False) -> WindowScorer:
+    """The :class:`WindowScorer` of `predictor`; `postprocess` False turns every post-processing step off.
 
     Raises:
-        BirdclefError: a predictor kind that cannot score arbitrary windows.
+        BirdclefError: blend weights that do not match the parts' runs.
     """
-    fill = None
-    if hasattr(predictor, "value") and hasattr(predictor, "predictor"):  # FilledPredictor
-        predictor, fill = predictor.predictor, predictor.value
-    members = _members(predictor)
+    members = predictor.parts()
     config = predictor.config if postprocess else replace(predictor.config, **RAW_STEPS)
-    runs = sum(m.runs for m in members)
-    weights = getattr(predictor, "weights", None)  # BirdNET alone has none: one run
-    weights = np.ones(runs) / runs if weights is None else np.asarray(weights, dtype=np.float64)
+    runs = sum(m.n_runs for m in members)
+    weights = np.asarray(predictor.weights, dtype=np.float64)
     if len(weights) != runs:
         raise BirdclefError(f"{type(predictor).__name__}: {len(weights)} blend weights for {runs} runs")
-    return WindowScorer(list(predictor.classes), members, weights, config, fill)
+    return WindowScorer(list(predictor.classes), members, weights, config, predictor.fill)

@@ -13,8 +13,8 @@ A run's ``foldK/best.pt`` is a plain dict (``torch.load(weights_only=True)``)::
     {"kind": "birdnet_head", "model": state_dict, "config": {...}, "classes": [...], "epoch", "score",
      "hidden": H, "embedding_size": D}
 
-:class:`HeadPredictor` scores a run's folds (soft vote) from LiteRT embeddings; :func:`runs_predictor`
-builds the predictor of ``predict --run`` when some runs are such heads (mixed with torch runs).
+:class:`HeadPredictor` scores a run's folds (soft vote) from LiteRT embeddings; the model zoo
+(:mod:`birdclef.zoo`) builds it for ``predict --run`` and blends it with other kinds.
 
 Example:
     >>> head = EmbeddingHead.from_birdnet(classes, names, model)   # zero-shot for the known classes
@@ -25,20 +25,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
-from birdclef.birdnet.model import LICENSE, SAMPLE_RATE, BirdnetModel
+from birdclef.birdnet.model import LICENSE, SAMPLE_RATE, BirdnetModel, model_name
 from birdclef.birdnet.predictor import chunk_offsets, row_chunks
-from birdclef.config import BIRDNET_BACKBONE, Config, InferConfig, config_from_dict, config_to_dict
+from birdclef.config import Config, InferConfig, config_from_dict, config_to_dict
 from birdclef.errors import BirdclefError
-from birdclef.infer.blend import BlendPredictor
+from birdclef.infer.base import ROW_WINDOW_S, SinglePart, span
+from birdclef.zoo.runs import HEAD_RUN, Run
 
-KIND = "birdnet_head"
+KIND = HEAD_RUN
 HEADS = ("linear", "mlp")
 UNKNOWN_BIAS = -4.0
 """Start bias of the classes BirdNET does not know: sigmoid(-4) = 0.018, a low prior."""
@@ -135,29 +134,7 @@ def load_head(path: Path) -> tuple[EmbeddingHead, dict]:
     return head.eval(), state
 
 
-def _run_folder(run: Path) -> Path:
-    return run.parent.parent if run.is_file() and run.parent.name.startswith("fold") else run
-
-
-def head_run_model(run: str | Path) -> str | None | bool:
-    """``model.birdnet_path`` of an embedding-head run (a folder or its ``foldK/best.pt``; None: the bundled
-    BirdNET), or False when `run` is not one (its config.yaml is not frozen BirdNET)."""
-    try:
-        data = yaml.safe_load((_run_folder(Path(run)) / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return False
-    model = data.get("model") if isinstance(data, dict) else None
-    if not (isinstance(model, dict) and model.get("backbone") == BIRDNET_BACKBONE and model.get("freeze_backbone")):
-        return False
-    return model.get("birdnet_path")
-
-
-def is_head_run(run: str | Path) -> bool:
-    """True when `run` is a frozen-BirdNET embedding-head run (read from its config.yaml)."""
-    return head_run_model(run) is not False
-
-
-class HeadPredictor:
+class HeadPredictor(SinglePart):
     """The finished folds of one embedding-head run as a predictor: LiteRT embeddings -> heads -> soft vote.
 
     Every class is scored (no NaN). Rows are chunked and pooled as in
@@ -177,16 +154,15 @@ class HeadPredictor:
 
     def __init__(self, run: str | Path, config: InferConfig, classes: Sequence[str] | None = None,
                  model: BirdnetModel | None = None, threads: int | None = None):
-        from birdclef.infer.predict import run_checkpoints
-
         self.path, self.config = Path(run), config
-        self.checkpoints = run_checkpoints(self.path)
-        loaded = [load_head(p) for p in self.checkpoints]
+        paths = Run.open(self.path).checkpoints
+        loaded = [load_head(p) for p in paths]
         self.heads = [head for head, _ in loaded]
         run_classes = list(loaded[0][1]["classes"])
-        for (_, state), path in zip(loaded[1:], self.checkpoints[1:]):
+        for (_, state), path in zip(loaded[1:], paths[1:]):
             if list(state["classes"]) != run_classes:
-                raise BirdclefError(f"{path}: its class list differs from {self.checkpoints[0]}'s")
+                raise BirdclefError(f"{path}: its class list differs from {paths[0]}'s")
+        self.checkpoints = [str(p.resolve()) for p in paths]
         self.classes = list(classes) if classes is not None else run_classes
         if sorted(self.classes) != sorted(run_classes):
             raise BirdclefError(f"{self.path}: its classes differ from the other runs'; "
@@ -198,9 +174,12 @@ class HeadPredictor:
         self.model = model if model is not None else BirdnetModel(self.run_config.model.birdnet_path, threads,
                                                                   config.birdnet_batch_size)
         size = int(loaded[0][1]["embedding_size"])
-        if getattr(self.model, "embedding_size", size) != size:
+        if self.model.embedding_size != size:
             raise BirdclefError(f"{self.path}: the heads take {size}-d embeddings but {self.model.path} gives "
                                 f"{self.model.embedding_size}-d ones; use the BirdNET model the run was trained on")
+        self.lead, self.length = span(self.sample_rate, ROW_WINDOW_S)  # each 5 s row alone, as zero-shot
+        self.weights = np.ones(1)
+        self.model_file = model_name(self.model.path)
 
     @torch.no_grad()
     def predict_rows(self, wave: np.ndarray, n_rows: int) -> np.ndarray:
@@ -210,74 +189,11 @@ class HeadPredictor:
         folds = [torch.sigmoid(pool_logits(head(chunks), self.pool)) for head in self.heads]
         return torch.stack(folds).mean(0).double().numpy()[:, self._order]
 
-    def predict_runs(self, wave: np.ndarray) -> list[np.ndarray]:
-        from birdclef.infer.base import row_count
-
-        return [self.predict_rows(wave, row_count(len(wave), self.sample_rate))]
-
-    def predict_file(self, wave: np.ndarray) -> np.ndarray:
-        from birdclef.infer.postprocess import apply_steps
-
-        return apply_steps(self.predict_runs(wave)[0], self.config)
+    def score(self, spans: np.ndarray) -> list[np.ndarray]:
+        """[(N, K)] of (N, 5 s) spans: rows laid end to end are a wave whose rows they are."""
+        return [self.predict_rows(spans.reshape(-1), len(spans))]
 
     def settings(self) -> dict:
-        return {"backend": KIND, "checkpoints": [str(p.resolve()) for p in self.checkpoints],
-                "model": str(Path(self.model.path).resolve()), "licence": LICENSE, "chunk_offsets_s": self.offsets,
+        return {"backend": KIND, "checkpoints": list(self.checkpoints),
+                "model": self.model_file, "licence": LICENSE, "chunk_offsets_s": self.offsets,
                 "pool": self.pool, "infer": config_to_dict(self.config)}
-
-
-def runs_predictor(runs: Sequence[str | Path], weights: Sequence[float] | None, config: InferConfig,
-                   device: str = "auto", threads: int | None = None):
-    """The predictor of ``predict --run`` for `runs`: a TorchPredictor when none is a head run, else a RunsBlend."""
-    from birdclef.infer.predict import TorchPredictor
-
-    if not any(is_head_run(r) for r in runs):
-        return TorchPredictor(runs, weights, config, device)
-    return RunsBlend(runs, weights, config, device, threads)
-
-
-class RunsBlend(BlendPredictor):
-    """Torch runs and embedding-head runs blended with one weight per run, in the order the runs were given.
-
-    The torch runs form one :class:`~birdclef.infer.predict.TorchPredictor` member and each head run a
-    :class:`HeadPredictor` (runs on one BirdNET file share its interpreter); :meth:`predict_runs` returns
-    the runs back in the given order, so `weights` (and a BirdNET blend around this, which counts
-    :attr:`ensembles`) line up with ``--run`` / ``--weights``. Columns follow the first torch run's class
-    order (else the first head run's).
-    """
-
-    def __init__(self, runs: Sequence[str | Path], weights: Sequence[float] | None, config: InferConfig,
-                 device: str = "auto", threads: int | None = None):
-        from birdclef.infer.predict import TorchPredictor
-
-        runs = [Path(r) for r in runs]
-        model_paths = [head_run_model(r) for r in runs]
-        torch_runs = [r for r, m in zip(runs, model_paths) if m is False]
-        members: list[object] = [TorchPredictor(torch_runs, None, config, device)] if torch_runs else []
-        classes = members[0].classes if members else None
-        models: dict[str | None, BirdnetModel] = {}
-        for run, path in zip(runs, model_paths):
-            if path is not False:
-                if path not in models:
-                    models[path] = BirdnetModel(path, threads, config.birdnet_batch_size)
-                model = models[path]
-                members.append(HeadPredictor(run, config, classes, model))
-                classes = members[-1].classes
-        # The members give [torch runs..., head runs...]; `order` maps each given run to its place there.
-        n_torch, heads_seen, torch_seen, self.order = len(torch_runs), 0, 0, []
-        for path in model_paths:
-            if path is False:
-                self.order.append(torch_seen)
-                torch_seen += 1
-            else:
-                self.order.append(n_torch + heads_seen)
-                heads_seen += 1
-        self.ensembles = [SimpleNamespace(path=r) for r in runs]
-        super().__init__(members, weights, config)
-
-    def predict_runs(self, wave: np.ndarray) -> list[np.ndarray]:
-        flat = super().predict_runs(wave)
-        return [flat[k] for k in self.order]
-
-    def settings(self) -> dict:
-        return {**super().settings(), "runs": [str(r.path) for r in self.ensembles]}

@@ -32,7 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from birdclef.audio.io import load_audio
-from birdclef.birdnet.head_train import ROW_BATCH, HeadData, _embed
+from birdclef.birdnet.head_data import ROW_BATCH, HeadData, embed_rows
 from birdclef.birdnet.model import SAMPLE_RATE, BirdnetModel
 from birdclef.birdnet.predictor import chunk_offsets
 from birdclef.config import Config
@@ -118,11 +118,11 @@ def _embed_windows(config: Config, labels: PseudoLabels, model: BirdnetModel,
             rows.append(int(row))
             waves.append(_window(wave, float(start_s)))
             if len(waves) == ROW_BATCH:
-                parts.append(_embed(model, waves, offsets, SAMPLE_RATE))
+                parts.append(embed_rows(model, waves, offsets, SAMPLE_RATE))
                 waves = []
             bar.update(1)
     if waves or not parts:
-        parts.append(_embed(model, waves, offsets, SAMPLE_RATE))
+        parts.append(embed_rows(model, waves, offsets, SAMPLE_RATE))
     bar.close()
     return np.asarray(rows, np.int64), np.concatenate(parts), skipped
 

@@ -1,6 +1,6 @@
 """k-fold training of a head on frozen BirdNET v2.4 embeddings (``model.freeze_backbone: true``).
 
-``train_kfold`` hands such configs here; the run folder has the torch runs' layout (config.yaml,
+``train_kfold`` (:mod:`birdclef.train.kfold`) hands such configs here; the run folder has the torch runs' layout (config.yaml,
 data.json, folds.csv, fold{k}/best.pt + metrics.csv + oof.parquet + done.json, oof.parquet,
 metrics.csv, summary.json) plus ``LICENSE-NOTE.txt`` and the embedding cache::
 
@@ -45,6 +45,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from birdclef.birdnet.head_data import ROW_BATCH, HeadData, embed_rows
 from birdclef.birdnet.head import HEADS, LICENSE_NOTE, MLP_HIDDEN, EmbeddingHead, init_rows, pool_logits, save_head
 from birdclef.birdnet.model import CHUNK_S, BirdnetModel, output_layer
 from birdclef.birdnet.predictor import chunk_offsets
@@ -56,14 +57,11 @@ from birdclef.infer.base import ROW_WINDOW_S
 from birdclef.train.losses import loss_from_config
 from birdclef.train.module import validation_auc
 from birdclef.utils.io import write_atomic, write_csv_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
+from birdclef.zoo.runs import HEAD_RUN
 
 EMBEDDINGS_IN_CACHE = "birdnet-embeddings"
 """With a given wave cache (``--cache``), embeddings are cached in CACHE/birdnet-embeddings/ (else RUN/embeddings/),
 so the runs that share a cache (selftrain's rounds) embed the clips once."""
-
-ROW_BATCH = 64
-"""Rows embedded per LiteRT call batch (bounds memory: 64 x 5 s at 48 kHz)."""
-
 
 def clip_rows(cache: WaveCache) -> tuple[np.ndarray, np.ndarray]:
     """(clip position (R,), window number (R,)) of every 5 s row of the cached clips (module docstring)."""
@@ -93,16 +91,6 @@ def _mixed_row(wave: np.ndarray, copy: int, clip: int, window: int, config: Conf
         return None
     gain = float(rng.uniform(*config.train.background_gain))
     return add_background(wave, bank.excerpt(len(wave), rng), gain)
-
-
-def _embed(model: BirdnetModel, waves: list[np.ndarray], offsets: list[float], sample_rate: int) -> np.ndarray:
-    """(len(waves), C, D) float16 chunk embeddings of 5 s rows."""
-    from birdclef.birdnet.predictor import row_chunks
-
-    if not waves:
-        return np.zeros((0, len(offsets), getattr(model, "embedding_size", 1024)), np.float16)
-    chunks = row_chunks(np.concatenate(waves), sample_rate, len(waves), offsets)
-    return model.infer(chunks)[1].reshape(len(waves), len(offsets), -1).astype(np.float16)
 
 
 def embedding_key(config: Config, cache: WaveCache, model: BirdnetModel) -> str:
@@ -137,10 +125,10 @@ def embed_copies(config: Config, cache: WaveCache, model: BirdnetModel, bank: Ba
                     rows.append(r)
                     waves.append(wave)
                 if len(waves) == ROW_BATCH or (r == len(clips) - 1 and waves):
-                    parts.append(_embed(model, waves, offsets, cache.sample_rate))
+                    parts.append(embed_rows(model, waves, offsets, cache.sample_rate))
                     waves = []
                 bar.update(1)
-            emb = np.concatenate(parts) if parts else _embed(model, [], offsets, cache.sample_rate)
+            emb = np.concatenate(parts) if parts else embed_rows(model, [], offsets, cache.sample_rate)
             write_atomic(path, lambda tmp, rows=rows, emb=emb: _save_npz(tmp, rows, emb))
         with np.load(path) as data:
             out.append((data["rows"], data["emb"]))
@@ -151,54 +139,6 @@ def embed_copies(config: Config, cache: WaveCache, model: BirdnetModel, bank: Ba
 def _save_npz(path: Path, rows: list[int], emb: np.ndarray) -> None:
     with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a temporary name
         np.savez(f, rows=np.asarray(rows, np.int64), emb=emb)
-
-
-class HeadData:
-    """Training examples (clean rows + mixed copies) with their row, weight and fold; validation = clean rows."""
-
-    def __init__(self, copies: list[tuple[np.ndarray, np.ndarray]], clip_of_row: np.ndarray, targets: np.ndarray,
-                 weights: np.ndarray, folds: np.ndarray):
-        n_rows = len(clip_of_row)
-        multiplicity = np.ones(n_rows, np.float32) + len(copies) - 1
-        for rows, _ in copies[1:]:
-            multiplicity[rows] -= 1.0  # a copy that left a row clean counts as weight of the clean row
-        self.rows = np.concatenate([np.arange(n_rows)] + [rows for rows, _ in copies[1:]])
-        self.emb = torch.from_numpy(np.concatenate([emb for _, emb in copies]).astype(np.float32))
-        self.weight = torch.from_numpy(weights[clip_of_row[self.rows]] * np.concatenate(
-            [multiplicity, np.ones(len(self.rows) - n_rows, np.float32)]))
-        self.target = torch.from_numpy(targets[clip_of_row[self.rows]])
-        self.fold = folds[clip_of_row[self.rows]]
-        self.clean = np.arange(len(self.rows)) < n_rows
-        self.pseudo = np.zeros(len(self.rows), bool)
-        self.mask: torch.Tensor | None = None
-        """(N, K) bool, True where the target is known; None without pseudo rows (all known)."""
-
-    def add_pseudo(self, emb: np.ndarray, targets: np.ndarray, mask: np.ndarray, folds: np.ndarray,
-                   weight: float) -> None:
-        """Append pseudo-labelled windows (row -1): soft `targets`, `mask` (False: unknown), soundscape `folds`."""
-        n, known = len(emb), self.mask if self.mask is not None else torch.ones(self.target.shape, dtype=torch.bool)
-        self.emb = torch.cat([self.emb, torch.from_numpy(emb.astype(np.float32))])
-        self.target = torch.cat([self.target, torch.from_numpy(targets.astype(np.float32))])
-        self.mask = torch.cat([known, torch.from_numpy(mask.astype(bool))])
-        self.weight = torch.cat([self.weight, torch.full((n,), float(weight))])
-        self.rows = np.concatenate([self.rows, np.full(n, -1, np.int64)])
-        self.fold = np.concatenate([self.fold, np.asarray(folds, self.fold.dtype)])
-        self.clean = np.concatenate([self.clean, np.zeros(n, bool)])
-        self.pseudo = np.concatenate([self.pseudo, np.ones(n, bool)])
-
-    def split(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
-        """(training clip example positions, validation example positions: the fold's clean rows)."""
-        return np.flatnonzero((self.fold != fold) & ~self.pseudo), np.flatnonzero((self.fold == fold) & self.clean)
-
-    def epoch_examples(self, fold: int, epoch: int, seed: int, ratio: float) -> np.ndarray:
-        """Fold `fold`'s training positions in `epoch`: its clip examples plus a seeded draw of ``ratio`` x its
-        clean clip rows from the pseudo rows of the other soundscape folds (no repeats; capped by their number)."""
-        fit = self.split(fold)[0]
-        pool = np.flatnonzero(self.pseudo & (self.fold != fold))
-        n = min(len(pool), int(round(ratio * np.count_nonzero(self.clean[fit]))))
-        if n == 0:
-            return fit
-        return np.concatenate([fit, np.random.default_rng([seed, fold, epoch]).permutation(pool)[:n]])
 
 
 def build_head(config: Config, classes: list[str], names: dict[str, str], model: BirdnetModel) -> EmbeddingHead:
@@ -284,7 +224,7 @@ def _train_fold(config: Config, classes: list[str], head: EmbeddingHead, data: H
     oof.insert(0, "filename", index["filename"].to_numpy()[clips[rows]])
     write_parquet_atomic(oof, fold_dir / "oof.parquet")
     write_json_atomic({"fold": fold, "best_epoch": best["epoch"], "best_score": best["score"],
-                       "epochs": config.train.epochs}, fold_dir / "done.json")
+                       "epochs": config.train.epochs, "kind": HEAD_RUN}, fold_dir / "done.json")
 
 
 @dataclass
@@ -305,7 +245,8 @@ def _prepare(config: Config, data_root: Path, run: Path, cache_dir: Path | None,
     from birdclef.data.cache import prepare_cache
     from birdclef.data.folds import assign_folds
     from birdclef.data.metadata import DatasetLayout, load_classes
-    from birdclef.train.kfold import background_bank, build_targets
+    from birdclef.data.examples import build_targets
+    from birdclef.train.run_folder import background_bank
 
     data, layout = config.data, DatasetLayout.from_root(data_root)
     classes = load_classes(layout)
@@ -339,7 +280,7 @@ def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: 
             ``train.pseudo_ratio`` / ``pseudo_weight`` apply, ``pseudo_mix_prob`` does not).
 
     Returns:
-        The :class:`~birdclef.train.kfold.TrainSummary` torch runs return.
+        The :class:`~birdclef.train.run_folder.TrainSummary` torch runs return.
 
     Raises:
         ConfigError: a head or loss this trainer does not have; a resumed run with another config or
@@ -348,7 +289,7 @@ def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: 
         DatasetError: as for torch runs (train.csv, taxonomy.csv); a pseudo table that does not fit the dataset.
     """
     from birdclef.birdnet.head_pseudo import add_pseudo_rows, open_pseudo, record_pseudo
-    from birdclef.train.kfold import OOF_NOTE, _collect, init_run
+    from birdclef.train.run_folder import OOF_NOTE, collect_summary, init_run
 
     started, run = time.perf_counter(), Path(out)
     check_head_config(config)
@@ -375,7 +316,7 @@ def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: 
             _train_fold(config, prep.classes, head, head_data, fold, run, prep.cache.index, clips, windows)
     finally:
         torch.set_num_threads(threads)
-    summary = _collect(run, list(config.train.folds), prep.classes, prep.targets, prep.cache.index)
+    summary = collect_summary(run, list(config.train.folds), prep.classes, prep.targets, prep.cache.index)
     summary.n_clips, summary.elapsed_s = len(prep.cache.index), time.perf_counter() - started
     summary.skipped_clips, summary.cache_dir = prep.skipped, prep.cache.path
     summary.skipped_background = [] if prep.bank is None else list(prep.bank.skipped)

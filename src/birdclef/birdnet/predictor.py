@@ -22,10 +22,9 @@ import numpy as np
 from scipy.special import expit
 
 from birdclef.birdnet.classes import ClassMapping, map_classes
-from birdclef.birdnet.model import CHUNK_S, LICENSE, SAMPLE_RATE, BirdnetModel
+from birdclef.birdnet.model import CHUNK_S, LICENSE, SAMPLE_RATE, BirdnetModel, model_name
 from birdclef.config import InferConfig, config_to_dict
-from birdclef.infer.base import ROW_WINDOW_S, row_count
-from birdclef.infer.postprocess import apply_steps
+from birdclef.infer.base import ROW_WINDOW_S, SinglePart, span
 
 
 def chunk_offsets(hop_s: float, row_s: float = ROW_WINDOW_S, chunk_s: float = CHUNK_S) -> list[float]:
@@ -54,7 +53,7 @@ def pool_rows(chunk_probs: np.ndarray, n_rows: int, pool: str) -> np.ndarray:
     return per_row.max(axis=1) if pool == "max" else per_row.mean(axis=1)
 
 
-class BirdnetPredictor:
+class BirdnetPredictor(SinglePart):
     """BirdNET zero-shot over `classes`, matched by scientific name; NaN for the classes it does not know.
 
     Args:
@@ -71,6 +70,7 @@ class BirdnetPredictor:
     """
 
     sample_rate = SAMPLE_RATE
+    can_embed = True
 
     def __init__(self, classes: Sequence[str], scientific_names: dict[str, str], config: InferConfig | None = None,
                  model: BirdnetModel | None = None, model_path: str | Path | None = None, threads: int | None = None):
@@ -79,6 +79,9 @@ class BirdnetPredictor:
         self.classes = list(classes)
         self.mapping: ClassMapping = map_classes(self.classes, scientific_names, self.model.labels)
         self.offsets = chunk_offsets(self.config.birdnet_hop_s)
+        self.lead, self.length = span(self.sample_rate, ROW_WINDOW_S)  # each 5 s row alone: no context
+        self.weights = np.ones(1)
+        self.model_file = model_name(self.model.path)
 
     @property
     def unscored(self) -> list[str]:
@@ -102,13 +105,14 @@ class BirdnetPredictor:
         probs = expit(logits.astype(np.float64))  # (n_rows * C, n_labels)
         return self.mapping.select(pool_rows(probs, n_rows, self.config.birdnet_pool)).astype(np.float64)
 
-    def predict_runs(self, wave: np.ndarray) -> list[np.ndarray]:
-        """[(W, K)] raw probabilities (one member, as TorchPredictor.predict_runs gives one per run)."""
-        return [self.predict_rows(wave, row_count(len(wave), self.sample_rate))]
+    def score(self, spans: np.ndarray) -> list[np.ndarray]:
+        """[(N, K)] pooled probabilities of (N, 5 s) spans: rows laid end to end are a wave whose rows they are."""
+        return [self.predict_rows(spans.reshape(-1), len(spans))]
 
-    def predict_file(self, wave: np.ndarray) -> np.ndarray:
-        return apply_steps(self.predict_runs(wave)[0], self.config)
+    def embed(self, spans: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        probs, embeddings = self.predict_rows_with_embeddings(spans.reshape(-1), len(spans))
+        return [probs], embeddings
 
     def settings(self) -> dict:
-        return {"backend": "birdnet", "model": str(Path(self.model.path).resolve()), "licence": LICENSE,
+        return {"backend": "birdnet", "model": self.model_file, "licence": LICENSE,
                 "unknown_classes": self.mapping.unknown, "infer": config_to_dict(self.config)}

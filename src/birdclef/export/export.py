@@ -48,6 +48,7 @@ from birdclef.errors import BirdclefError
 from birdclef.export.graph import FRONTEND_SCOPE, FusedEnsemble, RunSpec
 from birdclef.export.parity import DEFAULT_FILES, TOLERANCES, ParityResult, check_parity
 from birdclef.export.plan import median_time
+from birdclef.export.runtime import KIND as EXPORTED
 from birdclef.export.runtime import METADATA, ExportedPredictor, cpu_supports_bf16, import_backend
 from birdclef.export.sources import ParityAudio, Recording, find_audio, split_recordings
 from birdclef.infer.base import ROW_WINDOW_S, context_windows, row_count
@@ -212,7 +213,7 @@ def _metadata(predictor: TorchPredictor, format: str, precision: str, frontend_o
     runs = [{"path": str(e.path.resolve()), "window_s": e.window_s, "checkpoints": [str(p.resolve()) for p in e.checkpoints],
              "backbone": e.config.model.backbone, "head": e.config.model.head,
              "frontend": config_to_dict(e.config.model.frontend)} for e in predictor.ensembles]
-    return {"format": format, "precision": precision, "classes": predictor.classes,
+    return {"kind": EXPORTED, "format": format, "precision": precision, "classes": predictor.classes,
             "sample_rate": predictor.sample_rate, "row_window_s": ROW_WINDOW_S,
             "input_window_s": max(r["window_s"] for r in runs), "runs": runs,
             "weights": predictor.weights.tolist(), "infer": config_to_dict(predictor.config),

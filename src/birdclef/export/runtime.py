@@ -27,8 +27,11 @@ import numpy as np
 
 from birdclef.config import InferConfig, config_from_dict, config_to_dict
 from birdclef.errors import BirdclefError
-from birdclef.infer.base import context_windows, row_count
-from birdclef.infer.ensemble import combine_runs, normalise_weights
+from birdclef.infer.base import SinglePart, span
+from birdclef.infer.ensemble import normalise_weights
+
+KIND = "exported"
+"""The model kind a model folder's metadata.json records (``"kind"``); folders exported before have none."""
 
 METADATA = "metadata.json"
 GRAPH_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
@@ -258,7 +261,7 @@ def _frontend_cut(model: Any) -> list[Any]:
     return sorted(ports, key=lambda port: (port.get_node().get_friendly_name(), port.get_index()))
 
 
-class ExportedPredictor:
+class ExportedPredictor(SinglePart):
     """:class:`~birdclef.infer.base.Predictor` over an exported model folder (no torch needed).
 
     Args:
@@ -291,8 +294,11 @@ class ExportedPredictor:
         self.sample_rate: int = int(self.meta["sample_rate"])
         self.window_s = float(self.meta["input_window_s"])
         self.weights = normalise_weights(self.meta["weights"], len(self.meta["weights"]))
+        self.n_runs = len(self.weights)
+        self.lead, self.length = span(self.sample_rate, self.window_s)
         self.config = config or config_from_dict({"infer": self.meta.get("infer", {})}).infer
         self.graph = self._load_graph()
+        self.checkpoints = [str((self.model_dir / GRAPH_FILES[self.meta["format"]]).resolve())]
 
     def _load_graph(self) -> OnnxRuntimeGraph | OpenVinoGraph:
         fmt, precision = self.meta["format"], self.precision
@@ -312,15 +318,10 @@ class ExportedPredictor:
                  for i in range(0, len(windows), step)]
         return np.concatenate(parts, axis=0)
 
-    def predict_runs(self, wave: np.ndarray) -> list[np.ndarray]:
-        """Each run's fold-averaged (W, K) probabilities of one file (no post-processing)."""
-        n_rows = row_count(len(wave), self.sample_rate)
-        probs = self.predict_windows(context_windows(wave, self.sample_rate, n_rows, self.window_s))  # (W, R, K)
+    def score(self, spans: np.ndarray) -> list[np.ndarray]:
+        """Each run's fold-averaged (N, K) probabilities of (N, input window) spans (no post-processing)."""
+        probs = self.predict_windows(spans)  # (N, R, K)
         return [probs[:, r, :].astype(np.float64) for r in range(probs.shape[1])]
-
-    def predict_file(self, wave: np.ndarray) -> np.ndarray:
-        """(W, K) final probabilities of one decoded soundscape (post-processed, blended)."""
-        return combine_runs(self.predict_runs(wave), self.weights, self.config)
 
     def settings(self) -> dict:
         return {"backend": self.backend, "model": str(self.model_dir.resolve()), "format": self.meta["format"],

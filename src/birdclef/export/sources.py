@@ -31,9 +31,8 @@ from birdclef.audio.io import load_audio
 from birdclef.data.cache import WaveCache
 from birdclef.errors import BirdclefError
 from birdclef.infer.job import AUDIO_SUFFIXES, list_soundscapes
+from birdclef.zoo.runs import RUN_DATA, run_folder
 
-RUN_DATA = "data.json"
-"""File of a run folder naming the dataset and cache it was trained on."""
 CLIPS_PER_RECORDING = 12
 """Cached training clips put end to end into one pseudo soundscape (12 x 5 s = one minute)."""
 
@@ -105,12 +104,6 @@ def cache_audio(cache: WaveCache) -> ParityAudio:
 
 def _has_audio(folder: Path) -> bool:
     return folder.is_dir() and any(p.suffix.lower() in AUDIO_SUFFIXES for p in folder.iterdir())
-
-
-def run_folder(run: Path) -> Path:
-    """The run folder of a run folder or of a ``RUN/fold{k}/best.pt`` file."""
-    run = Path(run)
-    return run.parent.parent if run.is_file() and run.parent.name.startswith("fold") else run
 
 
 def run_audio(run: Path) -> ParityAudio | None:

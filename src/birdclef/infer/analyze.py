@@ -197,7 +197,8 @@ def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float
         if engine == "dask":
             from birdclef.archive.dask_engine import run_dask
 
-            run_dask(todo, partial(_worker_scorer, rebuild, postprocess), key, job, record, scheduler, workers)
+            run_dask(todo, process_entry, partial(_worker_scorer, rebuild, postprocess), key, job, record, scheduler,
+                     workers)
         else:
             scorer = window_scorer(predictor, postprocess)
             for entry in todo:

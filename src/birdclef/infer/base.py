@@ -1,8 +1,17 @@
-"""What every predictor shares, in numpy only: 5 s rows, context windows, prefetched decoding.
+"""What every predictor shares, in numpy only: the predictor protocol, 5 s rows, context windows, decoding.
 
-A predictor (torch runs in :mod:`birdclef.infer.predict`, exported graphs in
-:mod:`birdclef.export.runtime`) follows :class:`Predictor`; the batch job in
-:mod:`birdclef.infer.job` works with any of them, so running an exported model needs no torch.
+**The protocol.** A prediction is made of *parts*, each one model that hears spans of audio of its own length
+at its own rate (:class:`Part`): a torch run trained on 10 s windows hears 2.5 s either side of each 5 s row,
+BirdNET and its heads only the row, an exported graph the span it was exported with. A :class:`Predictor`
+holds its parts, one blend weight per run of them, the post-processing settings, and the value (if any) that
+fills the classes no part scores. Everything downstream -- the ``predict`` batch job, ``analyze``'s window
+scorer, blends, pseudo-label provenance -- uses only these members, never the kind of model behind them
+(the kinds live in :mod:`birdclef.zoo`).
+
+:class:`PartsPredictor` turns parts into file predictions: each 5 s row's span is cut from the decoded wave
+(:func:`context_windows`; zeros outside the file), every part scores its spans, and the runs are blended and
+post-processed by :func:`~birdclef.infer.ensemble.combine_runs`. The batch job in :mod:`birdclef.infer.job`
+works with any predictor, so running an exported model needs no torch.
 """
 
 from __future__ import annotations
@@ -15,28 +24,167 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+import soxr
 
 from birdclef.audio.io import load_audio
 from birdclef.audio.segments import row_ids, soundscape_windows
-from birdclef.errors import AudioError
+from birdclef.config import InferConfig
+from birdclef.errors import AudioError, BirdclefError
 
 ROW_WINDOW_S = 5.0
 """The competition scores 5 s rows."""
 
 
+class Part(Protocol):
+    """One model of a prediction: it scores spans of `length` samples at `sample_rate`, each starting `lead`
+    samples before a 5 s window's start, into one (N, K) array of raw probabilities per run it holds."""
+
+    classes: list[str]
+    """Output columns (the predictor's order)."""
+    sample_rate: int
+    """Rate (Hz) of the spans it hears."""
+    lead: int
+    """Samples of context before a window's start (0: the span starts with the window)."""
+    length: int
+    """Samples per span."""
+    n_runs: int
+    """How many (N, K) arrays :meth:`score` returns (fold-averaged runs; one blend weight each)."""
+    can_embed: bool
+    """Whether :meth:`embed` gives embeddings (a foundation model's)."""
+    unscored: list[str]
+    """Classes this part leaves NaN (a zero-shot model's unknown classes)."""
+    checkpoints: list[str]
+    """Resolved weight files behind it (fold checkpoints, an exported graph; [] for a foundation model alone)."""
+    model_file: str | None
+    """The resolved foundation-model file it runs, if any."""
+
+    def score(self, spans: np.ndarray) -> list[np.ndarray]:
+        """(N, length) float32 spans -> `n_runs` arrays of (N, K) raw probabilities (NaN: unscored)."""
+
+    def embed(self, spans: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """:meth:`score` and the spans' (N, D) float32 embeddings from the same pass (when `can_embed`)."""
+
+    def settings(self) -> dict:
+        """JSON-able identity of the part."""
+
+
 class Predictor(Protocol):
-    """Turns one decoded soundscape into the final probabilities of its 5 s rows."""
+    """Turns one decoded soundscape into the final probabilities of its 5 s rows, from its :meth:`parts`."""
 
     classes: list[str]
     """Output column order."""
     sample_rate: int
-    """Rate (Hz) the waveform passed to :meth:`predict_file` must have."""
+    """Rate (Hz) the waveform passed to :meth:`predict_file` must have (the lowest of the parts')."""
+    config: InferConfig
+    """Batch and post-processing settings."""
+    weights: np.ndarray
+    """One blend weight per run over all parts, in order; sums to 1."""
+    fill: float | None
+    """Value written where no part scores a class (None: NaN stays)."""
+
+    def parts(self) -> list[Part]:
+        """The models, in the order of :attr:`weights`' runs."""
+
+    @property
+    def unscored(self) -> list[str]:
+        """Classes no part scores (NaN before :attr:`fill`)."""
+
+    @property
+    def checkpoints(self) -> list[str]:
+        """Every resolved weight file the parts loaded, without repeats."""
+
+    @property
+    def model_files(self) -> list[str]:
+        """The resolved foundation-model files the parts run, without repeats."""
 
     def predict_file(self, wave: np.ndarray) -> np.ndarray:
         """(W, K) post-processed, blended probabilities; W = :func:`row_count` of the wave."""
 
     def settings(self) -> dict:
         """JSON-able identity (models, weights, post-processing) that partial results are keyed by."""
+
+
+def span(sample_rate: int, window_s: float) -> tuple[int, int]:
+    """(lead, length) of a model hearing `window_s` seconds centred on each 5 s row (as :func:`context_windows`)."""
+    row_len, win_len = int(round(ROW_WINDOW_S * sample_rate)), int(round(window_s * sample_rate))
+    return (win_len - row_len) // 2, win_len
+
+
+class PartsPredictor:
+    """The file-level predictions of any :class:`Predictor` from its parts (module docstring).
+
+    Subclasses set ``classes``, ``sample_rate``, ``config`` and ``weights`` and implement :meth:`parts`;
+    ``fill`` defaults to None.
+    """
+
+    classes: list[str]
+    sample_rate: int
+    config: InferConfig
+    weights: np.ndarray
+    fill: float | None = None
+
+    def parts(self) -> list[Part]:
+        raise NotImplementedError
+
+    @property
+    def unscored(self) -> list[str]:
+        left = set(self.classes)
+        for part in self.parts():
+            left &= set(part.unscored)
+        return [c for c in self.classes if c in left]
+
+    @property
+    def checkpoints(self) -> list[str]:
+        return list(dict.fromkeys(c for part in self.parts() for c in part.checkpoints))
+
+    @property
+    def model_files(self) -> list[str]:
+        """The foundation-model files the parts run, without repeats."""
+        return list(dict.fromkeys(p.model_file for p in self.parts() if p.model_file is not None))
+
+    def predict_runs(self, wave: np.ndarray) -> list[np.ndarray]:
+        """Each run's raw (W, K) probabilities of one file at :attr:`sample_rate` (no post-processing)."""
+        n_rows = row_count(len(wave), self.sample_rate)
+        waves = {self.sample_rate: wave}
+        runs: list[np.ndarray] = []
+        for part in self.parts():
+            rate = int(part.sample_rate)
+            if rate not in waves:
+                waves[rate] = soxr.resample(wave, self.sample_rate, rate, quality="HQ").astype(np.float32)
+            spans = context_windows(waves[rate], rate, n_rows, part.length / rate)
+            scored = part.score(spans)
+            if len(scored) != part.n_runs:
+                raise BirdclefError(f"{type(part).__name__} gave {len(scored)} runs where it holds {part.n_runs}")
+            runs += scored
+        return runs
+
+    def predict_file(self, wave: np.ndarray) -> np.ndarray:
+        from birdclef.infer.ensemble import combine_runs  # ensemble imports postprocess; keep base light
+
+        probs = combine_runs(self.predict_runs(wave), self.weights, self.config)
+        if self.fill is None:
+            return probs
+        probs = np.asarray(probs, dtype=np.float64)
+        return np.where(np.isnan(probs), self.fill, probs)
+
+
+class SinglePart(PartsPredictor):
+    """A part that is a whole predictor too (its own only part): zero-shot BirdNET, a head run, an exported
+    graph. Subclasses set the :class:`Part` members and ``weights`` (one per run); these defaults say: one
+    run, no embeddings, every class scored, no weight file, no foundation model."""
+
+    n_runs: int = 1
+    can_embed: bool = False
+    unscored: Sequence[str] = ()
+    checkpoints: Sequence[str] = ()
+    model_file: str | None = None
+
+    def parts(self) -> list[Part]:
+        return [self]
+
+    def embed(self, spans: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        raise BirdclefError(f"{type(self).__name__} gives no embeddings; they come from a foundation model "
+                            "(--birdnet)")
 
 
 def row_count(n_samples: int, sample_rate: int) -> int:

@@ -17,11 +17,12 @@ import torch
 
 from birdclef.config import Config, InferConfig, config_to_dict
 from birdclef.errors import BirdclefError
-from birdclef.infer.base import context_windows, iter_predictions, row_count
-from birdclef.infer.ensemble import average_folds, combine_runs, normalise_weights
+from birdclef.infer.base import PartsPredictor, iter_predictions, span
+from birdclef.infer.ensemble import average_folds, normalise_weights
 from birdclef.infer.settings import stored_run_infer
 from birdclef.models import BirdClassifier, load_checkpoint
 from birdclef.utils.device import autocast_for, resolve_device
+from birdclef.zoo.runs import Run
 
 
 @dataclass
@@ -43,23 +44,9 @@ class RunEnsemble:
         return self.config.data.sample_rate
 
 
-def run_checkpoints(run: Path) -> list[Path]:
-    """best.pt of every finished fold of `run` (or `run` itself when it is a checkpoint file)."""
-    run = Path(run)
-    if run.is_file():
-        return [run]
-    if not run.is_dir():
-        raise BirdclefError(f"{run}: no such run folder or checkpoint file")
-    done = [p.parent / "best.pt" for p in sorted(run.glob("fold*/done.json")) if (p.parent / "best.pt").is_file()]
-    if not done:
-        raise BirdclefError(f"{run}: no finished fold (fold*/done.json with best.pt); train it first or "
-                            "point --run at a best.pt file")
-    return done
-
-
 def load_run(run: Path, device: torch.device) -> RunEnsemble:
     """Load every finished fold of `run` on `device`, in eval mode; folds must share classes and config."""
-    paths = run_checkpoints(run)
+    paths = Run.open(run).checkpoints
     loaded = [load_checkpoint(p, map_location=device) for p in paths]
     first = loaded[0]
     for other, path in zip(loaded[1:], paths[1:]):
@@ -67,14 +54,6 @@ def load_run(run: Path, device: torch.device) -> RunEnsemble:
             raise BirdclefError(f"{path}: its class list differs from {paths[0]}'s")
     models = [item.model.to(device).eval() for item in loaded]
     return RunEnsemble(Path(run), models, list(first.classes), first.config, paths)
-
-
-@torch.no_grad()
-def predict_run(ensemble: RunEnsemble, wave: np.ndarray, n_rows: int, batch_size: int,
-                device: torch.device) -> np.ndarray:
-    """(n_rows, K) fold-averaged probabilities of one file's rows, in the run's class order."""
-    return score_windows(ensemble, context_windows(wave, ensemble.sample_rate, n_rows, ensemble.window_s),
-                         batch_size, device)
 
 
 @torch.no_grad()
@@ -95,12 +74,41 @@ def score_windows(ensemble: RunEnsemble, windows: np.ndarray, batch_size: int, d
     return average_folds([np.concatenate(chunks) for chunks in fold_probs])
 
 
-class TorchPredictor:
+class RunPart:
+    """One run's folds as a :class:`~birdclef.infer.base.Part`: spans of its ``data.window_s`` around each row,
+    scored by every fold and soft-voted, columns in `classes` order."""
+
+    n_runs = 1
+    can_embed = False
+    unscored: tuple[str, ...] = ()
+    model_file = None
+
+    def __init__(self, ensemble: RunEnsemble, classes: Sequence[str], config: InferConfig, device: torch.device):
+        self.ensemble, self.config, self.device = ensemble, config, device
+        self.classes = list(classes)
+        self.order = None if ensemble.classes == self.classes else [ensemble.classes.index(c) for c in self.classes]
+        self.sample_rate = ensemble.sample_rate
+        self.lead, self.length = span(ensemble.sample_rate, ensemble.window_s)
+        self.checkpoints = [str(p.resolve()) for p in ensemble.checkpoints]
+
+    def score(self, spans: np.ndarray) -> list[np.ndarray]:
+        probs = score_windows(self.ensemble, spans, self.config.batch_size, self.device)
+        return [probs if self.order is None else probs[:, self.order]]
+
+    def embed(self, spans: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        raise BirdclefError(f"{self.ensemble.path}: a trained run gives no embeddings")
+
+    def settings(self) -> dict:
+        return {"backend": "torch", "checkpoints": self.checkpoints}
+
+
+class TorchPredictor(PartsPredictor):
     """:class:`~birdclef.infer.base.Predictor` over training runs: folds soft-voted, runs blended by weight.
 
     Blended runs must score the same classes (any order; outputs follow the first run's order) at the
     same sample rate. `config` None uses the first run's stored infer settings
-    (:func:`birdclef.infer.settings.stored_run_infer`), as ``birdclef predict --run`` does.
+    (:func:`birdclef.infer.settings.stored_run_infer`), as ``birdclef predict --run`` does. Each run is
+    one part (:class:`RunPart`), hearing its own window.
     """
 
     def __init__(self, runs: Sequence[str | Path], weights: Sequence[float] | None = None,
@@ -116,24 +124,14 @@ class TorchPredictor:
                 raise BirdclefError(f"{ens.path}: its classes differ from {first.path}'s; blended runs must share classes")
             if ens.sample_rate != first.sample_rate:
                 raise BirdclefError(f"{ens.path}: sample rate {ens.sample_rate} differs from {first.path}'s")
-        self._orders = [None if e.classes == self.classes else [e.classes.index(c) for c in self.classes]
-                        for e in self.ensembles]
+        self._parts = [RunPart(ens, self.classes, self.config, self.device) for ens in self.ensembles]
 
-    def predict_runs(self, wave: np.ndarray) -> list[np.ndarray]:
-        """Each run's fold-averaged (W, K) probabilities, in :attr:`classes` order (no post-processing)."""
-        n_rows = row_count(len(wave), self.sample_rate)
-        out = []
-        for ens, order in zip(self.ensembles, self._orders):
-            probs = predict_run(ens, wave, n_rows, self.config.batch_size, self.device)
-            out.append(probs if order is None else probs[:, order])
-        return out
-
-    def predict_file(self, wave: np.ndarray) -> np.ndarray:
-        return combine_runs(self.predict_runs(wave), self.weights, self.config)
+    def parts(self) -> list[RunPart]:
+        return list(self._parts)
 
     def settings(self) -> dict:
-        return {"backend": "torch", "checkpoints": [str(p.resolve()) for e in self.ensembles for p in e.checkpoints],
-                "weights": self.weights.tolist(), "infer": config_to_dict(self.config)}
+        return {"backend": "torch", "checkpoints": self.checkpoints, "weights": self.weights.tolist(),
+                "infer": config_to_dict(self.config)}
 
 
 def predict_soundscapes(

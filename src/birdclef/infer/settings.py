@@ -15,18 +15,14 @@ Example:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from birdclef.config import Config, InferConfig, config_from_dict, merge_config, read_overrides
 from birdclef.errors import BirdclefError, ConfigError
+from birdclef.zoo.runs import Run
 
-RUN_CONFIG = "config.yaml"
-_FOLD_DIR = re.compile(r"fold\d+")
 
 
 @dataclass
@@ -36,17 +32,6 @@ class ResolvedInfer:
     """Where the defaults came from (a config.yaml, a checkpoint, a model's metadata)."""
     notes: list[str] = field(default_factory=list)
     """Things the user should know, e.g. blended runs whose stored settings differ."""
-
-
-def _run_config_file(run: Path) -> Path | None:
-    """RUN/config.yaml of a run folder, or of the run above ``RUN/foldK/best.pt``."""
-    if run.is_dir():
-        candidate = run / RUN_CONFIG
-    elif _FOLD_DIR.fullmatch(run.parent.name):
-        candidate = run.parent.parent / RUN_CONFIG
-    else:
-        return None
-    return candidate if candidate.is_file() else None
 
 
 def _infer_section(data: object, source: Path) -> InferConfig:
@@ -70,20 +55,14 @@ def stored_run_infer(run: str | Path, fallback: InferConfig | None = None) -> tu
         ConfigError: the config.yaml is unreadable or its infer section invalid.
         BirdclefError: no config.yaml and no finished checkpoint to read.
     """
-    run = Path(run)
-    path = _run_config_file(run)
-    if path is not None:
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read the run's config ({exc})") from None
-        return _infer_section(data, path), str(path)
+    opened = Run.open(run)
+    if opened.config_file is not None:
+        return _infer_section(opened.config, opened.config_file), str(opened.config_file)
     if fallback is not None:
         return fallback, f"{run} (checkpoint config)"
-    from birdclef.infer.predict import run_checkpoints  # imports torch: only for a run without config.yaml
-    from birdclef.models import load_checkpoint
+    from birdclef.models import load_checkpoint  # imports torch: only for a run without config.yaml
 
-    checkpoint = run_checkpoints(run)[0]
+    checkpoint = opened.checkpoints[0]
     return load_checkpoint(checkpoint, map_location="cpu").config.infer, f"{checkpoint} (checkpoint config)"
 
 

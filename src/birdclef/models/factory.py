@@ -31,6 +31,9 @@ from birdclef.models.heads import list_heads
 from birdclef.utils.io import atomic_path
 
 CHECKPOINT_KEYS = ("model", "config", "classes", "epoch", "score")
+KIND = "torch"
+"""The model kind every checkpoint written here records (``"kind"``; :data:`birdclef.zoo.runs.TORCH_RUN`).
+Checkpoints written before kinds were recorded have none and are read as this kind."""
 """Keys every checkpoint holds; ``extra`` keys (fold, optimizer state, ...) sit beside them."""
 
 __all__ = ["CHECKPOINT_KEYS", "CheckpointError", "LoadedModel", "create_model", "list_heads",
@@ -115,7 +118,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: Config, classes:
         ValueError: `extra` reuses a reserved key, or `classes` does not match the model's outputs.
     """
     model = _unwrap(model)
-    clash = sorted(set(extra or {}) & set(CHECKPOINT_KEYS))
+    clash = sorted(set(extra or {}) & {*CHECKPOINT_KEYS, "kind"})
     if clash:
         raise ValueError(f"extra checkpoint entries may not reuse the keys {clash}")
     num_classes = getattr(model, "num_classes", len(classes))
@@ -123,7 +126,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: Config, classes:
         raise ValueError(f"{len(classes)} class names for a model with {num_classes} outputs")
     checkpoint = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                   "config": config_to_dict(config), "classes": [str(c) for c in classes], "epoch": int(epoch),
-                  "score": None if score is None else float(score), **(extra or {})}
+                  "score": None if score is None else float(score), "kind": KIND, **(extra or {})}
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
     return Path(path)
@@ -175,5 +178,5 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the stored model config ({exc})") from exc
     model.to(map_location).eval()
-    extra = {k: v for k, v in checkpoint.items() if k not in CHECKPOINT_KEYS}
+    extra = {k: v for k, v in checkpoint.items() if k not in CHECKPOINT_KEYS and k != "kind"}
     return LoadedModel(model, config, classes, checkpoint["epoch"], checkpoint["score"], path, extra)

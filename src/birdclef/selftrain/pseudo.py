@@ -54,8 +54,9 @@ from birdclef.archive.manifest import Entry, discover
 from birdclef.config import DataConfig, config_to_dict
 from birdclef.data.pseudo import soundscape_folds, teacher_checkpoints, write_pseudo
 from birdclef.errors import AudioError, BirdclefError
-from birdclef.infer.base import ROW_WINDOW_S
+from birdclef.infer.base import ROW_WINDOW_S, Predictor
 from birdclef.utils.io import exclusive_lock, read_json, write_csv_atomic, write_json_atomic
+from birdclef.zoo.runs import Run, run_folder
 
 BIRDNET = "birdnet"
 """How BirdNET zero-shot is named in a file's teacher list."""
@@ -224,21 +225,9 @@ def _check_classes(classes: list[str], limits: dict[str, float] | float | None, 
                             "thresholds of these teachers' classes")
 
 
-def _run_folder(run: Path) -> Path:
-    return run.parent.parent if run.is_file() and run.parent.name.startswith("fold") else run
-
-
 def _fold_split(runs: tuple[Path, ...], n_folds: int | None, seed: int | None) -> tuple[int, int]:
     """(n_folds, fold_seed): as given, else the first teacher run's data section, else the defaults."""
-    import yaml
-
-    stored: dict = {}
-    if runs and (_run_folder(runs[0]) / "config.yaml").is_file():
-        try:
-            loaded = yaml.safe_load((_run_folder(runs[0]) / "config.yaml").read_text())
-            stored = (loaded or {}).get("data") or {}
-        except (OSError, yaml.YAMLError, AttributeError):
-            stored = {}
+    stored = Run.open(runs[0]).fold_settings() if runs else {}
     n_folds = int(n_folds if n_folds is not None else stored.get("n_folds", DataConfig.n_folds))
     seed = int(seed if seed is not None else stored.get("fold_seed", DataConfig.fold_seed))
     if n_folds < 2:
@@ -254,7 +243,7 @@ def _teacher_set(spec: Teachers, audio: Path) -> tuple[str, ...]:
     """
     allowed = []
     for run in spec.runs:
-        restricted = teacher_checkpoints(_run_folder(run), audio)
+        restricted = teacher_checkpoints(run_folder(run), audio)
         if restricted and run.is_file() and restricted[0].resolve() != run.resolve():
             raise BirdclefError(f"--teacher {run} trained on the pseudo-labels of {audio} (only "
                                 f"{restricted[0]} held it out); give the run folder, so that each soundscape "
@@ -301,7 +290,7 @@ def _score_group(spec: Teachers, key: tuple[str, ...], group: list[Entry], sound
 
     predictor = build_teacher(spec, [Path(k) for k in key], out)
     scorer = window_scorer(predictor, postprocess=postprocess)
-    checkpoints = _checkpoints(predictor) + ([BIRDNET] if spec.birdnet else [])
+    checkpoints = list(predictor.checkpoints) + ([BIRDNET] if spec.birdnet else [])
     skipped = []
     for entry in group:
         dest = _part(parts, entry.path)
@@ -314,63 +303,20 @@ def _score_group(spec: Teachers, key: tuple[str, ...], group: list[Entry], sound
         else:
             write_json_atomic({"teachers": list(key), "checkpoints": checkpoints, "size": entry.size,
                                "mtime_ns": entry.mtime_ns, "windows": result.windows,
-                               "birdnet_model": _birdnet_model(predictor),
+                               "birdnet_model": next(iter(predictor.model_files), None),
                                "infer": config_to_dict(scorer.config)}, _record_path(parts, entry.path))
         bar.update(1)
     return skipped
 
 
-def build_teacher(spec: Teachers, runs: list[Path], out: Path):
-    """The predictor of `runs` (torch and head runs, in order) blended with BirdNET when `spec.birdnet`."""
-    from birdclef.infer.settings import apply_overrides, resolve_infer
+def build_teacher(spec: Teachers, runs: list[Path], out: Path) -> Predictor:
+    """The predictor of `runs` (torch and head runs, in order) blended with BirdNET when `spec.birdnet`; classes no
+    teacher scores stay NaN (masked) unless ``spec.unknown_fill``."""
+    from birdclef.zoo.build import PredictorSpec, build_predictor, unknown_report_path
 
-    weights = None if spec.weights is None else list(spec.weights)
-    if not runs:  # BirdNET alone: NaN for the classes it does not know, unless unknown_fill
-        from birdclef.birdnet.build import BIRDNET_DEFAULTS, resolve_classes, unknown_report_path
-        from birdclef.birdnet.classes import read_scientific_names
-        from birdclef.birdnet.predictor import BirdnetPredictor
-        from birdclef.infer.blend import FilledPredictor
-
-        infer = apply_overrides(BIRDNET_DEFAULTS, spec.config_file, spec.overrides)
-        classes, names = resolve_classes(spec.data, spec.taxonomy, spec.sample_submission)
-        predictor = BirdnetPredictor(classes, read_scientific_names(names), infer, model_path=spec.birdnet_model,
-                                     threads=spec.threads)
-        if predictor.unscored:
-            write_csv_atomic(predictor.mapping.unknown_table(), unknown_report_path(out))
-        return predictor if spec.unknown_fill is None else FilledPredictor(predictor, spec.unknown_fill)
-    from birdclef.birdnet.head import runs_predictor
-
-    infer = resolve_infer(runs=runs, config_file=spec.config_file, overrides=list(spec.overrides)).config
-    if not spec.birdnet:
-        return runs_predictor(runs, weights, infer, spec.device, spec.threads)
-    from birdclef.birdnet.build import build_birdnet
-
-    members = runs_predictor(runs, None, infer, spec.device, spec.threads)
-    return build_birdnet(out, infer, members, data=spec.data, taxonomy=spec.taxonomy,
-                         model_path=spec.birdnet_model, threads=spec.threads, weights=weights,
-                         unknown_fill=spec.unknown_fill).predictor
-
-
-def _birdnet_model(predictor) -> str | None:
-    """The resolved BirdNET model file of the zero-shot member of `predictor`, or None."""
-    if hasattr(predictor, "predictor"):  # FilledPredictor
-        return _birdnet_model(predictor.predictor)
-    if hasattr(predictor, "members"):
-        return next((m for m in map(_birdnet_model, predictor.members) if m is not None), None)
-    if hasattr(predictor, "mapping") and hasattr(predictor, "model"):  # BirdnetPredictor
-        return str(Path(predictor.model.path).resolve())
-    return None
-
-
-def _checkpoints(predictor) -> list[str]:
-    """Every checkpoint file `predictor` (a run, a head run, or a blend of them and BirdNET) loaded, resolved."""
-    if hasattr(predictor, "predictor"):  # FilledPredictor
-        return _checkpoints(predictor.predictor)
-    if hasattr(predictor, "members"):  # BlendPredictor, RunsBlend
-        return list(dict.fromkeys(c for member in predictor.members for c in _checkpoints(member)))
-    if hasattr(predictor, "checkpoints"):  # HeadPredictor
-        return [str(Path(p).resolve()) for p in predictor.checkpoints]
-    return [str(Path(p).resolve()) for ens in getattr(predictor, "ensembles", []) for p in ens.checkpoints]
+    fields = {k: v for k, v in asdict(spec).items() if k != "runs"}
+    return build_predictor(PredictorSpec(runs=tuple(runs), **fields), unknown_report=unknown_report_path(out),
+                           nan_ok=True).predictor
 
 
 def _assemble(parts: Path, entries: list[Entry]) -> tuple[pd.DataFrame, dict[str, dict]]:

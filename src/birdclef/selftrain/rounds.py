@@ -184,11 +184,9 @@ class _Rounds:
         if self.validation is None:
             summary = Path(run) / "summary.json"
             return (read_json(summary).get("oof_auc") if summary.is_file() else None), "oof_clips", {}
-        from birdclef.birdnet.head import runs_predictor
-        from birdclef.infer.settings import resolve_infer
+        from birdclef.zoo.build import PredictorSpec, build_predictor
 
-        predictor = runs_predictor([run], None, resolve_infer(runs=[run]).config, self.device)
-        return self.score_predictor(where, predictor)
+        return self.score_predictor(where, build_predictor(PredictorSpec(runs=(Path(run),), device=self.device)).predictor)
 
     def score_predictor(self, where: Path, predictor) -> tuple[float, str, dict[str, float]]:
         """Macro ROC-AUC (and per taxon group) of `predictor` on the validation set (its CSV kept in `where`)."""

