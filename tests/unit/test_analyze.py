@@ -28,6 +28,7 @@ from birdclef.cli import main
 from birdclef.config import InferConfig, load_config
 from birdclef.errors import BirdclefError
 from birdclef.infer import analyze
+from birdclef.zoo.placeholder import PlaceholderModel
 from birdclef.infer.analyze import analyze_archive, merge_results
 
 LABELS = ["Turdus merula_Eurasian Blackbird", "Erithacus rubecula_European Robin"]
@@ -37,15 +38,11 @@ RAW = InferConfig(smoothing=False, power_adjust=False)
 HAS_DASK = importlib.util.find_spec("distributed") is not None
 
 
-class FakeModel:
-    """BirdNET's interface, deterministic: logits from each 3 s chunk's mean and spread."""
+class FakeModel(PlaceholderModel):
+    """BirdNET's interface, deterministic: the zoo's placeholder model with two of BirdNET's labels."""
 
-    labels = LABELS
-    path = Path("fake.tflite")
-
-    def logits(self, chunks: np.ndarray) -> np.ndarray:
-        mean, spread = chunks.mean(axis=1, dtype=np.float64), chunks.std(axis=1, dtype=np.float64)
-        return np.stack([40.0 * mean, 8.0 * spread - 1.0], axis=1).astype(np.float32)
+    def __init__(self) -> None:
+        super().__init__(LABELS)
 
 
 def fake_birdnet(config: InferConfig = RAW) -> BirdnetPredictor:

@@ -18,6 +18,7 @@ from birdclef.cli import main
 from birdclef.config import InferConfig
 from birdclef.errors import BirdclefError
 from birdclef.infer.base import SinglePart
+from birdclef.zoo.placeholder import PlaceholderModel
 from birdclef.infer.analyze import analyze_archive, embedding_path, merge_results, part_path
 
 LABELS = ["Turdus merula_Eurasian Blackbird", "Erithacus rubecula_European Robin"]
@@ -29,30 +30,20 @@ HAS_DASK = importlib.util.find_spec("distributed") is not None
 
 
 def chunk_features(chunks: np.ndarray) -> np.ndarray:
-    """The fake's (N, DIMS) chunk embeddings: simple statistics of each chunk, distinct per chunk."""
-    c = chunks.astype(np.float64)
-    third = c.shape[1] // 3
-    return np.stack([c.mean(1), c.std(1), np.abs(c).max(1), c[:, :third].mean(1), c[:, -third:].mean(1),
-                     c[:, 0]], axis=1).astype(np.float32)
+    """The model's (N, D) chunk embeddings, distinct per chunk: the zoo's placeholder model's."""
+    return FakeModel().embeddings(chunks)
 
 
-class FakeModel:
-    """BirdNET's interface (``logits`` and ``infer``), counting the chunks it is asked to run."""
-
-    labels = LABELS
-    path = Path("fake.tflite")
+class FakeModel(PlaceholderModel):
+    """BirdNET's interface (the zoo's placeholder model), counting the chunks it is asked to run."""
 
     def __init__(self) -> None:
+        super().__init__(LABELS, embedding_size=DIMS)
         self.chunks = 0
 
-    def logits(self, chunks: np.ndarray) -> np.ndarray:
-        self.chunks += len(chunks)
-        mean, spread = chunks.mean(axis=1, dtype=np.float64), chunks.std(axis=1, dtype=np.float64)
-        return np.stack([40.0 * mean, 8.0 * spread - 1.0], axis=1).astype(np.float32)
-
     def infer(self, chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits = self.logits(chunks)
-        return logits, chunk_features(chunks)
+        self.chunks += len(chunks)
+        return super().infer(chunks)
 
 
 def birdnet(config: InferConfig = RAW) -> BirdnetPredictor:

@@ -19,6 +19,7 @@ from birdclef.errors import BirdclefError
 from birdclef.selftrain import pseudo
 from birdclef.selftrain.pseudo import pseudo_label, transform
 from birdclef.utils.io import exclusive_lock
+from birdclef.zoo.placeholder import PlaceholderModel
 
 pytest.importorskip("timm")
 
@@ -154,17 +155,11 @@ def test_a_rerun_with_other_transforms_reuses_the_scores(soundscapes: Path, teac
         _label(soundscapes, out, [teacher], thresholds={"aaa": 0.5, "zzz": 0.1})
 
 
-class FakeBirdnetModel:
-    """BirdNET's surface: knows two of the three classes (ccc is unknown to it)."""
-
-    labels = ["Turdus merula_Eurasian Blackbird", "Erithacus rubecula_European Robin"]
+class FakeBirdnetModel(PlaceholderModel):
+    """BirdNET's surface (the zoo's placeholder model): knows two of the three classes (ccc is unknown to it)."""
 
     def __init__(self, path=None, threads=None, batch_size=36):
-        self.path = Path(path or "fake.tflite")
-
-    def logits(self, chunks: np.ndarray) -> np.ndarray:
-        mean, spread = chunks.mean(axis=1, dtype=np.float64), chunks.std(axis=1, dtype=np.float64)
-        return np.stack([40.0 * mean, 8.0 * spread - 1.0], axis=1).astype(np.float32)
+        super().__init__(["Turdus merula_Eurasian Blackbird", "Erithacus rubecula_European Robin"])
 
 
 def _taxonomy(folder: Path) -> Path:

@@ -141,6 +141,14 @@ def test_placeholder_stands_in_for_birdnet_on_the_command_line(tmp_path: Path) -
     table = pd.read_parquet(results / "detections.parquet")
     assert table["start_s"].tolist() == [0.0, 2.5, 5.0, 7.5] and np.isfinite(table[CLASSES].to_numpy()).all()
     assert len(pd.read_parquet(results / "embeddings.parquet")) == 4
+    assert main(["embed", "--audio", str(soundscapes), "--out", str(tmp_path / "emb.parquet"), "--birdnet-model",
+                 "placeholder", "--no-progress"]) == 0
+    emb = pd.read_parquet(tmp_path / "emb.parquet")
+    assert emb["start_s"].tolist() == [0.0, 3.0, 6.0, 9.0] and emb.filter(like="emb_").shape[1] == 32
+    pseudo = tmp_path / "pseudo.parquet"
+    assert main(["pseudo", "--birdnet", "--birdnet-model", "placeholder", "--data", str(data), "--soundscapes",
+                 str(soundscapes), "--out", str(pseudo), "--no-progress"]) == 0
+    np.testing.assert_allclose(pd.read_parquet(pseudo)[CLASSES].to_numpy(), sub[CLASSES].to_numpy(), rtol=1e-5)
 
 
 def _constant_part(value: float, rate: int, window_s: float):

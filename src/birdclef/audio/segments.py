@@ -1,4 +1,5 @@
-"""Which 5 s of a clip to train on, and the fixed windows of a soundscape (DESIGN §2, §6).
+"""Which 5 s of a clip to train on, and the fixed windows of a soundscape with their row ids (DESIGN §2, §6): the
+one home of the 5 s row grid (:func:`soundscape_windows`, :func:`row_ids` and their inverse :func:`parse_row_id`).
 
 Training clips are weakly labelled: the label says the species calls somewhere in the clip, not
 when. :func:`select_window` picks the training window by a named strategy (``center``,
@@ -11,6 +12,8 @@ Everything here is numpy only (no torch), so preparing a training cache needs no
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -258,3 +261,52 @@ def soundscape_windows(duration_s: float, window_s: float = 5.0) -> list[Window]
 def row_ids(stem: str, windows: list[Window]) -> list[str]:
     """Competition row ids ``<stem>_<end second>`` (end rounded to an int), e.g. ``XCB_DEV_000_5``."""
     return [f"{stem}_{int(round(w.end_s))}" for w in windows]
+
+
+_ROW_ID = re.compile(r"(.+)_(\d+)(\.\d+)?", re.ASCII)
+"""``<soundscape_stem>_<end second>``, split at the last underscore (the stem may hold underscores)."""
+
+
+def _row_id_error(row_id: object) -> ValueError:
+    return ValueError(f"malformed row_id {row_id!r}: expected '<soundscape_stem>_<end_second>', e.g. 'XCB_DEV_000_5'")
+
+
+def parse_row_id(row_id: str) -> tuple[str, int]:
+    """Split a competition row id ``<soundscape_stem>_<end_s>`` (the inverse of :func:`row_ids`).
+
+    Args:
+        row_id: e.g. ``"XCB_DEV_000_60"``; the stem may itself contain underscores.
+
+    Returns:
+        ``(stem, end_s)``, e.g. ``("XCB_DEV_000", 60)``.
+
+    Raises:
+        ValueError: `row_id` is not a string, or does not end in ``_<digits>`` after a non-empty stem.
+    """
+    match = _ROW_ID.fullmatch(row_id) if isinstance(row_id, str) else None
+    if match is None or match.group(3) is not None:
+        raise _row_id_error(row_id)
+    return match.group(1), int(match.group(2))
+
+
+def is_row_id(row_id: object) -> bool:
+    """True when :func:`parse_row_id` accepts `row_id`."""
+    match = _ROW_ID.fullmatch(row_id) if isinstance(row_id, str) else None
+    return match is not None and match.group(3) is None
+
+
+def split_row_ids(row_ids: Iterable[object]) -> tuple[list[str], np.ndarray]:
+    """Stems and end seconds (float64) of row ids; ends may be decimal (``s_2.5``: windows at another hop).
+
+    Raises:
+        ValueError: a row id is not ``<soundscape_stem>_<end_second>``.
+    """
+    stems, ends = [], []
+    for row_id in row_ids:
+        match = _ROW_ID.fullmatch(str(row_id))
+        if match is None:
+            raise _row_id_error(row_id)
+        stems.append(match.group(1))
+        ends.append(float(match.group(2) + (match.group(3) or "")))
+    return stems, np.asarray(ends, dtype=np.float64)
+

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from birdclef.errors import DatasetError
+from birdclef.utils.io import read_csv_checked
 
 _SPACES = re.compile(r"\s+")
 UNKNOWN_COLUMNS = ["primary_label", "scientific_name", "reason"]
@@ -45,12 +46,8 @@ def read_scientific_names(path: str | Path) -> dict[str, str]:
         DatasetError: unreadable file, or no ``primary_label`` / ``scientific_name`` column.
     """
     path = Path(path)
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except UnicodeDecodeError:
-        raise DatasetError(f"{path}: not UTF-8 text; expected a taxonomy CSV") from None
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DatasetError(f"{path}: cannot read as CSV ({exc})") from None
+    table = read_csv_checked(path, "a taxonomy CSV", DatasetError, "cannot read as CSV", dtype=str,
+                             keep_default_na=False)
     missing = [col for col in ("primary_label", "scientific_name") if col not in table.columns]
     if missing:
         raise DatasetError(f"{path}: no {missing} column(s); BirdNET matches classes by scientific_name "

@@ -50,7 +50,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from birdclef.birdnet.model import CHUNK_SAMPLES, LICENSE, SAMPLE_RATE
+from birdclef.birdnet.model import CHUNK_SAMPLES, LICENSE, SAMPLE_RATE, model_name
 from birdclef.errors import BirdclefError
 from birdclef.infer.base import iter_decoded
 from birdclef.infer.job import AUDIO_SUFFIXES, PartialResults, report_path
@@ -170,7 +170,7 @@ def _save_part(tmp: Path, start_s: np.ndarray, end_s: np.ndarray, embeddings: np
 
 
 def _settings(model: EmbeddingModel, hop_s: float, min_tail_s: float) -> dict:
-    return {"kind": "birdnet_embeddings", "model": str(Path(model.path).resolve()), "hop_s": float(hop_s),
+    return {"kind": "birdnet_embeddings", "model": model_name(model.path), "hop_s": float(hop_s),
             "min_tail_s": float(min_tail_s), "sample_rate": SAMPLE_RATE, "embedding_size": model.embedding_size,
             "licence": LICENSE}
 

@@ -45,7 +45,6 @@ refused there: those files are skipped and listed in the cache's skipped.csv.
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +56,7 @@ from tqdm.auto import tqdm
 
 from birdclef.audio.integrity import FLOAT_SUBTYPES
 from birdclef.audio.io import audio_info, find_nonfinite
+from birdclef.audio.segments import is_row_id
 from birdclef.data.metadata import DatasetLayout
 from birdclef.data.validate import Problem, Problems, check_metadata
 from birdclef.errors import AudioError, DatasetError
@@ -64,7 +64,6 @@ from birdclef.errors import AudioError, DatasetError
 __all__ = ["CheckReport", "Problem", "check_dataset"]
 
 AUDIO_SUFFIXES = (".ogg", ".flac", ".wav", ".mp3")
-_ROW_ID = re.compile(r".+_\d+")
 
 
 @dataclass
@@ -173,7 +172,7 @@ def _check_row_ids(path: Path, problems: Problems) -> None:
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         problems.add("unreadable_table", "error", [f"{path}: cannot read row_id ({exc})"])
         return
-    bad = [f"{path.name}: {row_id!r}" for row_id in row_ids if not _ROW_ID.fullmatch(row_id)]
+    bad = [f"{path.name}: {row_id!r}" for row_id in row_ids if not is_row_id(row_id)]
     problems.add("bad_row_id", "error", bad)
     repeated = row_ids[row_ids.duplicated()]
     examples = [f"{path.name}: {row_id!r}" for row_id in repeated.unique()]

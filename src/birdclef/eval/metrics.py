@@ -19,6 +19,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from birdclef.errors import SubmissionError
+from birdclef.utils.io import read_csv_checked
 
 NO_POSITIVES = "no positives"
 NO_NEGATIVES = "no negatives"
@@ -259,13 +260,7 @@ def _plain(value: Any) -> Any:
 
 def _read_table(path: Path, role: str) -> pd.DataFrame:
     """Read a CSV with row_id as text; raise SubmissionError naming the file when that fails."""
-    path = Path(path)
-    if not path.is_file():
-        raise SubmissionError(f"{path}: {role} file not found")
-    try:
-        return pd.read_csv(path, dtype={"row_id": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        raise SubmissionError(f"{path}: cannot read {role} CSV ({exc})") from None
+    return read_csv_checked(path, f"{role} file", SubmissionError, f"cannot read {role} CSV", dtype={"row_id": str})
 
 
 def evaluate_submission(submission: Path, solution: Path) -> EvalReport:

@@ -7,7 +7,7 @@ PNG atomically and returns its path. Nothing here needs torch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from birdclef.audio.segments import split_row_ids
 from birdclef.features.filterbank import mel_frequencies, mel_spectrogram, power_to_db
 from birdclef.utils.io import write_atomic
 
@@ -32,28 +33,6 @@ _MEL = {"n_fft": 1_024, "hop_length": 512, "n_mels": 128, "f_min": 50.0, "f_max"
 _KHZ_TICKS = (0.5, 1.0, 2.0, 4.0, 8.0, 12.0)
 _MAX_ANNOTATED_WINDOWS = 24
 """Heatmap cells get their probability written in them up to this many windows per file."""
-
-
-def split_row_ids(row_ids: Iterable[str]) -> tuple[list[str], np.ndarray]:
-    """Split competition row ids `<stem>_<end_s>` into stems and end seconds (float64).
-
-    Stems may contain underscores (`XCB_DEV_000_5` -> `XCB_DEV_000`, 5.0).
-
-    Raises:
-        ValueError: a row id has no `_` or its last part is not a number.
-    """
-    stems, ends = [], []
-    for row_id in row_ids:
-        stem, sep, end = str(row_id).rpartition("_")
-        try:
-            end_s = float(end)
-        except ValueError:
-            end_s = float("nan")
-        if not sep or not stem or not np.isfinite(end_s):
-            raise ValueError(f"row_id {row_id!r} is not '<soundscape_stem>_<end_second>'")
-        stems.append(stem)
-        ends.append(end_s)
-    return stems, np.asarray(ends, dtype=np.float64)
 
 
 def _save(fig: Figure, out: Path) -> Path:

@@ -25,7 +25,7 @@ from birdclef.eval.mil_report import mil_section
 from birdclef.eval.metrics import (IGNORED_SOLUTION_COLUMNS, EvalReport, check_row_ids, evaluate_submission,
                                    numeric_values)
 from birdclef.eval.plots import plot_class_auc, plot_detections, plot_training_curves, split_row_ids
-from birdclef.utils.io import write_text_atomic
+from birdclef.utils.io import read_csv_checked, write_text_atomic
 
 AUDIO_SUFFIXES = (".ogg", ".flac", ".wav", ".mp3")
 """Looked for in this order as `<soundscapes>/<stem><suffix>`."""
@@ -80,12 +80,7 @@ def _read_predictions(path: Path, role: str) -> tuple[pd.DataFrame, list[str]]:
         SubmissionError: the file is missing or unreadable, has no row_id or class column, a
             row_id is not `<stem>_<end_second>` or is repeated, or a class cell is not a finite number.
     """
-    if not path.is_file():
-        raise SubmissionError(f"{path}: {role} file not found")
-    try:
-        frame = pd.read_csv(path, dtype={"row_id": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        raise SubmissionError(f"{path}: cannot read {role} CSV ({exc})") from None
+    frame = read_csv_checked(path, f"{role} file", SubmissionError, f"cannot read {role} CSV", dtype={"row_id": str})
     if "row_id" not in frame.columns or len(frame.columns) < 2 or frame.empty:
         raise SubmissionError(f"{path}: {role} needs rows, a 'row_id' column and class columns "
                               f"(columns: {list(frame.columns)[:6]})")

@@ -24,6 +24,7 @@ from sklearn.metrics import precision_recall_curve
 
 from birdclef.errors import BirdclefError
 from birdclef.eval.metrics import _read_table, align_submission
+from birdclef.utils.io import read_csv_checked
 
 THRESHOLD_COLUMNS = ["class", "threshold", "precision", "recall", "f1", "n_positive", "note"]
 NO_POSITIVES = "no positive rows"
@@ -90,12 +91,7 @@ def read_thresholds(path: Path) -> dict[str, float]:
             threshold that is not a number in [0, 1].
     """
     path = Path(path)
-    if not path.is_file():
-        raise BirdclefError(f"{path}: thresholds file not found")
-    try:
-        frame = pd.read_csv(path, dtype={"class": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        raise BirdclefError(f"{path}: cannot read thresholds CSV ({exc})") from None
+    frame = read_csv_checked(path, "thresholds file", unreadable="cannot read thresholds CSV", dtype={"class": str})
     missing = [c for c in ("class", "threshold") if c not in frame.columns]
     if missing:
         names = ", ".join(repr(c) for c in missing)

@@ -20,7 +20,7 @@ import pandas as pd
 from birdclef.config import InferConfig
 from birdclef.errors import SubmissionError
 from birdclef.infer.postprocess import apply_steps
-from birdclef.utils.io import write_csv_atomic
+from birdclef.utils.io import read_csv_checked, write_csv_atomic
 
 _EXAMPLES = 3
 """How many offending row_ids / columns an error message shows."""
@@ -189,13 +189,8 @@ def blend(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = None
 
 def read_predictions(path: Path) -> pd.DataFrame:
     """Read one prediction CSV, turning a missing or unreadable file into a SubmissionError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise SubmissionError(f"{path}: prediction file not found")
-    try:
-        return pd.read_csv(path, dtype={"row_id": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        raise SubmissionError(f"{path}: cannot be read as a CSV prediction table ({exc})") from exc
+    return read_csv_checked(path, "prediction file", SubmissionError, "cannot be read as a CSV prediction table",
+                            dtype={"row_id": str})
 
 
 def blend_csvs(paths: Sequence[Path], weights: Sequence[float] | None, out: Path) -> pd.DataFrame:

@@ -19,12 +19,12 @@ Example:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
+from birdclef.audio.segments import parse_row_id
 from birdclef.config import InferConfig
 from birdclef.errors import SubmissionError
 from birdclef.registry import Registry
@@ -35,7 +35,6 @@ POSTPROCESSORS: Registry[np.ndarray] = Registry("post-processor")
 STEP_ORDER: tuple[str, ...] = ("smoothing", "power_adjust")
 """The order in which enabled steps run; each is switched on by the InferConfig field of its name."""
 
-_ROW_ID = re.compile(r"(.+)_(\d+)", re.ASCII)
 
 
 def _check_probs(probs: np.ndarray, what: str) -> np.ndarray:
@@ -148,25 +147,6 @@ def power_adjust_step(probs: np.ndarray, cfg: InferConfig) -> np.ndarray:
 def enabled_steps(cfg: InferConfig) -> list[str]:
     """Names of the steps `cfg` switches on, in the order they run (smoothing, then power_adjust)."""
     return [name for name in STEP_ORDER if getattr(cfg, name)]
-
-
-def parse_row_id(row_id: str) -> tuple[str, int]:
-    """Split ``<soundscape_stem>_<end_s>`` at its last underscore.
-
-    Args:
-        row_id: e.g. ``"XCB_DEV_000_60"``; the stem may itself contain underscores.
-
-    Returns:
-        ``(stem, end_s)``, e.g. ``("XCB_DEV_000", 60)``.
-
-    Raises:
-        ValueError: `row_id` is not a string, or does not end in ``_<digits>`` after a non-empty stem.
-    """
-    match = _ROW_ID.fullmatch(row_id) if isinstance(row_id, str) else None
-    if match is None:
-        raise ValueError(f"malformed row_id {row_id!r}: expected '<soundscape_stem>_<end_second>', "
-                         f"e.g. 'XCB_DEV_000_5'")
-    return match.group(1), int(match.group(2))
 
 
 def _file_groups(row_ids: pd.Series) -> list[np.ndarray]:

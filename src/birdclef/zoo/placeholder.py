@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from birdclef.errors import BirdclefError
-from birdclef.infer.base import Predictor
+from birdclef.zoo.birdnet import build_zero_shot
 from birdclef.zoo.registry import BuildContext, Kind, register_kind
 
 PLACEHOLDER = "placeholder"
@@ -88,17 +88,16 @@ class PlaceholderModel:
         return self.infer(windows)[1]
 
 
-def build(sources: Sequence[Path | str | None], ctx: BuildContext) -> Predictor:
-    """Zero-shot over ``ctx.classes`` with a placeholder whose labels are their scientific names (all known)."""
-    from birdclef.zoo.birdnet import zero_shot
-
-    if ctx.classes is None or ctx.scientific_names is None:
-        raise BirdclefError("the placeholder model needs the classes and their scientific names (--data or --taxonomy)")
-    labels = [ctx.scientific_names.get(c, c) for c in ctx.classes]
-    return zero_shot(ctx.shared(PLACEHOLDER, lambda: PlaceholderModel(labels)), ctx)
+def load_model(source: Path | str | None, ctx: BuildContext) -> PlaceholderModel:
+    """A placeholder whose labels are the scientific names of ``ctx.classes`` (all known), or one label
+    ``placeholder`` when there are no classes (``embed``: embeddings only)."""
+    names = ctx.scientific_names or {}
+    labels = [names.get(c, c) for c in ctx.classes] if ctx.classes else [PLACEHOLDER]
+    return ctx.shared(PLACEHOLDER, lambda: PlaceholderModel(labels))
 
 
 KIND = register_kind(Kind(
     name=PLACEHOLDER, summary="tiny deterministic stand-in foundation model: try every verb without weights",
     reads="nothing (labels: the taxonomy's scientific names)", licence=LICENSE,
-    verbs=("predict", "analyze", "embed", "pseudo"), build=build))
+    verbs=("predict", "analyze", "embed", "pseudo"), build=build_zero_shot(load_model), zero_shot=True,
+    load_model=load_model))

@@ -69,6 +69,11 @@ class Kind:
     licence: str
     build: Callable[[Sequence[Path | str | None], BuildContext], Predictor]
     """(sources, context) -> predictor."""
+    zero_shot: bool = False
+    """A foundation model that scores the classes itself (``--birdnet``; ``--birdnet-model NAME`` picks it)."""
+    load_model: Callable[[Path | str | None, BuildContext], Any] | None = None
+    """A zero-shot kind's foundation model alone, (source, context) -> model with ``labels``, ``path``,
+    ``embedding_size``, ``infer(windows) -> (logits, embeddings)`` (what ``embed`` and the heads use)."""
 
 
 _KINDS: dict[str, Kind] = {}
@@ -107,7 +112,7 @@ def get_kind(name: str) -> Kind:
     return _KINDS[name]
 
 
-def list_kinds() -> list[str]:
-    """Names of every registered kind, sorted."""
+def list_kinds(zero_shot: bool | None = None) -> list[str]:
+    """Names of the registered kinds (only the zero-shot ones, or only the others, when asked), sorted."""
     _load_builtin()
-    return sorted(_KINDS)
+    return sorted(name for name, kind in _KINDS.items() if zero_shot is None or kind.zero_shot == zero_shot)
