@@ -335,8 +335,8 @@ def _analyze(args: argparse.Namespace) -> int:
     from functools import partial
 
     from birdclef.archive.manifest import discover, parse_shard
-    from birdclef.zoo.build import build_predictor, rebuild_predictor, unknown_report_path
     from birdclef.infer.analyze import analyze_archive, merge_results, write_raven
+    from birdclef.zoo.build import build_predictor, rebuild_predictor, unknown_report_path
 
     raven = _raven_threshold(args)
     if args.merge:
