@@ -38,6 +38,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from birdclef.cli_geo import add_geo_flags  # --lat --lon --date --week --geo-*: predict and analyze
+
     parser = argparse.ArgumentParser(prog="birdclef", description="Find which animals call in field recordings.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -59,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="also write the report as JSON here (default: print only)")
     p.add_argument("--taxonomy", type=Path, default=None,
                    help="taxonomy.csv: also print the macro ROC-AUC per taxon group (its class_name column)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="resamples of soundscape files for 95%% intervals (default 1000; 0: no intervals)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
+    p.add_argument("--compare", type=Path, default=None, metavar="OTHER.csv",
+                   help="another submission: the paired difference (submission - OTHER) with its interval")
 
     p = sub.add_parser("synth", help="write a synthetic BirdCLEF-layout dataset with known answers")
     p.add_argument("--out", type=Path, required=True)
@@ -106,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--num-workers", type=int, default=2, help="processes decoding the next files during compute")
     p.add_argument("--no-progress", action="store_true")
+    add_geo_flags(p)
     _add_config_flags(p)
 
     p = sub.add_parser("embed", help="BirdNET v2.4 embeddings (1024 floats per 3 s chunk) into Parquet (resumable)")
@@ -151,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="with --scheduler local: worker processes")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--no-progress", action="store_true")
+    add_geo_flags(p)
     _add_config_flags(p)
 
     p = sub.add_parser("report", help="HTML page: per-class AUC, training curves, spectrograms with detections")
@@ -295,6 +304,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"  {row.group:12} {row.auc:.4f}  ({row.n_scored} of {row.n_classes} classes scored)")
         record["groups"] = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                             for r in groups.to_dict(orient="records")]
+    if args.bootstrap or args.compare is not None:
+        from birdclef.cli_eval import bootstrap_lines
+
+        record["bootstrap"] = bootstrap_lines(args)
     if args.out is not None:  # never beside the inputs unasked: they may sit in a read-only data folder
         write_json_atomic(record, args.out)
         print(f"report: {args.out}")
@@ -398,9 +411,11 @@ def _predictor(args: argparse.Namespace):
 
 @verb("predict")
 def _predict(args: argparse.Namespace) -> int:
+    from birdclef.cli_geo import apply_geo_flags, check_geo_flags
     from birdclef.infer.job import predict_to_csv
 
-    predictor = _predictor(args)
+    check_geo_flags(args)  # before any model loads
+    predictor = apply_geo_flags(args, _predictor(args), args.out.with_name(f"{args.out.stem}.geo_filter.csv"))
     summary = predict_to_csv(args.soundscapes, predictor, args.out, sample_submission=args.sample_submission,
                              num_workers=args.num_workers, progress=not args.no_progress)
     resumed = f", {summary.resumed_files} resumed" if summary.resumed_files else ""

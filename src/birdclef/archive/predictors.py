@@ -15,14 +15,20 @@ from birdclef.infer.base import Predictor
 
 
 def build_predictor(args: argparse.Namespace, report: bool = False) -> Predictor:
-    """The predictor the flags ask for; `report` writes the BirdNET unknown-class list into ``args.out``."""
-    if args.birdnet and args.runs is None and args.model is None:
-        return _birdnet_alone(args, report)
-    from birdclef.cli import _predictor
+    """The predictor the flags ask for, location filter included (``--lat``/``--lon``); `report` writes the BirdNET
+    unknown-class list and the filter's ``geo_filter.csv`` into ``args.out`` and prints the filter's line."""
+    from birdclef.cli_geo import apply_geo_flags, check_geo_flags
 
-    as_predict = argparse.Namespace(**{**vars(args), "sample_submission": None,
-                                       "out": Path(args.out) / "detections.parquet"})
-    return _predictor(as_predict)
+    check_geo_flags(args)  # before any model loads
+    if args.birdnet and args.runs is None and args.model is None:
+        predictor = _birdnet_alone(args, report)
+    else:
+        from birdclef.cli import _predictor
+
+        as_predict = argparse.Namespace(**{**vars(args), "sample_submission": None,
+                                           "out": Path(args.out) / "detections.parquet"})
+        predictor = _predictor(as_predict)
+    return apply_geo_flags(args, predictor, Path(args.out) / "geo_filter.csv" if report else None, announce=report)
 
 
 def _birdnet_alone(args: argparse.Namespace, report: bool) -> Predictor:

@@ -11,7 +11,8 @@ numbers ``predict`` gives its row. Members' raw per-run probabilities are blende
 Supported: :class:`~birdclef.infer.predict.TorchPredictor` (one member per run),
 :class:`~birdclef.export.runtime.ExportedPredictor`, :class:`~birdclef.birdnet.predictor.BirdnetPredictor`,
 :class:`~birdclef.birdnet.head.HeadPredictor` (and :class:`~birdclef.birdnet.head.RunsBlend` of runs and heads),
-:class:`~birdclef.infer.blend.BlendPredictor` of those, and :class:`~birdclef.infer.blend.FilledPredictor`.
+:class:`~birdclef.infer.blend.BlendPredictor` of those, :class:`~birdclef.infer.blend.FilledPredictor`, and
+:class:`~birdclef.birdnet.geo.GeoFilteredPredictor` (the location filter) around any of them.
 
 Example:
     >>> scorer = window_scorer(TorchPredictor(["runs/a"]), postprocess=False)
@@ -68,6 +69,8 @@ class WindowScorer:
     """Blend and post-processing settings (post-processing applies to each scored batch of windows)."""
     fill: float | None = None
     """Value for cells no member scores (None: leave NaN)."""
+    class_weights: np.ndarray | None = None
+    """(K,) multipliers of the blended scores (the location filter, :mod:`birdclef.birdnet.geo`), or None."""
 
     @property
     def embedder(self) -> int | None:
@@ -96,6 +99,8 @@ class WindowScorer:
         blended = np.asarray(combine_runs(per_run, self.weights, self.config), dtype=np.float64)
         if self.fill is not None:
             blended = np.where(np.isnan(blended), self.fill, blended)
+        if self.class_weights is not None:
+            blended = blended * self.class_weights[None, :]
         return blended.astype(np.float32)
 
 
@@ -158,7 +163,9 @@ def window_scorer(predictor, postprocess: bool = False) -> WindowScorer:
     Raises:
         BirdclefError: a predictor kind that cannot score arbitrary windows.
     """
-    fill = None
+    fill, class_weights = None, None
+    if hasattr(predictor, "geo") and hasattr(predictor, "predictor"):  # GeoFilteredPredictor (outermost)
+        predictor, class_weights = predictor.predictor, np.asarray(predictor.geo.weights, dtype=np.float64)
     if hasattr(predictor, "value") and hasattr(predictor, "predictor"):  # FilledPredictor
         predictor, fill = predictor.predictor, predictor.value
     members = _members(predictor)
@@ -168,4 +175,4 @@ def window_scorer(predictor, postprocess: bool = False) -> WindowScorer:
     weights = np.ones(runs) / runs if weights is None else np.asarray(weights, dtype=np.float64)
     if len(weights) != runs:
         raise BirdclefError(f"{type(predictor).__name__}: {len(weights)} blend weights for {runs} runs")
-    return WindowScorer(list(predictor.classes), members, weights, config, fill)
+    return WindowScorer(list(predictor.classes), members, weights, config, fill, class_weights)
