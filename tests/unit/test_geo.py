@@ -181,3 +181,19 @@ def test_settings_validate_without_the_cli() -> None:
         GeoSettings(0.0, 0.0, week=True)  # a bool is not a week
     assert settings_from_flags(None, None) is None
     assert settings_from_flags(1.0, 2.0, "2019-05-22").week == 20
+
+
+@needs_geo
+def test_a_score_table_is_filtered_after_the_fact(tmp_path: Path) -> None:
+    from birdclef.birdnet.geo import filter_scores
+
+    taxonomy = tmp_path / "taxonomy.csv"
+    pd.DataFrame({"primary_label": CLASSES, "scientific_name": [NAMES[c] for c in CLASSES]}).to_csv(taxonomy,
+                                                                                                  index=False)
+    frame = pd.DataFrame({"path": ["a.wav", "a.wav"], "start_s": [0.0, 5.0], "end_s": [5.0, 10.0],
+                          **{c: [0.8, 0.4] for c in CLASSES}})
+    out, geo = filter_scores(frame, GeoSettings(*JURA, week=2), taxonomy, ("path", "start_s", "end_s"))
+    assert geo.actions == ["removed", "removed", "kept", "unknown"]
+    assert out["path"].tolist() == ["a.wav", "a.wav"] and out["end_s"].tolist() == [5.0, 10.0]
+    assert out["nightingale"].tolist() == [0.0, 0.0] and out["robin"].tolist() == pytest.approx([0.8, 0.4])
+    assert frame["nightingale"].tolist() == [0.8, 0.4]  # the input is left as it was

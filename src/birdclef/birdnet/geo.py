@@ -266,3 +266,21 @@ def geo_filtered(predictor: Predictor, settings: GeoSettings, taxonomy: Path,
     if report is not None:
         write_csv_atomic(geo.table(), report)
     return GeoFilteredPredictor(predictor, geo)
+
+
+def filter_scores(frame: pd.DataFrame, settings: GeoSettings, taxonomy: Path, key_columns: Sequence[str] = ("row_id",),
+                  model: GeoModel | None = None) -> tuple[pd.DataFrame, GeoFilter]:
+    """A score table (a ``predict`` CSV, an ``analyze`` table: key columns plus one column per class) filtered
+    after the fact, and the filter (its :meth:`GeoFilter.table` is the report).
+
+    Args:
+        frame: key columns (kept as they are) and class columns of scores.
+        key_columns: the non-class columns, e.g. ``("row_id",)`` or ``("path", "start_s", "end_s")``.
+    """
+    from birdclef.birdnet.classes import read_scientific_names
+
+    classes = [str(c) for c in frame.columns if c not in key_columns]
+    geo = build_geo_filter(classes, read_scientific_names(taxonomy), settings, model)
+    out = frame.copy()
+    out[classes] = geo.apply(frame[classes].to_numpy(dtype=np.float64)).astype(np.float32)
+    return out, geo
