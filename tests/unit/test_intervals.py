@@ -78,7 +78,8 @@ def test_weighted_auc_equals_the_metric_on_duplicated_rows() -> None:
         rows = np.concatenate([np.flatnonzero(codes == f) for f in draw])
         t, p = target[rows], probs[rows]
         scored = (t.sum(0) > 0) & (t.sum(0) < len(t))
-        np.testing.assert_allclose(per_class[b, scored], [roc_auc_score(t[:, k], p[:, k]) for k in np.flatnonzero(scored)])
+        expected = [roc_auc_score(t[:, k], p[:, k]) for k in np.flatnonzero(scored)]
+        np.testing.assert_allclose(per_class[b, scored], expected)
         assert np.isnan(per_class[b, ~scored]).all()
         assert np.nanmean(per_class[b]) == pytest.approx(macro_roc_auc(t, p))
 
