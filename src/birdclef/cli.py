@@ -307,7 +307,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.bootstrap or args.compare is not None:
         from birdclef.cli_eval import bootstrap_lines
 
-        record["bootstrap"] = bootstrap_lines(args)
+        intervals = bootstrap_lines(args)
+        if intervals is not None:
+            record["bootstrap"] = intervals
     if args.out is not None:  # never beside the inputs unasked: they may sit in a read-only data folder
         write_json_atomic(record, args.out)
         print(f"report: {args.out}")

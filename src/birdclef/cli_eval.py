@@ -4,15 +4,20 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from birdclef.errors import BirdclefError
 
 
-def bootstrap_lines(args: argparse.Namespace) -> dict:
+def bootstrap_lines(args: argparse.Namespace) -> dict | None:
     """Print the bootstrap intervals the flags ask for; return them as a JSON-able dict.
 
+    Row_ids that do not read ``<stem>_<end_s>`` give no files to resample: without --compare that is a note on
+    stderr and None (the score itself stands); with --compare, an error.
+
     Raises:
-        BirdclefError: --bootstrap below 1 with --compare, a negative --bootstrap, or unreadable / misaligned files.
+        BirdclefError: --bootstrap below 1 with --compare, a negative --bootstrap, unreadable / misaligned files,
+            or malformed row_ids with --compare.
     """
     from birdclef.eval.intervals import bootstrap_report
     from birdclef.eval.metrics import class_groups, read_aligned
@@ -27,7 +32,10 @@ def bootstrap_lines(args: argparse.Namespace) -> dict:
         report = bootstrap_report(target, probs, row_ids, classes, args.bootstrap, args.seed, groups, other,
                                   other_name=str(args.compare))
     except ValueError as exc:  # a malformed row_id
-        raise BirdclefError(f"{args.solution}: {exc}") from None
+        if args.compare is not None:
+            raise BirdclefError(f"{args.solution}: {exc}; --compare resamples soundscape files") from None
+        print(f"birdclef evaluate: note: no bootstrap interval: {args.solution}: {exc}", file=sys.stderr)
+        return None
     for line in report.lines():
         print(line)
     return report.to_dict()

@@ -123,3 +123,16 @@ def test_cli_prints_intervals_per_group_and_the_comparison(tmp_path: Path, capsy
     assert main(["evaluate", "--submission", str(sub), "--solution", str(solution), "--bootstrap", "0",
                  "--compare", str(other)]) == 2
     assert "--bootstrap must be a positive number of resamples with --compare" in capsys.readouterr().err
+
+
+def test_row_ids_without_an_end_second_score_without_interval(tmp_path: Path, capsys) -> None:
+    solution = pd.DataFrame({"row_id": ["a", "b", "c"], "x": [1, 0, 0]})
+    solution.to_csv(tmp_path / "solution.csv", index=False)
+    solution.assign(x=[0.9, 0.1, 0.2]).to_csv(tmp_path / "sub.csv", index=False)
+    args = ["evaluate", "--submission", str(tmp_path / "sub.csv"), "--solution", str(tmp_path / "solution.csv")]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "macro ROC-AUC 1.0000" in captured.out and "no bootstrap interval" in captured.err
+    assert main([*args, "--compare", str(tmp_path / "sub.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "malformed row_id 'a'" in err[0] and "--compare" in err[0]
