@@ -13,8 +13,8 @@ class the filter takes one action:
 - ``downweighted`` (``mode="downweight"``): occurrence < threshold; weight ``occurrence / threshold``, a
   ramp from 0 (the model rules the species out) to 1 at the threshold (where ``remove`` starts keeping it), so
   nothing jumps at the threshold and a species just below it keeps most of its score.
-- ``unknown``: the geographic model does not know the class (insects, most frogs, no scientific name); weight 1,
-  **never filtered**.
+- ``unknown``: the geographic model does not know the class (insects, frogs outside its labels, no scientific
+  name); weight 1, **never filtered**.
 
 The weights multiply the final (W, K) probabilities of any predictor (:class:`GeoFilteredPredictor`), so CNN
 runs, BirdNET heads, zero-shot BirdNET and blends are filtered alike, and NaN (a class nobody scores) stays
