@@ -15,6 +15,7 @@ from pathlib import Path
 from birdclef.cli_common import (
     VERBS,
     add_config_flags,
+    add_geo_flags,
     add_predictor_flags,
     data_warnings_as_lines,
     predictor_spec,
@@ -51,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="also write the report as JSON here (default: print only)")
     p.add_argument("--taxonomy", type=Path, default=None,
                    help="taxonomy.csv: also print the macro ROC-AUC per taxon group (its class_name column)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="resamples of soundscape files for 95%% intervals (default 1000; 0: no intervals)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
+    p.add_argument("--compare", type=Path, default=None, metavar="OTHER.csv",
+                   help="another submission: the paired difference (submission - OTHER) with its interval")
 
     p = sub.add_parser("synth", help="write a synthetic BirdCLEF-layout dataset with known answers")
     p.add_argument("--out", type=Path, required=True)
@@ -81,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="submission CSV")
     p.add_argument("--num-workers", type=int, default=2, help="processes decoding the next files during compute")
     p.add_argument("--no-progress", action="store_true")
+    add_geo_flags(p)
     add_config_flags(p)
 
     p = sub.add_parser("embed", help="BirdNET v2.4 embeddings (1024 floats per 3 s chunk) into Parquet (resumable)")
@@ -115,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default="local", help="with --engine dask: local, or a scheduler address")
     p.add_argument("--workers", type=int, default=2, help="with --scheduler local: worker processes")
     p.add_argument("--no-progress", action="store_true")
+    add_geo_flags(p)
     add_config_flags(p)
 
     p = sub.add_parser("report", help="HTML page: per-class AUC, training curves, spectrograms with detections")
@@ -241,6 +249,12 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"  {row.group:12} {row.auc:.4f}  ({row.n_scored} of {row.n_classes} classes scored)")
         record["groups"] = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                             for r in groups.to_dict(orient="records")]
+    if args.bootstrap or args.compare is not None:
+        from birdclef.cli_eval import bootstrap_lines
+
+        intervals = bootstrap_lines(args)
+        if intervals is not None:
+            record["bootstrap"] = intervals
     if args.out is not None:  # never beside the inputs unasked: they may sit in a read-only data folder
         write_json_atomic(record, args.out)
         print(f"report: {args.out}")
@@ -295,8 +309,11 @@ def _predict(args: argparse.Namespace) -> int:
     from birdclef.infer.job import predict_to_csv
     from birdclef.zoo.build import build_predictor, unknown_report_path
 
-    built = build_predictor(predictor_spec(args), unknown_report=unknown_report_path(args.out))
+    built = build_predictor(predictor_spec(args), unknown_report=unknown_report_path(args.out),
+                            geo_report=args.out.with_name(f"{args.out.stem}.geo_filter.csv"))
     print_notes(args.verb, built.notes)
+    if built.geo_summary:
+        print(built.geo_summary)
     predictor = built.predictor
     summary = predict_to_csv(args.soundscapes, predictor, args.out, sample_submission=args.sample_submission,
                              num_workers=args.num_workers, progress=not args.no_progress)
@@ -354,8 +371,10 @@ def _analyze(args: argparse.Namespace) -> int:
     spec = predictor_spec(args)
     alone = not spec.runs and spec.model is None  # BirdNET alone: its unknown classes stay NaN in the table
     report = args.out / "birdnet_unknown.csv" if alone else unknown_report_path(args.out / "detections.parquet")
-    built = build_predictor(spec, unknown_report=report, nan_ok=True)
+    built = build_predictor(spec, unknown_report=report, nan_ok=True, geo_report=args.out / "geo_filter.csv")
     print_notes(args.verb, built.notes)
+    if built.geo_summary:
+        print(built.geo_summary)
     s = analyze_archive(args.archive, args.out, built.predictor, rebuild=partial(rebuild_predictor, spec), hop_s=args.hop,
                         block_s=args.block_s, postprocess=args.postprocess, shard=shard, engine=args.engine,
                         scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress,

@@ -67,16 +67,44 @@ def add_predictor_flags(p: argparse.ArgumentParser, runs_flag: str = "--run", ex
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
+def add_geo_flags(p: argparse.ArgumentParser) -> None:
+    """Add the location-and-season filter's flags to a verb's parser (all default to None: no filter)."""
+    g = p.add_argument_group("location and season filter (BirdNET's geographic model, CC BY-NC-SA 4.0)")
+    g.add_argument("--lat", type=float, default=None, help="latitude of the recordings, degrees in [-90, 90]")
+    g.add_argument("--lon", type=float, default=None, help="longitude, degrees in [-180, 180]")
+    g.add_argument("--date", default=None, metavar="YYYY-MM-DD", help="recording date (gives BirdNET's week)")
+    g.add_argument("--week", type=int, default=None,
+                   help="BirdNET week 1..48 (4 per month), or -1 for year-round (the default without --date)")
+    g.add_argument("--geo-threshold", type=float, default=None,
+                   help="occurrence score below which a class is filtered (default 0.03, BirdNET-Analyzer's)")
+    g.add_argument("--geo-mode", choices=["remove", "downweight"], default=None,
+                   help="remove: filtered classes score 0; downweight: scores times occurrence / threshold "
+                        "(default remove)")
+    g.add_argument("--geo-taxonomy", type=Path, default=None,
+                   help="taxonomy.csv matching classes by scientific_name (default: --taxonomy, DATA/taxonomy.csv, "
+                        "or the first run's dataset)")
+
+
 def predictor_spec(args: argparse.Namespace):
-    """The :class:`~birdclef.zoo.build.PredictorSpec` of the predictor flags in `args`."""
+    """The :class:`~birdclef.zoo.build.PredictorSpec` of the predictor flags in `args` (and the location filter's,
+    checked here, before any model loads).
+
+    Raises:
+        BirdclefError: a location-filter flag out of range or without the others it needs (one line).
+    """
+    from birdclef.birdnet.geo import settings_from_flags
     from birdclef.zoo.build import PredictorSpec
 
+    flags = vars(args)
+    geo = settings_from_flags(flags.get("lat"), flags.get("lon"), flags.get("date"), flags.get("week"),
+                              flags.get("geo_threshold"), flags.get("geo_mode"))
     return PredictorSpec(
         runs=tuple(args.runs or ()), model=vars(args).get("model"), backend=vars(args).get("backend"),
         birdnet=args.birdnet, birdnet_model=args.birdnet_model,
         weights=None if args.weights is None else tuple(args.weights), data=args.data, taxonomy=args.taxonomy,
         sample_submission=vars(args).get("sample_submission"), unknown_fill=args.unknown_fill,
-        config_file=args.config, overrides=tuple(args.overrides), device=args.device, threads=args.threads)
+        config_file=args.config, overrides=tuple(args.overrides), device=args.device, threads=args.threads,
+        geo=geo, geo_taxonomy=flags.get("geo_taxonomy"))
 
 
 def print_notes(verb_name: str, notes: list[str]) -> None:

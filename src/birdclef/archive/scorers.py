@@ -44,6 +44,8 @@ class WindowScorer:
     """Blend and post-processing settings (post-processing applies to each scored batch of windows)."""
     fill: float | None = None
     """Value for cells no member scores (None: leave NaN)."""
+    class_weights: np.ndarray | None = None
+    """(K,) multipliers of the blended scores (the location filter, :mod:`birdclef.birdnet.geo`), or None."""
 
     @property
     def embedder(self) -> int | None:
@@ -72,6 +74,8 @@ class WindowScorer:
         blended = np.asarray(combine_runs(per_run, self.weights, self.config), dtype=np.float64)
         if self.fill is not None:
             blended = np.where(np.isnan(blended), self.fill, blended)
+        if self.class_weights is not None:
+            blended = blended * self.class_weights[None, :]
         return blended.astype(np.float32)
 
 
@@ -87,4 +91,4 @@ def window_scorer(predictor: Predictor, postprocess: bool = False) -> WindowScor
     weights = np.asarray(predictor.weights, dtype=np.float64)
     if len(weights) != runs:
         raise BirdclefError(f"{type(predictor).__name__}: {len(weights)} blend weights for {runs} runs")
-    return WindowScorer(list(predictor.classes), members, weights, config, predictor.fill)
+    return WindowScorer(list(predictor.classes), members, weights, config, predictor.fill, predictor.class_weights)

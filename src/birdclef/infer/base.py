@@ -81,6 +81,8 @@ class Predictor(Protocol):
     """One blend weight per run over all parts, in order; sums to 1."""
     fill: float | None
     """Value written where no part scores a class (None: NaN stays)."""
+    class_weights: np.ndarray | None
+    """(K,) multipliers of the final scores (the location filter, :mod:`birdclef.birdnet.geo`), or None."""
 
     def parts(self) -> list[Part]:
         """The models, in the order of :attr:`weights`' runs."""
@@ -114,7 +116,7 @@ class PartsPredictor:
     """The file-level predictions of any :class:`Predictor` from its parts (module docstring).
 
     Subclasses set ``classes``, ``sample_rate``, ``config`` and ``weights`` and implement :meth:`parts`;
-    ``fill`` defaults to None.
+    ``fill`` and ``class_weights`` default to None.
     """
 
     classes: list[str]
@@ -122,6 +124,7 @@ class PartsPredictor:
     config: InferConfig
     weights: np.ndarray
     fill: float | None = None
+    class_weights: np.ndarray | None = None
 
     def parts(self) -> list[Part]:
         raise NotImplementedError
@@ -162,10 +165,10 @@ class PartsPredictor:
         from birdclef.infer.ensemble import combine_runs  # ensemble imports postprocess; keep base light
 
         probs = combine_runs(self.predict_runs(wave), self.weights, self.config)
-        if self.fill is None:
-            return probs
-        probs = np.asarray(probs, dtype=np.float64)
-        return np.where(np.isnan(probs), self.fill, probs)
+        if self.fill is not None:
+            probs = np.asarray(probs, dtype=np.float64)
+            probs = np.where(np.isnan(probs), self.fill, probs)
+        return probs if self.class_weights is None else probs * self.class_weights[None, :]
 
 
 class SinglePart(PartsPredictor):

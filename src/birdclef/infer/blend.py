@@ -72,7 +72,7 @@ class FilledPredictor(PartsPredictor):
     def __init__(self, predictor: Predictor, value: float):
         self.predictor, self.fill = predictor, float(value)
         self.classes, self.sample_rate = predictor.classes, predictor.sample_rate
-        self.config, self.weights = predictor.config, predictor.weights
+        self.config, self.weights, self.class_weights = predictor.config, predictor.weights, predictor.class_weights
 
     def parts(self) -> list[Part]:
         return self.predictor.parts()

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from birdclef.birdnet.geo import GeoSettings
 from birdclef.config import InferConfig
 from birdclef.data.metadata import DatasetLayout, load_classes, read_submission_classes, read_taxonomy_classes
 from birdclef.errors import BirdclefError
@@ -58,6 +59,10 @@ class PredictorSpec:
     overrides: tuple[str, ...] = ()
     device: str = "auto"
     threads: int | None = None
+    geo: GeoSettings | None = None
+    """The location and season filter (BirdNET's geographic model as per-class weights), or None."""
+    geo_taxonomy: Path | None = None
+    """taxonomy.csv the filter matches classes with (default: --taxonomy, DATA/taxonomy.csv, the first run's)."""
 
 
 @dataclass
@@ -67,6 +72,8 @@ class Built:
     """Things the user should know (printed by the verb)."""
     unknown: list[str] = field(default_factory=list)
     """Classes the zero-shot model does not know."""
+    geo_summary: str | None = None
+    """The location filter's one line (what it removed or down-weighted), when there is one."""
 
 
 def check_spec(spec: PredictorSpec) -> None:
@@ -116,7 +123,8 @@ def resolve_classes(data: Path | None, taxonomy: Path | None,
     return classes, names
 
 
-def build_predictor(spec: PredictorSpec, unknown_report: Path | None = None, nan_ok: bool = False) -> Built:
+def build_predictor(spec: PredictorSpec, unknown_report: Path | None = None, nan_ok: bool = False,
+                    geo_report: Path | None = None) -> Built:
     """The predictor `spec` asks for (module docstring).
 
     Args:
@@ -125,14 +133,44 @@ def build_predictor(spec: PredictorSpec, unknown_report: Path | None = None, nan
             removed when a stale one is there); None writes nothing (a Dask worker rebuilding the predictor).
         nan_ok: True where NaN can be stored (Parquet tables); False for a CSV, which then needs
             ``unknown_fill`` for classes no part scores.
+        geo_report: CSV of the location filter's per-class weights (with ``spec.geo``; None writes nothing).
 
     Raises:
         BirdclefError: see :func:`check_spec`; no class source for zero-shot; weights that do not match the
-            runs; classes no part scores in a CSV without ``unknown_fill``.
+            runs; classes no part scores in a CSV without ``unknown_fill``; no taxonomy for the location filter.
     """
+    check_spec(spec)
+    built = _build(spec, unknown_report, nan_ok)
+    if spec.geo is not None:
+        from birdclef.birdnet.geo import geo_filtered
+
+        built.predictor = geo_filtered(built.predictor, spec.geo, _geo_taxonomy(spec), geo_report)
+        built.geo_summary = built.predictor.geo.summary() + (f"; see {geo_report}" if geo_report is not None else "")
+    return built
+
+
+def _geo_taxonomy(spec: PredictorSpec) -> Path:
+    """The taxonomy.csv the location filter matches classes with (see :attr:`PredictorSpec.geo_taxonomy`).
+
+    Raises:
+        BirdclefError: none can be found, or the named file is missing.
+    """
+    found = spec.geo_taxonomy or spec.taxonomy
+    if found is None and spec.data is not None:
+        found = Path(spec.data) / "taxonomy.csv"
+    if found is None and spec.runs:
+        found = Run.open(spec.runs[0]).taxonomy
+    if found is None:
+        raise BirdclefError("--lat/--lon: the location filter matches classes by scientific name; give "
+                            "--geo-taxonomy FILE (a taxonomy.csv)")
+    if not Path(found).is_file():
+        raise BirdclefError(f"{found}: taxonomy file not found (the location filter needs its scientific_name column)")
+    return Path(found)
+
+
+def _build(spec: PredictorSpec, unknown_report: Path | None, nan_ok: bool) -> Built:
     from birdclef.infer.settings import apply_overrides, resolve_infer
 
-    check_spec(spec)
     notes: list[str] = []
     if spec.runs or spec.model is not None:
         resolved = resolve_infer(runs=list(spec.runs) or None, model=spec.model, config_file=spec.config_file,
