@@ -225,9 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=float, nargs="+", default=None, help="one per CSV (normalised to sum 1)")
     p.add_argument("--out", type=Path, required=True)
 
+    from birdclef.cli_review import add_parsers as add_review_parsers  # review, precision
     from birdclef.cli_selftrain import add_parsers  # pseudo, selftrain, distill
 
     add_parsers(sub)
+    add_review_parsers(sub)
     return parser
 
 
@@ -611,9 +613,11 @@ def _blend(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``birdclef`` command; returns the exit code."""
+    from birdclef.cli_review import OUT_KINDS as REVIEW_OUT_KINDS  # registers its verbs
     from birdclef.cli_selftrain import OUT_KINDS as SELFTRAIN_OUT_KINDS  # registers its verbs
 
     OUT_KINDS.update(SELFTRAIN_OUT_KINDS)
+    OUT_KINDS.update(REVIEW_OUT_KINDS)
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "out", None) is not None and args.verb in OUT_KINDS:
