@@ -613,11 +613,13 @@ def _blend(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``birdclef`` command; returns the exit code."""
-    from birdclef.cli_review import OUT_KINDS as REVIEW_OUT_KINDS  # registers its verbs
+    from birdclef.cli_review import OUT_KINDS as REVIEW_OUT_KINDS
+    from birdclef.cli_review import VERBS as REVIEW_VERBS
     from birdclef.cli_selftrain import OUT_KINDS as SELFTRAIN_OUT_KINDS  # registers its verbs
 
     OUT_KINDS.update(SELFTRAIN_OUT_KINDS)
     OUT_KINDS.update(REVIEW_OUT_KINDS)
+    VERBS.update(REVIEW_VERBS)
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "out", None) is not None and args.verb in OUT_KINDS:

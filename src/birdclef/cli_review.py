@@ -1,16 +1,25 @@
 """The review verbs of ``birdclef``: ``review`` (the local web app) and ``precision`` (precision, thresholds and
-Raven tables from the answers). Registered into :mod:`birdclef.cli`'s parser and verb table; library imports
-happen inside each verb.
+Raven tables from the answers). :mod:`birdclef.cli` adds their parsers and :data:`VERBS` to its own; library
+imports happen inside each verb.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
-from birdclef.cli import verb
-
 OUT_KINDS = {"precision": "folder"}
+VERBS: dict[str, Callable[[argparse.Namespace], int]] = {}
+"""This module's verbs; :func:`birdclef.cli.main` adds them to its table (this module never imports cli.py)."""
+
+
+def verb(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    def add(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        VERBS[name] = fn
+        return fn
+
+    return add
 
 
 def _results_flags(p: argparse.ArgumentParser) -> None:
