@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (logs, CI)")
     p.add_argument("--pseudo", type=Path, default=None,
                    help="pseudo-label table (`birdclef pseudo`): also train on its soundscape windows")
+    p.add_argument("--reviews", type=Path, default=None,
+                   help="RESULTS/reviews.parquet (`birdclef review`): confirmed windows train as positives, rejected "
+                        "ones as negatives of their class (other classes masked)")
     _add_config_flags(p)
 
     p = sub.add_parser("predict", help="score soundscapes with trained runs, an exported model or BirdNET into a submission CSV (resumable)")
@@ -331,7 +334,7 @@ def _train(args: argparse.Namespace) -> int:
 
     with _data_warnings_as_lines("train"):
         summary = train_kfold(config, args.data, args.out, cache_dir=args.cache, resume=args.resume,
-                              progress=not args.no_progress, pseudo=args.pseudo)
+                              progress=not args.no_progress, pseudo=args.pseudo, reviews=args.reviews)
     if is_launched_rank():  # a DDP rank > 0: rank 0 reports
         return 0
     for fold, score in sorted(summary.fold_scores.items()):

@@ -151,3 +151,13 @@ def add_pseudo_rows(data: HeadData, config: Config, labels: PseudoLabels, model:
     weight = config.train.pseudo_weight * (1 + config.train.embed_copies)
     data.add_pseudo(emb, labels.targets[rows], labels.mask[rows], labels.table["fold"].to_numpy()[rows], weight)
     return skipped
+
+
+def add_reviewed_rows(data: HeadData, config: Config, labels: PseudoLabels, model: BirdnetModel, folder: Path,
+                      progress: bool = True) -> list[str]:
+    """Embed (or reuse) the reviewed windows (:mod:`birdclef.data.reviewed`) and add them to `data` as examples
+    of every fold; returns the recordings skipped."""
+    rows, emb, skipped = embed_pseudo(config, labels, model, folder, progress)
+    weight = config.train.review_weight * (1 + config.train.embed_copies)
+    data.add_reviewed(emb, labels.targets[rows], labels.mask[rows], weight)
+    return skipped

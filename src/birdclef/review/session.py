@@ -62,6 +62,9 @@ class Session:
         self.reviewer = reviewer
         self.thresholds = read_thresholds(thresholds) if thresholds is not None else {}
         self.cache = self.folder / CACHE
+        record = self.folder / "archive.json"  # where `train --reviews` finds the reviewed recordings
+        if not record.is_file():
+            write_json_atomic({"archive": str(self.results.audio_root.resolve())}, record)
 
     def _settings(self, overrides: dict) -> ReviewSettings:
         path = self.folder / SETTINGS
