@@ -12,7 +12,7 @@
     model     str      the model whose score was shown (``analyze`` settings key, or a retrained head's name)
     score     float64  the score shown at review time
     note      str      free text ("" when none)
-    queue     str      the queue the item came from (top | stratified | margin): precision uses stratified only
+    queue     str      the queue the item was answered from (top | stratified | margin); for the record only
 
 How it stays safe: an answer is first appended, as one JSON line flushed and fsync'ed, to the log
 ``RESULTS/.reviews.log.jsonl`` under an exclusive ``flock`` of ``RESULTS/.reviews.lock`` (a blocking lock:

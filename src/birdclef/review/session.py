@@ -119,18 +119,24 @@ class Session:
 
     # --- precision ----------------------------------------------------------------------------------------
     def curves(self, classes: list[str] | None = None) -> dict[str, pd.DataFrame]:
-        """Per class with stratified answers: its precision per bin (:func:`precision_curve`)."""
+        """Per class with answered members of its stratified draw: its precision per bin (:func:`precision_curve`).
+
+        A window of the draw counts whichever queue it was answered from (its membership of the random sample
+        is what matters); answers of windows outside the draw never enter the estimate.
+        """
         reviews = read_reviews(self.folder)
-        strat = reviews[reviews["queue"] == "stratified"]
         table = self.results.table
-        keys = _key_frame(table, "path")
-        keys["row"] = np.arange(len(table))
         out = {}
-        for cls in classes or sorted(strat["class"].unique()):
-            mine = strat[strat["class"] == cls]
-            if mine.empty or cls not in table.columns:
+        for cls in classes or sorted(set(reviews["class"]) & set(self.results.classes)):
+            if cls not in table.columns:
                 continue
-            found = _key_frame(mine, "file").assign(answer=mine["answer"].to_numpy()).merge(keys, how="inner")
+            rows = build_queue(table, cls, "stratified", self.settings.size, self.settings.binning, 0.5,
+                               self.settings.seed)
+            drawn = _key_frame(table.iloc[rows], "path").assign(row=rows)
+            mine = reviews[reviews["class"] == cls]
+            found = _key_frame(mine, "file").assign(answer=mine["answer"].to_numpy()).merge(drawn, how="inner")
+            if found.empty:
+                continue
             scores = pd.to_numeric(table[cls], errors="coerce").to_numpy(np.float64)
             out[cls] = precision_curve(cls, scores, self.settings.binning, scores[found["row"].to_numpy()],
                                        found["answer"].to_numpy())

@@ -1,7 +1,7 @@
 // birdclef review: plain JS over the JSON API (no build step).
 "use strict";
 const $ = (id) => document.getElementById(id);
-const S = { classes: [], cls: null, kind: "top", queue: null, pos: 0, shownAt: 0 };
+const S = { classes: [], cls: null, kind: "top", queue: null, pos: 0, saves: 0 };
 
 async function api(path, body) {
   const opts = body === undefined ? {} : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
@@ -61,7 +61,6 @@ function show() {
   $("spec").src = itemUrl("spectrogram", it);
   $("audio").src = itemUrl("audio", it);
   $("note").value = it.note || "";
-  S.shownAt = performance.now();
   // warm the cache of the next item
   if (S.pos + 1 < n) { const nx = q.items[S.pos + 1]; new Image().src = itemUrl("spectrogram", nx); fetch(itemUrl("audio", nx)); }
 }
@@ -73,7 +72,9 @@ async function answer(value) {
   const res = await api("/api/answer", { class: q.class, file: it.file, start_s: it.start_s, end_s: it.end_s,
     answer: value, note: $("note").value, queue: q.kind, score: it.score, model: q.model });
   it.answer = value; it.note = $("note").value;
+  S.saves += 1;
   $("status").textContent = `saved ${value} (${res.progress[q.class] || 0} answers for ${q.class})`;
+  $("status").dataset.saves = S.saves;
   S.pos += 1;
   show();
   if (q.kind === "stratified") loadPrecision();
