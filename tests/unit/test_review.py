@@ -166,3 +166,52 @@ def test_review_verb_refuses_missing_results_in_one_line(tmp_path, capsys):
     assert main(["review", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "none" in err
+
+
+def _head_results(results: Path, tmp_path: Path) -> np.ndarray:
+    """Make `results` look like `analyze --run HEAD --embeddings`: a 2-fold zero head, 4-d window embeddings."""
+    from birdclef.birdnet.head import EmbeddingHead, save_head
+    from birdclef.config import load_config
+
+    table = pd.read_parquet(results / "detections.parquet")
+    emb = np.random.default_rng(1).normal(0.0, 1.0, (len(table), 4)).astype(np.float32)
+    frame = table[["path", "start_s", "end_s"]].copy()
+    for j in range(4):
+        frame[f"emb_{j}"] = emb[:, j]
+    frame.to_parquet(results / "embeddings.parquet", index=False)
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "birdnet-head.yaml")
+    checkpoints = []
+    for fold in range(2):
+        path = tmp_path / "head" / f"fold{fold}" / "best.pt"
+        save_head(path, EmbeddingHead(np.zeros((2, 4), np.float32), np.zeros(2, np.float32)), config,
+                  ["amerob", "norcar"], 3, 0.9)
+        checkpoints.append(str(path))
+    (results / "settings.json").write_text(json.dumps({"predictor": {"backend": "birdnet_head",
+                                                                     "checkpoints": checkpoints}}))
+    return emb
+
+
+def test_retrain_refits_the_head_on_the_answers_and_the_margin_queue_follows(results, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from birdclef.review.server import create_app
+
+    emb = _head_results(results, tmp_path)
+    session = Session(results)
+    table = session.results.table
+    for i in range(0, len(table), 2):  # the truth: amerob where the first embedding feature is positive
+        row = table.iloc[i]
+        session.answer("amerob", row["path"], row["start_s"], row["end_s"], "yes" if emb[i, 0] > 0 else "no")
+    client = create_app(session).test_client()
+    assert client.get("/api/state").get_json()["retrain"]["available"]
+    done = client.post("/api/retrain")
+    assert done.status_code == 200 and done.get_json()["round"] == 1
+    scores = pd.read_parquet(results / "review_scores" / "round-1.parquet")
+    unseen = np.arange(1, len(table), 2)  # windows never answered
+    assert roc_auc_score(emb[unseen, 0] > 0, scores["amerob"].to_numpy()[unseen]) > 0.9
+    assert scores["norcar"].nunique() == 1  # no answers about norcar: masked, its head row untouched
+    assert sorted(p.name for p in (results / "review_heads" / "round-1").iterdir()) == ["fold0", "fold1"]
+    margin = session.queue("amerob", "margin")
+    assert margin["model"] == "retrain-round-1"
+    assert session.queue("amerob", "stratified")["model"] == session.results.model  # precision stays on analyze's
+    assert client.post("/api/retrain").get_json()["round"] == 2  # the next round starts from round 1's heads
