@@ -215,3 +215,16 @@ def test_retrain_refits_the_head_on_the_answers_and_the_margin_queue_follows(res
     assert margin["model"] == "retrain-round-1"
     assert session.queue("amerob", "stratified")["model"] == session.results.model  # precision stays on analyze's
     assert client.post("/api/retrain").get_json()["round"] == 2  # the next round starts from round 1's heads
+
+
+def test_a_port_in_use_is_one_line(results):
+    import socket
+
+    from birdclef.review.server import serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(BirdclefError, match=f"--port {port}: cannot listen there"):
+            serve(Session(results), port=port)

@@ -44,8 +44,11 @@ def _clean(value):
 
 
 def create_app(session: Session):
-    """The Flask app of `session`."""
-    from flask import Flask, abort, jsonify, request, send_file
+    """The Flask app of `session` (BirdclefError when Flask is not installed)."""
+    try:
+        from flask import Flask, abort, jsonify, request, send_file
+    except ImportError:
+        raise BirdclefError('birdclef review needs Flask: pip install "birdclef[review]"') from None
 
     static = Path(str(resources.files("birdclef.review") / "static"))
     app = Flask(__name__, static_folder=str(static), static_url_path="/static")
@@ -145,11 +148,25 @@ def create_app(session: Session):
     return app
 
 
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as werkzeug's server does
+            probe.bind((host, port))
+    except OSError as exc:
+        raise BirdclefError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); another "
+                            "review may be running: choose another --port (0 picks a free one)") from None
+
+
 def serve(session: Session, host: str = "127.0.0.1", port: int = 8765, announce=print) -> None:
     """Serve `session` until interrupted; `announce` gets the address line (port 0: a free port)."""
     from werkzeug.serving import make_server
 
-    server = make_server(host, port, create_app(session), threaded=True)
+    app = create_app(session)
+    _check_port(host, port)  # werkzeug would print its own lines and exit
+    server = make_server(host, port, app, threaded=True)
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     announce(f"review: http://{shown}:{server.server_port}/  (results {session.folder}; Ctrl-C to stop)")
     try:
