@@ -28,7 +28,8 @@ def _results_flags(p: argparse.ArgumentParser) -> None:
                    help="the archive (analyze) or soundscape folder (submission) the results' paths are relative "
                         "to (default for analyze: the archive it recorded)")
     p.add_argument("--bins", type=int, default=None, help="score bins of the stratified queue (default 10)")
-    p.add_argument("--min-score", type=float, default=None, help="lowest score the stratified queue draws (default 0.1)")
+    p.add_argument("--min-score", type=float, default=None,
+                   help="lowest score the stratified queue draws (default 0.1)")
     p.add_argument("--queue-size", type=int, default=None, help="items per queue and class (default 100)")
     p.add_argument("--seed", type=int, default=None, help="seed of the stratified draws (default 0)")
 

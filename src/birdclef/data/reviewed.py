@@ -101,7 +101,8 @@ def record_reviewed(run: Path, labels: PseudoLabels | None, resume: bool) -> Non
     old = read_json(where) if resume and where.is_file() else None
     done = sorted(p.parent.name for p in Path(run).glob("fold*/done.json"))
     if old is not None and (labels is None or labels.sha256 != old["sha256"]):
-        raise ConfigError(f"cannot resume {run}: it trains on the reviews {old['table']} (sha256 {old['sha256'][:12]}); "
+        raise ConfigError(f"cannot resume {run}: it trains on the reviews {old['table']} "
+                          f"(sha256 {old['sha256'][:12]}); "
                           f"pass that --reviews again (a new answer makes a new table: choose another --out)")
     if old is None and labels is not None and resume and done:
         raise ConfigError(f"cannot resume {run} with --reviews {labels.source}: its finished folds "

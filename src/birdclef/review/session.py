@@ -71,7 +71,8 @@ class Session:
         try:
             stored = ReviewSettings(**json.loads(path.read_text())) if path.is_file() else None
         except (ValueError, TypeError) as exc:
-            raise BirdclefError(f"{path}: unreadable review settings ({exc}); delete it to start with defaults") from None
+            raise BirdclefError(f"{path}: unreadable review settings ({exc}); delete it to start with defaults") \
+                from None
         wanted = replace(stored or ReviewSettings(), **{k: v for k, v in overrides.items() if v is not None})
         if wanted.size < 1:
             raise BirdclefError(f"--queue-size must be at least 1, got {wanted.size}")

@@ -110,7 +110,8 @@ def _submission_results(csv: Path, soundscapes: Path | None) -> Results:
         raise BirdclefError(f"{csv}: no 'row_id' column (a predict submission has row_id = <soundscape>_<end_s>)")
     files = {p.stem: p.relative_to(soundscapes).as_posix() for p in sorted(soundscapes.rglob("*"))
              if p.suffix.lower() in AUDIO_SUFFIXES}
-    stem, end = sub["row_id"].astype(str).str.rsplit("_", n=1).str[0], sub["row_id"].astype(str).str.rsplit("_", n=1).str[1]
+    parts = sub["row_id"].astype(str).str.rsplit("_", n=1)
+    stem, end = parts.str[0], parts.str[1]
     end_s = pd.to_numeric(end, errors="coerce")
     unknown = sorted(set(stem[~stem.isin(files.keys())]))
     if unknown or end_s.isna().any():
