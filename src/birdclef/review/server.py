@@ -162,7 +162,11 @@ def _check_port(host: str, port: int) -> None:
 
 def serve(session: Session, host: str = "127.0.0.1", port: int = 8765, announce=print) -> None:
     """Serve `session` until interrupted; `announce` gets the address line (port 0: a free port)."""
+    import logging
+
     from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in the reviewer's terminal
 
     app = create_app(session)
     _check_port(host, port)  # werkzeug would print its own lines and exit

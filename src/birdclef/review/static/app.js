@@ -90,10 +90,11 @@ async function loadPrecision() {
   const p = await api(`/api/precision?class=${encodeURIComponent(S.cls)}&target=${t}`);
   const body = $("prec").tBodies[0];
   body.innerHTML = "";
-  const f = (x) => (x === null || x === undefined ? "–" : x.toFixed(3));
+  const f = (x) => (x === null || x === undefined ? "–" : x.toFixed(2));
   for (const r of p.rows) {
     const row = body.insertRow();
-    for (const v of [f(r.threshold), r.population, r.reviewed, f(r.precision), `${f(r.low)}–${f(r.high)}`]) row.insertCell().textContent = v;
+    const interval = r.low === null || r.low === undefined ? "–" : `${f(r.low)}–${f(r.high)}`;
+    for (const v of [f(r.threshold), r.population, r.reviewed, f(r.precision), interval]) row.insertCell().textContent = v;
   }
   $("threshold").textContent = p.threshold === null ? (p.note || "") : `threshold ${p.threshold.toFixed(3)}: ${p.note}`;
 }
