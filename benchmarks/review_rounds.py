@@ -3,7 +3,7 @@
 Run by hand, never as a test (it trains one head run per round):
 
     nice -n 10 python benchmarks/review_rounds.py --data ../shared/data/multitaxa-dev-v1 --out /tmp/rounds \
-        [--rounds 20 50 100] [--set train.embed_copies=0 ...]
+        [--rounds 20 50 100] [--queue margin|top|random] [--set train.embed_copies=0 ...]
 
 The labelled soundscapes are DATA/test_soundscapes (solution.csv: 0/1 per 5 s window); DATA/train_soundscapes
 carry no labels. So the test soundscapes are split **by file** (seeded): the first half is the review pool, the
@@ -19,8 +19,12 @@ other half is held out for evaluation and never reviewed. Round 0 is the head tr
 4. the held-out half is scored (fold heads soft-voted, raw probabilities: no power adjustment) and its macro
    ROC-AUC over the classes with a positive there is reported.
 
+``--queue random`` (a seeded random draw of unanswered pool windows per class) is the control: the same number
+of answers without active learning; ``--queue top`` answers the highest scores first.
+
 Embeddings are cached: the clips' once in OUT/cache (shared by every round), the soundscape windows' once in
-OUT/windows. Prints a markdown table and writes OUT/review_rounds.json.
+OUT/windows; round 0 (OUT/round-0) is shared by every queue. Prints a markdown table and writes
+OUT/review_rounds-<queue>.json.
 """
 
 from __future__ import annotations
@@ -93,9 +97,10 @@ def _train(config, data: Path, run: Path, cache: Path, reviews: Path | None) -> 
 
 
 def _answer(results: Path, table: pd.DataFrame, target: np.ndarray, scores: np.ndarray, pool: np.ndarray,
-            classes: list[str], n_total: int, model: str) -> int:
-    """The simulated reviewer: for each class, answer its margin queue until it has `n_total` answers."""
-    from birdclef.review.queue import margin_queue
+            classes: list[str], n_total: int, model: str, queue: str = "margin", seed: int = 0) -> int:
+    """The simulated reviewer: for each class, answer its `queue` (margin, top, or a seeded random draw: the
+    control) until it has `n_total` answers."""
+    from birdclef.review.queue import margin_queue, top_queue
     from birdclef.review.reviews import Answer, read_reviews, save_answer
 
     done = read_reviews(results)
@@ -107,11 +112,17 @@ def _answer(results: Path, table: pd.DataFrame, target: np.ndarray, scores: np.n
                               not in answered])
         if have >= n_total or not len(open_rows):
             continue
-        picks = open_rows[margin_queue(scores[open_rows, k], 0.5, n_total - have)]
+        n = n_total - have
+        if queue == "margin":
+            picks = open_rows[margin_queue(scores[open_rows, k], 0.5, n)]
+        elif queue == "top":
+            picks = open_rows[top_queue(scores[open_rows, k], n)]
+        else:
+            picks = np.random.default_rng([seed, k, n_total]).permutation(open_rows)[:n]
         for i in picks:
             save_answer(results, Answer(cls, table["path"].iat[i], float(table["start_s"].iat[i]),
                                         float(table["end_s"].iat[i]), "yes" if target[i, k] > 0 else "no",
-                                        "simulated", model, float(scores[i, k]), queue="margin"))
+                                        "simulated", model, float(scores[i, k]), queue=queue))
             given += 1
     return given
 
@@ -128,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, nargs="+", default=[20, 50, 100],
                         help="answers per class after each round (cumulative)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the review / evaluation split of files")
+    parser.add_argument("--queue", choices=["margin", "top", "random"], default="margin",
+                        help="which items the simulated reviewer answers (random: the control)")
     parser.add_argument("-c", "--config", type=Path, default=REPO / "configs" / "birdnet-head.yaml")
     parser.add_argument("--set", dest="overrides", nargs="+", default=[])
     args = parser.parse_args(argv)
@@ -140,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     pool = np.flatnonzero(table["stem"].isin(review_stems).to_numpy())
     held = np.flatnonzero(~table["stem"].isin(review_stems).to_numpy())
     emb = _embed_windows(config, table, data / "test_soundscapes", classes, out)
-    results = out / "reviews"
+    results = out / f"reviews-{args.queue}"
     results.mkdir(exist_ok=True)
     (results / "archive.json").write_text(json.dumps({"archive": str((data / "test_soundscapes").resolve())}))
 
@@ -148,27 +161,28 @@ def main(argv: list[str] | None = None) -> int:
     seconds = _train(config, data, run, out / "cache", None)
     for r, n_total in enumerate([0, *args.rounds]):
         if r > 0:
-            given = _answer(results, table, target, scores, pool, classes, n_total, f"round-{r - 1}")
-            run = out / f"round-{r}"
+            _answer(results, table, target, scores, pool, classes, n_total, f"round-{r - 1}", args.queue, args.seed)
+            run = out / f"{args.queue}-round-{r}"
             seconds = _train(config, data, run, out / "cache", results / "reviews.parquet")
         scores = _score(run, emb)
         reviews = read_reviews(results)
         auc = macro_roc_auc(target[held], scores[held])
-        row = {"round": r, "answers_per_class": n_total, "answers": int(len(reviews)),
+        row = {"queue": args.queue, "round": r, "answers_per_class": n_total, "answers": int(len(reviews)),
                "yes": int((reviews["answer"] == "yes").sum()), "held_out_auc": round(float(auc), 4),
                "review_pool_auc": round(float(macro_roc_auc(target[pool], scores[pool])), 4),
                "train_s": round(seconds, 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| round | answers per class | answers (yes) | held-out macro ROC-AUC | review-pool AUC | train s |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n| queue | round | answers per class | answers (yes) | held-out macro ROC-AUC | review-pool AUC "
+          "| train s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        print(f"| {row['round']} | {row['answers_per_class']} | {row['answers']} ({row['yes']}) | "
+        print(f"| {row['queue']} | {row['round']} | {row['answers_per_class']} | {row['answers']} ({row['yes']}) | "
               f"{row['held_out_auc']:.4f} | {row['review_pool_auc']:.4f} | {row['train_s']:.0f} |")
     write_json_atomic({"data": str(data), "review_files": sorted(review_stems), "held_out_files": len(held) // 12,
                        "config": str(args.config), "overrides": args.overrides, "rows": rows},
-                      out / "review_rounds.json")
-    print(f"\nwritten: {out / 'review_rounds.json'}")
+                      out / f"review_rounds-{args.queue}.json")
+    print(f"\nwritten: {out / f'review_rounds-{args.queue}.json'}")
     return 0
 
 
