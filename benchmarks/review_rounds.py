@@ -101,11 +101,11 @@ def _answer(results: Path, table: pd.DataFrame, target: np.ndarray, scores: np.n
     """The simulated reviewer: for each class, answer its `queue` (margin, top, or a seeded random draw: the
     control) until it has `n_total` answers."""
     from birdclef.review.queue import margin_queue, top_queue
-    from birdclef.review.reviews import Answer, read_reviews, save_answer
+    from birdclef.review.reviews import Answer, read_reviews, save_answers
 
     done = read_reviews(results)
     answered = {(c, f, s) for c, f, s in zip(done["class"], done["file"], done["start_s"])}
-    given = 0
+    given = []
     for k, cls in enumerate(classes):
         have = sum(1 for c, _, _ in answered if c == cls)
         open_rows = np.array([i for i in pool if (cls, table["path"].iat[i], round(table["start_s"].iat[i], 3))
@@ -119,12 +119,11 @@ def _answer(results: Path, table: pd.DataFrame, target: np.ndarray, scores: np.n
             picks = open_rows[top_queue(scores[open_rows, k], n)]
         else:
             picks = np.random.default_rng([seed, k, n_total]).permutation(open_rows)[:n]
-        for i in picks:
-            save_answer(results, Answer(cls, table["path"].iat[i], float(table["start_s"].iat[i]),
-                                        float(table["end_s"].iat[i]), "yes" if target[i, k] > 0 else "no",
-                                        "simulated", model, float(scores[i, k]), queue=queue))
-            given += 1
-    return given
+        given += [Answer(cls, table["path"].iat[i], float(table["start_s"].iat[i]), float(table["end_s"].iat[i]),
+                         "yes" if target[i, k] > 0 else "no", "simulated", model, float(scores[i, k]), queue=queue)
+                  for i in picks]
+    save_answers(results, given)  # the app's table, one compaction for the round
+    return len(given)
 
 
 def main(argv: list[str] | None = None) -> int:

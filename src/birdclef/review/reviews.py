@@ -158,20 +158,28 @@ def _compact(results: Path) -> pd.DataFrame:
     return table
 
 
-def save_answer(results: str | Path, answer: Answer) -> dict:
-    """Append `answer` to the log (fsync'ed) and rewrite ``reviews.parquet``, under the lock; the saved row."""
+def save_answers(results: str | Path, answers: list[Answer]) -> list[dict]:
+    """Append `answers` to the log (fsync'ed) and rewrite ``reviews.parquet`` once, under the lock; the saved rows."""
     results = Path(results)
-    row = answer.row()
-    row["time"] = row["time"] or now_utc()
-    row["start_s"], row["end_s"] = round(float(row["start_s"]), 3), round(float(row["end_s"]), 3)
-    line = json.dumps(row, allow_nan=True) + "\n"
+    rows = []
+    for answer in answers:
+        row = answer.row()
+        row["time"] = row["time"] or now_utc()
+        row["start_s"], row["end_s"] = round(float(row["start_s"]), 3), round(float(row["end_s"]), 3)
+        rows.append(row)
+    text = "".join(json.dumps(row, allow_nan=True) + "\n" for row in rows)
     with _locked(results):
         with open(results / LOG, "a", encoding="utf-8") as fh:
-            fh.write(line)
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         _compact(results)
-    return row
+    return rows
+
+
+def save_answer(results: str | Path, answer: Answer) -> dict:
+    """Save one answer at once (:func:`save_answers`); the saved row."""
+    return save_answers(results, [answer])[0]
 
 
 def compact(results: str | Path) -> pd.DataFrame:
