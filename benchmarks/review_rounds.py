@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds = _train(config, data, run, out / "cache", results / "reviews.parquet")
         scores = _score(run, emb)
         reviews = read_reviews(results)
+        reviews = reviews[reviews["model"].isin([f"round-{j}" for j in range(r)])]  # this round's and earlier ones
         auc = macro_roc_auc(target[held], scores[held])
         row = {"queue": args.queue, "round": r, "answers_per_class": n_total, "answers": int(len(reviews)),
                "yes": int((reviews["answer"] == "yes").sum()), "held_out_auc": round(float(auc), 4),
