@@ -17,7 +17,8 @@ other half is held out for evaluation and never reviewed. Round 0 is the head tr
 3. every answer goes through the app's own table (:func:`birdclef.review.reviews.save_answer`), and a new head
    run trains with ``train --reviews`` (the same clips, the reviewed windows as masked hard labels);
 4. the held-out half is scored (fold heads soft-voted, raw probabilities: no power adjustment) and its macro
-   ROC-AUC over the classes with a positive there is reported.
+   ROC-AUC over the classes with a positive there is reported, with the gain over round 0 and its 95 %
+   interval (paired percentile bootstrap over held-out files, 1000 resamples).
 
 ``--queue random`` (a seeded random draw of unanswered pool windows per class) is the control: the same number
 of answers without active learning; ``--queue top`` answers the highest scores first.
@@ -126,6 +127,23 @@ def _answer(results: Path, table: pd.DataFrame, target: np.ndarray, scores: np.n
     return len(given)
 
 
+def _paired_gain(target: np.ndarray, now: np.ndarray, before: np.ndarray, files: np.ndarray,
+                 reps: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of macro AUC(now) - AUC(before) over held-out files resampled with replacement."""
+    from birdclef.eval.metrics import macro_roc_auc
+
+    names = np.unique(files)
+    rows = {f: np.flatnonzero(files == f) for f in names}
+    rng, gains = np.random.default_rng(seed), []
+    for _ in range(reps):
+        idx = np.concatenate([rows[f] for f in rng.choice(names, len(names))])
+        if not target[idx].any():
+            continue
+        gains.append(macro_roc_auc(target[idx], now[idx]) - macro_roc_auc(target[idx], before[idx]))
+    low, high = np.percentile(gains, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def main(argv: list[str] | None = None) -> int:
     from birdclef.config import load_config
     from birdclef.eval.metrics import macro_roc_auc
@@ -167,18 +185,25 @@ def main(argv: list[str] | None = None) -> int:
         reviews = read_reviews(results)
         reviews = reviews[reviews["model"].isin([f"round-{j}" for j in range(r)])]  # this round's and earlier ones
         auc = macro_roc_auc(target[held], scores[held])
+        if r == 0:
+            first = scores
+        gain = _paired_gain(target[held], scores[held], first[held], table["stem"].to_numpy()[held]) if r else (0, 0)
         row = {"queue": args.queue, "round": r, "answers_per_class": n_total, "answers": int(len(reviews)),
                "yes": int((reviews["answer"] == "yes").sum()), "held_out_auc": round(float(auc), 4),
+               "gain_95": [round(g, 4) for g in gain],
                "review_pool_auc": round(float(macro_roc_auc(target[pool], scores[pool])), 4),
                "train_s": round(seconds, 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| queue | round | answers per class | answers (yes) | held-out macro ROC-AUC | review-pool AUC "
-          "| train s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| queue | round | answers per class | answers (yes) | held-out macro ROC-AUC | gain vs round 0 "
+          "(95 % file bootstrap) | review-pool AUC | train s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
+        low, high = row["gain_95"]
+        gain = row["held_out_auc"] - rows[0]["held_out_auc"]
         print(f"| {row['queue']} | {row['round']} | {row['answers_per_class']} | {row['answers']} ({row['yes']}) | "
-              f"{row['held_out_auc']:.4f} | {row['review_pool_auc']:.4f} | {row['train_s']:.0f} |")
+              f"{row['held_out_auc']:.4f} | {gain:+.4f} [{low:+.4f}, {high:+.4f}] | {row['review_pool_auc']:.4f} | "
+              f"{row['train_s']:.0f} |")
     write_json_atomic({"data": str(data), "review_files": sorted(review_stems), "held_out_files": len(held) // 12,
                        "config": str(args.config), "overrides": args.overrides, "rows": rows},
                       out / f"review_rounds-{args.queue}.json")
