@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 
 from birdclef.birdnet.head import EmbeddingHead
+from birdclef.birdnet.head_pseudo import add_reviewed
 from birdclef.birdnet.head_train import HeadData, fit_head, train_embedding_head
 from birdclef.config import load_config
 from birdclef.data.pseudo import soundscape_folds
@@ -68,7 +69,7 @@ def _hand_made(seed: int = 0) -> tuple[HeadData, dict]:
 
 def _fit(reviewed: dict, config) -> torch.Tensor:
     data, _ = _hand_made()
-    data.add_reviewed(reviewed["emb"], reviewed["targets"], reviewed["mask"], 3.0)
+    add_reviewed(data, reviewed["emb"], reviewed["targets"], reviewed["mask"], 3.0)
     head = EmbeddingHead(np.zeros((3, 6), np.float32), np.full(3, -2.0, np.float32))
     fit_head(head, data, 0, config)
     return torch.cat([head.weight.detach().flatten(), head.bias.detach()])
@@ -76,7 +77,7 @@ def _fit(reviewed: dict, config) -> torch.Tensor:
 
 def test_reviewed_windows_train_every_fold_and_only_their_answered_class_counts():
     data, reviewed = _hand_made()
-    data.add_reviewed(reviewed["emb"], reviewed["targets"], reviewed["mask"], 3.0)
+    add_reviewed(data, reviewed["emb"], reviewed["targets"], reviewed["mask"], 3.0)
     for fold in (0, 1):
         fit, val = data.split(fold)
         assert set(range(40, 52)) <= set(fit) and not set(val) & set(range(40, 52))  # train always, never validate

@@ -186,12 +186,6 @@ class HeadData:
         self.clean = np.concatenate([self.clean, np.zeros(n, bool)])
         self.pseudo = np.concatenate([self.pseudo, np.ones(n, bool)])
 
-    def add_reviewed(self, emb: np.ndarray, targets: np.ndarray, mask: np.ndarray, weight: float) -> None:
-        """Append reviewed windows (``train --reviews``): hard targets of the answered classes, the rest masked;
-        fold -1, so every fold trains on all of them in every epoch (they are not pseudo windows to draw from)."""
-        self.add_pseudo(emb, targets, mask, np.full(len(emb), -1), weight)
-        self.pseudo[len(self.pseudo) - len(emb):] = False
-
     def split(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
         """(training clip example positions, validation example positions: the fold's clean rows)."""
         return np.flatnonzero((self.fold != fold) & ~self.pseudo), np.flatnonzero((self.fold == fold) & self.clean)
