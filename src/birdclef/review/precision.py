@@ -122,8 +122,10 @@ def threshold_for(curve: pd.DataFrame, target: float, conservative: bool = False
         why = "no reviewed bins" if np.isnan(best) else f"best {best:.3f}"
         return float("nan"), f"never reaches precision {target:g} ({why})"
     row = reach.iloc[0]
-    note = (f"precision {row['precision']:.3f}, 95% interval [{row['low']:.3f}, {row['high']:.3f}] "
-            f"(stratified, design-effect Wilson), ~{row['expected_true']:.0f} true detections")
+    exact = row["low"] == row["high"]
+    interval = ("exact: every window above it was answered" if exact else
+                f"95% interval [{row['low']:.3f}, {row['high']:.3f}] (stratified, design-effect Wilson)")
+    note = f"precision {row['precision']:.3f}, {interval}, ~{row['expected_true']:.0f} true detections"
     return float(row["threshold"]), note
 
 
