@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (logs, CI)")
     p.add_argument("--pseudo", type=Path, default=None,
                    help="pseudo-label table (`birdclef pseudo`): also train on its soundscape windows")
+    p.add_argument("--reviews", type=Path, default=None,
+                   help="RESULTS/reviews.parquet (`birdclef review`): confirmed windows train as positives, rejected "
+                        "ones as negatives of their class (other classes masked)")
     add_config_flags(p)
 
     p = sub.add_parser("predict", help="score soundscapes with trained runs, an exported model or BirdNET into a submission CSV (resumable)")
@@ -197,9 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=float, nargs="+", default=None, help="one per CSV (normalised to sum 1)")
     p.add_argument("--out", type=Path, required=True)
 
+    from birdclef.cli_review import add_parsers as add_review_parsers  # review, precision
     from birdclef.cli_selftrain import add_parsers  # pseudo, selftrain, distill
 
     add_parsers(sub)
+    add_review_parsers(sub)
     return parser
 
 
@@ -289,7 +294,7 @@ def _train(args: argparse.Namespace) -> int:
 
     with data_warnings_as_lines("train"):
         summary = train_kfold(config, args.data, args.out, cache_dir=args.cache, resume=args.resume,
-                              progress=not args.no_progress, pseudo=args.pseudo)
+                              progress=not args.no_progress, pseudo=args.pseudo, reviews=args.reviews)
     if is_launched_rank():  # a DDP rank > 0: rank 0 reports
         return 0
     for fold, score in sorted(summary.fold_scores.items()):
@@ -526,9 +531,11 @@ def _blend(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``birdclef`` command; returns the exit code."""
+    from birdclef.cli_review import OUT_KINDS as REVIEW_OUT_KINDS
     from birdclef.cli_selftrain import OUT_KINDS as SELFTRAIN_OUT_KINDS  # registers its verbs
 
     OUT_KINDS.update(SELFTRAIN_OUT_KINDS)
+    OUT_KINDS.update(REVIEW_OUT_KINDS)
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "out", None) is not None and args.verb in OUT_KINDS:

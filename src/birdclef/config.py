@@ -248,6 +248,9 @@ class TrainConfig:
     pseudo_mix_prob: float = 0.0
     """With ``train --pseudo``: probability that a training clip gets a random pseudo-labelled soundscape
     window added to its audio, the targets combined by max (the BirdCLEF 2025 winners' soundscape mixup)."""
+    review_weight: float = 1.0
+    """With ``train --reviews``: loss weight of a reviewed window (a confirmed positive or rejected negative of
+    its class, every other class masked) relative to a labelled clip; every fold trains on every reviewed window."""
     folds: tuple[int, ...] = (0, 1, 2, 3, 4)
     """Which folds to train (any subset of range(data.n_folds))."""
     seed: int = 42
@@ -274,7 +277,7 @@ class TrainConfig:
         _positive(self, "train", "epochs", "batch_size", "lr", "background_max_files", "devices")
         _check(0 <= self.min_lr <= self.lr, "train.min_lr", f"must be in [0, train.lr={self.lr}], got {self.min_lr}")
         for name in ("weight_decay", "mixup_alpha", "focal_gamma", "num_workers", "embed_copies", "pseudo_ratio",
-                     "pseudo_weight"):
+                     "pseudo_weight", "review_weight"):
             _check(getattr(self, name) >= 0, f"train.{name}", f"must be >= 0, got {getattr(self, name)}")
         _check(self.focal_alpha <= 1, "train.focal_alpha", f"must be in [0, 1] (or negative: off), got {self.focal_alpha}")
         _unit(self, "train", "mixup_prob", "background_prob", "pseudo_mix_prob")

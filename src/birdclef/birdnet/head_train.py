@@ -266,7 +266,8 @@ def _prepare(config: Config, data_root: Path, run: Path, cache_dir: Path | None,
 
 
 def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: Path | None = None,
-                         resume: bool = False, progress: bool = True, pseudo: Path | None = None):
+                         resume: bool = False, progress: bool = True, pseudo: Path | None = None,
+                         reviews: Path | None = None):
     """Train `config.train.folds` of an embedding head on frozen BirdNET (module docstring) into `out`.
 
     Args:
@@ -278,6 +279,9 @@ def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: 
         pseudo: a pseudo-label table (``birdclef pseudo``): its soundscape windows become extra training
             examples of the folds that do not hold their soundscape (:mod:`birdclef.birdnet.head_pseudo`;
             ``train.pseudo_ratio`` / ``pseudo_weight`` apply, ``pseudo_mix_prob`` does not).
+        reviews: a ``birdclef review`` table: each answered window is embedded as pseudo windows are and
+            trains every fold as a positive (yes) or explicit negative (no) of its class, other classes
+            masked, weighted ``train.review_weight`` (:mod:`birdclef.data.reviewed`).
 
     Returns:
         The :class:`~birdclef.train.run_folder.TrainSummary` torch runs return.
@@ -288,15 +292,22 @@ def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: 
         BirdnetUnavailableError: ai-edge-litert or the BirdNET model file is missing.
         DatasetError: as for torch runs (train.csv, taxonomy.csv); a pseudo table that does not fit the dataset.
     """
-    from birdclef.birdnet.head_pseudo import add_pseudo_rows, open_pseudo, record_pseudo
+    from birdclef.birdnet.head_pseudo import add_pseudo_rows, add_reviewed_rows, open_pseudo, record_pseudo
+    from birdclef.data.reviewed import read_reviewed, record_reviewed
     from birdclef.train.run_folder import OOF_NOTE, collect_summary, init_run
 
     started, run = time.perf_counter(), Path(out)
     check_head_config(config)
     model = BirdnetModel(config.model.birdnet_path, batch_size=config.infer.birdnet_batch_size)
     labels = None if pseudo is None else open_pseudo(config, data_root, Path(pseudo))
+    reviewed = None
+    if reviews is not None:
+        from birdclef.data.metadata import DatasetLayout, load_classes
+
+        reviewed = read_reviewed(reviews, load_classes(DatasetLayout.from_root(data_root)))
     init_run(run, config, resume)
     record_pseudo(run, labels)
+    record_reviewed(run, reviewed, resume)
     write_text_atomic(LICENSE_NOTE, run / "LICENSE-NOTE.txt")
     prep = _prepare(config, data_root, run, cache_dir, progress)
     # Beside a shared wave cache, the embeddings are shared too (selftrain rounds, runs of one dataset).
@@ -307,6 +318,8 @@ def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: 
     head_data = HeadData(copies, clips, prep.targets, prep.weights, prep.folds)
     skipped_pseudo = [] if labels is None else add_pseudo_rows(head_data, config, labels, model, folder.parent,
                                                                 progress)
+    if reviewed is not None:
+        skipped_pseudo += add_reviewed_rows(head_data, config, reviewed, model, folder.parent, progress)
     embed_s, head_started = time.perf_counter() - started, time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # ops this small lose more to thread hand-offs than they gain
@@ -323,6 +336,7 @@ def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: 
     write_json_atomic({"fold_scores": summary.fold_scores, "oof_auc": summary.oof_auc, "oof_note": OOF_NOTE,
                        "n_clips": summary.n_clips, "n_rows": len(clips), "n_examples": len(head_data.rows),
                        "n_pseudo_windows": int(head_data.pseudo.sum()), "skipped_pseudo": skipped_pseudo,
+                       "n_reviewed_windows": 0 if reviewed is None else len(reviewed),
                        "classes": len(prep.classes), "elapsed_s": round(summary.elapsed_s, 1),
                        "prepare_and_embed_s": round(embed_s, 1),
                        "head_s": round(time.perf_counter() - head_started, 1)}, run / "summary.json")

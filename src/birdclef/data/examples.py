@@ -2,18 +2,21 @@
 
 An :class:`Examples` holds one row per example, whatever its source::
 
-    source    "clip" (a cache row of train.csv, weak labels) or "pseudo" (a soundscape window, soft labels)
+    source    "clip" (a cache row of train.csv, weak labels), "review" (a reviewed soundscape window: hard
+              labels of the answered classes, the rest masked; :mod:`birdclef.data.reviewed`) or "pseudo"
+              (a soundscape window, soft labels)
     audio     the clip's filename (relative to train_audio) or the soundscape file (resolved)
     start_s   the clip's stored span, or the pseudo window's 5 s row
     end_s
     fold      the clip's stratified fold, or the soundscape's fold (:func:`birdclef.data.pseudo.soundscape_folds`
-              under the student's data.n_folds / data.fold_seed)
-    weight    loss weight: the clip's rating weight, or train.pseudo_weight
+              under the student's data.n_folds / data.fold_seed); -1 for reviewed windows (every fold trains on them)
+    weight    loss weight: the clip's rating weight, train.review_weight, or train.pseudo_weight
     cache_row the clip's position in the wave cache (-1 for pseudo windows)
     file      the pseudo window's soundscape in :class:`PseudoAudio` (-1 for clips)
 
 with ``targets`` (N, K) float32 and ``mask`` (N, K) bool (False: nobody knows that target; clips know all).
-Clips come first, so a clip's example index is its cache position and clip-only runs draw what they always drew.
+Clips come first, so a clip's example index is its cache position and clip-only runs draw what they always drew;
+then reviewed windows, then pseudo windows. Reviewed and pseudo windows share one decoded store.
 
 Pseudo windows are cut from soundscapes decoded once (:func:`prepare_pseudo_audio`) into
 ``RUN/pseudo_cache/<sha256[:16]>-<rate>hz-<window>s/``: one float16 ``.npy`` per recording, written
@@ -38,7 +41,7 @@ from birdclef.data.pseudo import PseudoLabels
 from birdclef.errors import AudioError, DatasetError
 from birdclef.utils.io import read_json, write_atomic, write_json_atomic
 
-SOURCES = ("clip", "pseudo")
+SOURCES = ("clip", "review", "pseudo")
 STORE_FORMAT = 1
 
 
@@ -194,26 +197,34 @@ def clip_table(cache: WaveCache, weights: np.ndarray, folds: np.ndarray) -> pd.D
                          "cache_row": np.arange(len(index), dtype=np.int64), "file": -1})
 
 
-def pseudo_table(labels: PseudoLabels, audio: PseudoAudio, weight: float) -> pd.DataFrame:
+def pseudo_table(labels: PseudoLabels, audio: PseudoAudio, weight: float, source: str = "pseudo") -> pd.DataFrame:
     table = labels.table
     file_of = {name: i for i, name in enumerate(audio.files)}
-    return pd.DataFrame({"source": "pseudo", "audio": table["audio"].astype(str).to_numpy(),
+    return pd.DataFrame({"source": source, "audio": table["audio"].astype(str).to_numpy(),
                          "start_s": table["start_s"].to_numpy(np.float64), "end_s": table["end_s"].to_numpy(np.float64),
                          "fold": table["fold"].to_numpy(np.int64), "weight": np.float32(weight),
                          "cache_row": -1, "file": table["audio"].astype(str).map(file_of).to_numpy(np.int64)})
 
 
 def build_examples(cache: WaveCache, classes: list[str], config: Config, pseudo: PseudoLabels | None = None,
-                   audio: PseudoAudio | None = None) -> Examples:
-    """The training examples of a run: every cache clip (stratified folds) then every window of `pseudo`.
+                   audio: PseudoAudio | None = None, reviewed: PseudoLabels | None = None) -> Examples:
+    """The training examples of a run: every cache clip (stratified folds), every reviewed window, then every
+    window of `pseudo`.
 
     `pseudo`'s folds must already follow the run's split (``read_pseudo(..., data.n_folds, data.fold_seed)``);
-    `audio` is its decoded store (:func:`prepare_pseudo_audio`).
+    `reviewed` comes from :func:`birdclef.data.reviewed.read_reviewed`; `audio` is the decoded store of both
+    (:func:`prepare_pseudo_audio`, of :func:`~birdclef.data.reviewed.merge_labels` when both are given).
     """
     data = config.data
     targets, weights = build_targets(cache.index, classes, data.secondary_label_weight, data.rating_weight)
     folds = assign_folds(cache.index["primary_label"].astype(str).tolist(), data.n_folds, data.fold_seed)
     tables, all_targets, masks = [clip_table(cache, weights, folds)], [targets], [np.ones(targets.shape, bool)]
+    if (pseudo is not None or reviewed is not None) and audio is None:
+        raise ValueError("pseudo and reviewed windows need their decoded audio (prepare_pseudo_audio)")
+    if reviewed is not None:
+        tables.append(pseudo_table(reviewed, audio, config.train.review_weight, source="review"))
+        all_targets.append(reviewed.targets.astype(np.float32))
+        masks.append(reviewed.mask.astype(bool))
     if pseudo is not None:
         if audio is None:
             raise ValueError("pseudo windows need their decoded audio (prepare_pseudo_audio)")

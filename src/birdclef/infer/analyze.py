@@ -5,6 +5,7 @@ Each file is streamed in blocks (:mod:`birdclef.archive.file`), so a 10-hour rec
 than a minute; its 5 s windows start every ``hop_s`` seconds. Results go to the ``out`` folder::
 
     out/settings.json                 models and settings; a re-run with other ones is refused
+    out/archive.json                  the archive folder (absolute), for ``birdclef review``'s audio
     out/manifest.csv                  every recording found (relative path, size, mtime), sorted
     out/files/<relative path>.parquet one table per recording, written atomically when it is complete
     out/journal/shard-I-of-N.jsonl    what each shard finished (done / skipped with the reason)
@@ -181,6 +182,7 @@ def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float
                             f"{type(predictor).__name__} given has no BirdNET member")
     entries = discover(archive, exclude=out)
     out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic({"archive": str(archive.resolve())}, out / "archive.json")  # where `birdclef review` finds audio
     key = _check_settings(out, _settings(predictor, hop_s, block_s, postprocess, embeddings))
     write_csv_atomic(pd.DataFrame([asdict(e) for e in entries]), out / "manifest.csv")
     index, count = shard

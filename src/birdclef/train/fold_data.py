@@ -39,6 +39,7 @@ class FoldData(L.LightningDataModule):
         train = config.train
         self.seed, self.batch_size, self.num_workers = train.seed + fold, train.batch_size, train.num_workers
         clips, pseudo = examples.rows("clip", fold, held_out=False), examples.rows("pseudo", fold, held_out=False)
+        clips = np.concatenate([clips, examples.rows("review", fold, held_out=False)])  # in every epoch, as clips
         self.n_clips = len(clips)
         self.n_pseudo = min(int(round(train.pseudo_ratio * len(clips))), len(pseudo))
         """Pseudo windows drawn per epoch (train.pseudo_ratio of the clips, at most the fold's pool)."""

@@ -43,6 +43,7 @@ from birdclef.data.examples import Examples, build_examples, prepare_pseudo_audi
 from birdclef.data.examples import build_targets  # noqa: F401  (re-exported for callers of this module)
 from birdclef.data.metadata import DatasetLayout, load_classes
 from birdclef.data.pseudo import RUN_RECORD, PseudoLabels, read_pseudo, write_run_pseudo
+from birdclef.data.reviewed import merge_labels, read_reviewed, record_reviewed
 from birdclef.errors import ConfigError
 from birdclef.models import list_heads, load_checkpoint
 from birdclef.models.classifier import check_backbone_name
@@ -208,6 +209,7 @@ def train_kfold(
     progress: bool = True,
     callbacks: list[L.Callback] | None = None,
     pseudo: Path | None = None,
+    reviews: Path | None = None,
 ) -> TrainSummary:
     """Train `config.train.folds` of a StratifiedKFold split of `data_root`'s train.csv into `out`.
 
@@ -225,6 +227,9 @@ def train_kfold(
             ``RUN/pseudo_folds.csv`` and the table's identity to ``RUN/pseudo.json`` (folds.csv keeps the
             clips); their audio is decoded once into ``RUN/pseudo_cache/``. A resumed run must be given
             the same table (same sha256), or none if it had none.
+        reviews: a ``birdclef review`` table (:mod:`birdclef.data.reviewed`): every fold also trains on each
+            answered window, a positive (yes) or explicit negative (no) of its class with the other classes
+            masked, weighted ``train.review_weight``; recorded in ``RUN/reviews.json``.
 
     Returns:
         Per-fold best scores and the out-of-fold macro ROC-AUC of the finished folds.
@@ -236,7 +241,8 @@ def train_kfold(
     if config.model.freeze_backbone:  # a head on frozen BirdNET embeddings: no Lightning, no torch backbone
         from birdclef.birdnet.head_train import train_embedding_head
 
-        return train_embedding_head(config, data_root, out, cache_dir, resume, progress, pseudo=pseudo)
+        return train_embedding_head(config, data_root, out, cache_dir, resume, progress, pseudo=pseudo,
+                                    reviews=reviews)
     started = time.perf_counter()
     run = Path(out)
     child = is_launched_rank()  # a DDP rank > 0 re-running the command: rank 0 owns the run folder
@@ -249,6 +255,9 @@ def train_kfold(
     layout = DatasetLayout.from_root(data_root)
     classes = load_classes(layout)
     labels = _open_pseudo(run, pseudo, classes, config, child, existed)
+    reviewed = None if reviews is None else read_reviewed(reviews, classes)
+    if not child:
+        record_reviewed(run, reviewed, existed)
     data = config.data
     skipped_clips = 0
     if not child:  # the cache is complete before rank 0 launches the other ranks
@@ -257,12 +266,13 @@ def train_kfold(
                                       num_workers=config.train.num_workers, max_files=data.max_files,
                                       progress=progress, window_table=data.window_table).n_skipped
     cache = WaveCache(cache_dir or run / "cache")
-    audio = None if labels is None else prepare_pseudo_audio(labels, run / "pseudo_cache", data.sample_rate,
-                                                             data.window_s, progress and not child)
+    windows = labels if reviewed is None else reviewed if labels is None else merge_labels(labels, reviewed)
+    audio = None if windows is None else prepare_pseudo_audio(windows, run / "pseudo_cache", data.sample_rate,
+                                                              data.window_s, progress and not child)
     if not child:
         write_json_atomic({"data_root": str(layout.root.resolve()), "cache": str(cache.path.resolve())},
                           run / "data.json")
-    examples = build_examples(cache, classes, config, labels, audio)
+    examples = build_examples(cache, classes, config, labels, audio, reviewed)
     clips = examples.table.iloc[: examples.n_clips]
     if not child:
         write_csv_atomic(pd.DataFrame({"filename": cache.index["filename"],
