@@ -8,7 +8,8 @@
   Field docstrings (the string literal on the line below a field) are not kept at run time, so they are
   read from the source with :mod:`ast`.
 
-The pages exist only in the built site (``make docs``); ``birdclef VERB --help`` shows the same text.
+The pages exist only in the built site (``make docs``); the files of the same name in ``docs/reference/`` are
+placeholders for readers of the repository. ``birdclef VERB --help`` shows the same text.
 The functions are importable on their own (``tests/unit/test_docs.py`` loads this file by path).
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 SRC = Path(__file__).resolve().parents[2] / "src"
 CLI_PAGE = "reference/cli.md"
 CONFIG_PAGE = "reference/config.md"
+USAGE_WIDTH = 100
 
 if (SRC / "birdclef").is_dir() and str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))  # document the checked-out source, not whichever birdclef happens to be installed
@@ -119,8 +121,9 @@ def _notes(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
 
 def verb_markdown(name: str, sub: argparse.ArgumentParser, summary: str) -> str:
     """The section of one verb: heading (anchor = the verb's name), summary, usage and an argument table."""
-    usage = " ".join(sub.format_usage().split())
-    usage = usage.removeprefix("usage: ")
+    formatter = sub.formatter_class(prog=sub.prog, width=USAGE_WIDTH)  # fixed width: the page must not vary by terminal
+    formatter.add_usage(sub.usage, sub._actions, sub._mutually_exclusive_groups, prefix="")
+    usage = formatter.format_help().strip("\n")
     lines = [f"## `birdclef {name}` {{#{name}}}", ""]
     if summary:
         lines += [summary[0].upper() + summary[1:] + ("" if summary.endswith(".") else "."), ""]
@@ -272,9 +275,13 @@ def config_markdown(config_py: Path | None = None) -> str:
 
 
 def on_files(files: Any, config: Any) -> Any:
-    """Add the two generated pages to the site (they live only in memory, never in docs/)."""
+    """Put the two generated pages in the site, in place of the placeholders in docs/reference/ (which say, for
+    readers of the repository, how to build them)."""
     from mkdocs.structure.files import File
 
     for page, render in ((CLI_PAGE, cli_markdown), (CONFIG_PAGE, config_markdown)):
+        placeholder = files.get_file_from_path(page)
+        if placeholder is not None:
+            files.remove(placeholder)
         files.append(File.generated(config, page, content=render()))
     return files
