@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONSTRAINTS ?= constraints.txt
 PIN    := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: install test unit e2e bench clean lock
+.PHONY: install test unit e2e bench clean lock docs docs-serve
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,16 @@ unit:
 e2e:
 	$(BIN)/python -m pytest -q -m e2e tests/e2e
 
+# The docs site (docs/, mkdocs.yml) into site/, strictly: a broken link, a missing page or a failing generated
+# reference is an error. docs-serve rebuilds on every save at http://127.0.0.1:8000.
+docs:
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
+
+docs-serve:
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs serve --strict
+
 bench:
 	$(BIN)/python benchmarks/bench_frontend.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build site *.egg-info src/*.egg-info .pytest_cache
