@@ -160,7 +160,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, offline_hub):
                            extra={"fold": 0})
     assert sorted(p.name for p in path.parent.iterdir()) == ["best.pt"]  # no temporary file left
     raw = torch.load(path, weights_only=True)
-    assert {"model", "config", "classes", "epoch", "score", "fold"} == set(raw)
+    assert {"model", "config", "classes", "epoch", "score", "kind", "fold"} == set(raw) and raw["kind"] == "torch"
 
     loaded = load_checkpoint(path)
     assert not loaded.model.training

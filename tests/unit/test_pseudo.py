@@ -160,6 +160,7 @@ class FakeBirdnetModel(PlaceholderModel):
 
     def __init__(self, path=None, threads=None, batch_size=36):
         super().__init__(["Turdus merula_Eurasian Blackbird", "Erithacus rubecula_European Robin"])
+        self.path = Path(path or "fake.tflite")
 
 
 def _taxonomy(folder: Path) -> Path:

@@ -42,9 +42,10 @@ class BirdnetUnavailableError(BirdclefError):
 
 
 def model_name(path: str | Path) -> str:
-    """How provenance names a model: its resolved file, or its name when it is no file (the zoo's placeholder)."""
+    """How provenance names a model: its resolved file (a path with a suffix, or one that exists), or its bare name
+    when it is no file (the zoo's placeholder)."""
     path = Path(path)
-    return str(path.resolve()) if path.is_file() else str(path)
+    return str(path.resolve()) if path.suffix or path.exists() else str(path)
 
 
 def bundled_model_path() -> Path:

@@ -166,7 +166,7 @@ def _checkpoint_kind(path: Path) -> str:
     import torch  # a lone checkpoint is read only to be loaded next; runs in folders never get here
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - unreadable: the kind's own loader names the file and the problem
         return TORCH_RUN
     kind = state.get("kind") if isinstance(state, dict) else None
