@@ -36,8 +36,8 @@ from birdclef.birdnet.head_data import ROW_BATCH, HeadData, embed_rows
 from birdclef.birdnet.model import SAMPLE_RATE, BirdnetModel
 from birdclef.birdnet.predictor import chunk_offsets
 from birdclef.config import Config
-from birdclef.data.pseudo import RUN_RECORD, PseudoLabels, read_pseudo, write_run_pseudo
-from birdclef.errors import AudioError, ConfigError, DatasetError
+from birdclef.data.pseudo import RUN_RECORD, PseudoLabels, check_resumed_table, read_pseudo, write_run_pseudo
+from birdclef.errors import AudioError, DatasetError
 from birdclef.infer.base import ROW_WINDOW_S
 from birdclef.utils.io import write_atomic
 
@@ -63,21 +63,10 @@ def open_pseudo(config: Config, data_root: Path, path: Path) -> PseudoLabels:
 
 
 def record_pseudo(run: Path, labels: PseudoLabels | None) -> None:
-    """Refuse to resume `run` with another table (or none, or one its finished folds lacked); then record it."""
-    where = run / RUN_RECORD
-    done = sorted(p.parent.name for p in run.glob("fold*/done.json"))
-    if where.is_file():
-        old = json.loads(where.read_text())
-        if labels is None:
-            raise ConfigError(f"cannot resume {run}: it trains on the pseudo-label table {old['table']} "
-                              f"(sha256 {old['sha256']}); pass --pseudo {old['table']} again")
-        if labels.sha256 != old["sha256"]:
-            raise ConfigError(f"cannot resume {run} with the pseudo-label table {labels.source} (sha256 "
-                              f"{labels.sha256}): it trains on {old['table']} (sha256 {old['sha256']}); "
-                              f"choose another --out")
-    elif labels is not None and done:
-        raise ConfigError(f"cannot resume {run} with --pseudo {labels.source}: its finished folds "
-                          f"({', '.join(done)}) trained without pseudo-labels; choose another --out")
+    """Refuse to resume `run` with another table (the rule of
+    :func:`~birdclef.data.pseudo.check_resumed_table`); then record it."""
+    check_resumed_table(run, run / RUN_RECORD, None if labels is None else labels.source,
+                        None if labels is None else labels.sha256, "pseudo-label table", "--pseudo", "pseudo-labels")
     if labels is not None:
         write_run_pseudo(run, labels)
 

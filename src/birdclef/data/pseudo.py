@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from birdclef.errors import DatasetError
+from birdclef.errors import ConfigError, DatasetError
 from birdclef.utils.io import write_csv_atomic, write_json_atomic
 
 KEY_COLUMNS = ("path", "start_s", "end_s", "fold")
@@ -204,3 +204,46 @@ def write_pseudo(frame: pd.DataFrame, classes: list[str], provenance: dict, out:
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
     return out
+
+
+def trained_folds(run: Path) -> list[str]:
+    """The folds of `run` that trained at all (finished, or with a resumable ``last.ckpt``), by name."""
+    return sorted({p.parent.name for name in ("done.json", "last.ckpt") for p in Path(run).glob(f"fold*/{name}")})
+
+
+def check_resumed_table(run: Path, record: Path, table: Path | None, sha256: str | None, what: str, flag: str,
+                        without: str) -> None:
+    """The one rule for resuming a run with a table of extra examples (``--pseudo``, ``--reviews``): what its
+    trained folds learned from stays what it learns from.
+
+    A run that recorded a table (`record`, read when it exists) must be given that same table (same sha256); a
+    run whose folds trained without one may not be given one (its folds would change their training set
+    halfway); a run with no trained fold takes anything (nothing learned yet).
+
+    Args:
+        table, sha256: the table given now (None, None: none).
+        what: its name in messages ("pseudo-label table"); flag: its flag ("--pseudo"); without: how a run
+            without it is described ("pseudo-labels").
+
+    Raises:
+        ConfigError: one of the changes above (the message names the run and the recorded table).
+    """
+    before = None
+    if record.is_file():
+        try:
+            before = json.loads(record.read_text())
+        except ValueError:
+            raise ConfigError(f"{record}: unreadable record of the {what} this run trained on; delete the run "
+                              "folder to start again, or choose another --out") from None
+    if before is not None and table is None:
+        raise ConfigError(f"cannot resume {run}: it was trained with the {what} {before['table']}; pass {flag} "
+                          f"{before['table']} again (a run trains on the {what} it began with: {before['table']}, "
+                          f"sha256 {before['sha256']})")
+    if before is not None and sha256 != before["sha256"]:
+        raise ConfigError(f"cannot resume {run} with the {what} {table} (sha256 {sha256}): it trains on the "
+                          f"{what} {before['table']} (sha256 {before['sha256']}); choose another --out")
+    trained = trained_folds(run)
+    if before is None and table is not None and trained:
+        raise ConfigError(f"cannot resume {run} with {flag} {table}: its finished folds ({', '.join(trained)}) "
+                          f"trained without {without}; choose another --out")
+

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from birdclef.data.pseudo import PseudoLabels, _sha256
-from birdclef.errors import ConfigError, DatasetError
+from birdclef.data.pseudo import PseudoLabels, _sha256, check_resumed_table
+from birdclef.errors import DatasetError
 from birdclef.utils.io import read_json, write_json_atomic
 
 ARCHIVE_RECORD = "archive.json"
@@ -96,17 +96,12 @@ def read_reviewed(path: str | Path, classes: list[str], check_audio: bool = True
 
 
 def record_reviewed(run: Path, labels: PseudoLabels | None, resume: bool) -> None:
-    """Refuse to resume `run` with other reviews (or none, or some when it had none); then record them."""
+    """Refuse to resume `run` with other reviews (or none, or some when its folds trained without them: the rule of
+    :func:`~birdclef.data.pseudo.check_resumed_table`; a new answer makes a new table); then record them."""
     where = Path(run) / RUN_RECORD
-    old = read_json(where) if resume and where.is_file() else None
-    done = sorted(p.parent.name for p in Path(run).glob("fold*/done.json"))
-    if old is not None and (labels is None or labels.sha256 != old["sha256"]):
-        raise ConfigError(f"cannot resume {run}: it trains on the reviews {old['table']} "
-                          f"(sha256 {old['sha256'][:12]}); "
-                          f"pass that --reviews again (a new answer makes a new table: choose another --out)")
-    if old is None and labels is not None and resume and done:
-        raise ConfigError(f"cannot resume {run} with --reviews {labels.source}: its finished folds "
-                          f"({', '.join(done)}) trained without them; choose another --out")
+    if resume:
+        check_resumed_table(Path(run), where, None if labels is None else labels.source,
+                            None if labels is None else labels.sha256, "reviews", "--reviews", "reviews")
     if labels is not None:
         write_json_atomic({"table": str(labels.source.resolve()), "sha256": labels.sha256, "windows": len(labels),
                            "positives": int((labels.targets * labels.mask).sum()),

@@ -42,7 +42,7 @@ from birdclef.data.cache import WaveCache, prepare_cache
 from birdclef.data.examples import Examples, build_examples, prepare_pseudo_audio
 from birdclef.data.examples import build_targets  # noqa: F401  (re-exported for callers of this module)
 from birdclef.data.metadata import DatasetLayout, load_classes
-from birdclef.data.pseudo import RUN_RECORD, PseudoLabels, read_pseudo, write_run_pseudo
+from birdclef.data.pseudo import RUN_RECORD, PseudoLabels, check_resumed_table, read_pseudo, write_run_pseudo
 from birdclef.data.reviewed import merge_labels, read_reviewed, record_reviewed
 from birdclef.errors import ConfigError
 from birdclef.models import list_heads, load_checkpoint
@@ -57,7 +57,7 @@ from birdclef.train.mil_windows import write_fold_windows, write_run_windows
 from birdclef.train.run_folder import OOF_NOTE, TrainSummary, background_bank, collect_summary, init_run
 from birdclef.train.module import BirdModule
 from birdclef.utils.device import autocast_for, resolve_device
-from birdclef.utils.io import read_json, write_csv_atomic, write_json_atomic, write_parquet_atomic
+from birdclef.utils.io import write_csv_atomic, write_json_atomic, write_parquet_atomic
 from birdclef.utils.process import die_with_parent
 from birdclef.zoo.runs import TORCH_RUN
 
@@ -181,21 +181,14 @@ def _mil_pool(best, num_classes: int) -> MilPooling | None:
 
 def _open_pseudo(run: Path, pseudo: Path | None, classes: list[str], config: Config, child: bool,
                  existed: bool) -> PseudoLabels | None:
-    """Read `pseudo` against the run's split; a resumed run must keep the table it began with."""
-    record = run / RUN_RECORD
-    before = read_json(record) if existed and record.is_file() else None
-    if existed and not child and (before is None) != (pseudo is None):
-        raise ConfigError(f"cannot resume {run}: it was trained " + (
-            f"with the pseudo-label table {before['table']}; pass --pseudo {before['table']}" if before else
-            f"without pseudo-labels, and --pseudo {pseudo} would change its training set; choose another --out"))
-    if pseudo is None:
-        return None
-    labels = read_pseudo(pseudo, classes, config.data.n_folds, config.data.fold_seed)
-    if before is not None and before["sha256"] != labels.sha256:
-        raise ConfigError(f"cannot resume {run} with the pseudo-label table {labels.source} (sha256 "
-                          f"{labels.sha256[:12]}): it was trained on {before['table']} "
-                          f"(sha256 {before['sha256'][:12]})")
-    if not child:
+    """Read `pseudo` against the run's split; a resumed run keeps the table it trained on
+    (:func:`~birdclef.data.pseudo.check_resumed_table`)."""
+    labels = None if pseudo is None else read_pseudo(pseudo, classes, config.data.n_folds, config.data.fold_seed)
+    if existed and not child:
+        check_resumed_table(run, run / RUN_RECORD, None if labels is None else labels.source,
+                            None if labels is None else labels.sha256, "pseudo-label table", "--pseudo",
+                            "pseudo-labels")
+    if labels is not None and not child:
         write_run_pseudo(run, labels)
     return labels
 
