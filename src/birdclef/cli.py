@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from birdclef.errors import BirdclefError
+from birdclef.errors import BirdclefError, BirdclefWarning
 
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {}
 OUT_KINDS = {"prepare": "folder", "evaluate": "file", "synth": "folder", "train": "folder", "predict": "file",
@@ -246,15 +246,22 @@ def _data_warnings_as_lines(verb: str) -> Iterator[None]:
     """Print each DataWarning (unknown secondary labels, ...) as one plain line, as `check` does."""
     from birdclef.data.validate import DataWarning
 
+    with _warnings_as_lines(verb, DataWarning):
+        yield
+
+
+@contextmanager
+def _warnings_as_lines(verb: str, category: type[Warning]) -> Iterator[None]:
+    """Print each warning of `category` as one plain line ``birdclef VERB: warning: ...``; others as usual."""
     default_show = warnings.showwarning
 
-    def show(message, category, *rest):
-        if not issubclass(category, DataWarning):
-            return default_show(message, category, *rest)
+    def show(message, kind, *rest):
+        if not issubclass(kind, category):
+            return default_show(message, kind, *rest)
         print(f"birdclef {verb}: warning: {message}", file=sys.stderr)
 
     with warnings.catch_warnings():
-        warnings.simplefilter("always", DataWarning)
+        warnings.simplefilter("always", category)
         warnings.showwarning = show
         yield
 
@@ -441,6 +448,9 @@ def _analyze(args: argparse.Namespace) -> int:
     from birdclef.archive.predictors import build_predictor
     from birdclef.infer.analyze import analyze_archive, merge_results, write_raven
 
+    from birdclef.infer.analyze import check_not_archive
+
+    check_not_archive(args.archive, args.out)
     raven = _raven_threshold(args)
     if args.merge:
         entries = discover(args.archive, exclude=args.out)
@@ -620,7 +630,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from birdclef.utils.io import check_output
 
             check_output(args.out, OUT_KINDS[args.verb])
-        return VERBS[args.verb](args)
+        with _warnings_as_lines(args.verb, BirdclefWarning):  # passed-over recordings, state files set aside
+            return VERBS[args.verb](args)
     except BirdclefError as exc:
         print(f"birdclef {args.verb}: error: {exc}", file=sys.stderr)
         return 2

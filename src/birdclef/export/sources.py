@@ -30,7 +30,8 @@ import numpy as np
 from birdclef.audio.io import load_audio
 from birdclef.data.cache import WaveCache
 from birdclef.errors import BirdclefError
-from birdclef.infer.job import AUDIO_SUFFIXES, list_soundscapes
+from birdclef.audio.discover import is_audio_name
+from birdclef.infer.job import list_soundscapes
 
 RUN_DATA = "data.json"
 """File of a run folder naming the dataset and cache it was trained on."""
@@ -104,7 +105,7 @@ def cache_audio(cache: WaveCache) -> ParityAudio:
 
 
 def _has_audio(folder: Path) -> bool:
-    return folder.is_dir() and any(p.suffix.lower() in AUDIO_SUFFIXES for p in folder.iterdir())
+    return folder.is_dir() and any(is_audio_name(p.name) and p.is_file() for p in folder.iterdir())
 
 
 def run_folder(run: Path) -> Path:

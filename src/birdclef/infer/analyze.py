@@ -176,6 +176,7 @@ def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float
     """
     started, archive, out = time.perf_counter(), Path(archive), Path(out)
     _check_args(hop_s, block_s, raven, engine, rebuild)
+    check_not_archive(archive, out)
     if embeddings and window_scorer(predictor, postprocess).embedder is None:
         raise BirdclefError(f"--embeddings needs BirdNET (--birdnet, alone or in a blend); the "
                             f"{type(predictor).__name__} given has no BirdNET member")
@@ -208,6 +209,17 @@ def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float
         write_raven(out, entries, raven)
     summary.elapsed_s = time.perf_counter() - started
     return summary
+
+
+def check_not_archive(archive: Path, out: Path) -> None:
+    """Refuse an output folder that is the archive itself (results would mix with the recordings).
+
+    Raises:
+        BirdclefError: `out` and `archive` are one folder.
+    """
+    if Path(out).resolve() == Path(archive).resolve():
+        raise BirdclefError(f"--out {out}: is the archive itself; results go to a folder of their own (inside "
+                            f"the archive is fine: it is not searched), e.g. --out {Path(archive) / 'results'}")
 
 
 def _check_args(hop_s: float, block_s: float, raven: float | Mapping | None, engine: str, rebuild: object) -> None:

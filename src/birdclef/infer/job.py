@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +31,13 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from birdclef.errors import BirdclefError
+from birdclef.audio.discover import AUDIO_SUFFIXES, discover_audio
+from birdclef.errors import BirdclefError, BirdclefWarning
 from birdclef.infer.base import Predictor, iter_predictions
 from birdclef.infer.sample import SampleAlignment, align_to_sample, check_sample_matches, read_sample
 from birdclef.utils.io import (check_output, exclusive_lock, read_json, write_csv_atomic, write_json_atomic,
                                write_parquet_atomic)
 
-AUDIO_SUFFIXES = (".ogg", ".flac", ".wav", ".mp3")
 REPORTS = ("skipped", "extra_rows", "fallback_rows")
 """Side reports of a job, ``<out stem>.<name>.csv``; each is written when it has rows, else removed."""
 
@@ -91,12 +92,20 @@ def _check_stems(paths: list[Path]) -> None:
 
 
 def list_soundscapes(source: Path | Sequence[Path]) -> list[Path]:
-    """Audio files of a folder (sorted), or the given list; an empty result or a repeated stem is an error."""
+    """Audio files of a folder (sorted; what is passed over is said, :mod:`birdclef.audio.discover`), or the
+    given list; an empty result or a repeated stem is an error.
+
+    Two names of one recording (links) are both kept: row_ids come from the names, and a submission must
+    hold the rows of every name the sample_submission may list. Each name is scored under its own rows
+    (see :meth:`PartialResults.part`) and the pair is said.
+    """
     if isinstance(source, (str, Path)):
-        folder = Path(source)
-        if not folder.is_dir():
-            raise BirdclefError(f"{folder}: soundscape folder not found")
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+        found = discover_audio(Path(source), recursive=False, unique=False, what="soundscape folder",
+                               items="soundscapes").warn()
+        for rel, first in found.duplicates.items():
+            warnings.warn(f"{found.root / rel} is the same recording as {found.root / first} (a link): scored "
+                          "under both names", BirdclefWarning, stacklevel=2)
+        paths = found.paths
     else:
         paths = [Path(p) for p in source]
     if not paths:
@@ -118,10 +127,11 @@ class PartialResults:
         write_json_atomic(settings, meta)
 
     def part(self, path: Path) -> Path:
-        """Where `path`'s rows go: named by its resolved path, size and mtime (a changed file is redone)."""
+        """Where `path`'s rows go: named by its own absolute path (not the resolved one: two links to one
+        recording have rows of their own names), size and mtime (a changed file is redone)."""
         try:
             stat = path.stat()
-            identity = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+            identity = f"{path.absolute()}\0{stat.st_size}\0{stat.st_mtime_ns}"
         except OSError:  # vanished or unreadable: no part can match; decoding reports it
             identity = f"{path.absolute()}\0missing"
         key = hashlib.sha1(identity.encode()).hexdigest()[:20]
