@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from birdclef.audio.discover import AUDIO_SUFFIXES, discover_audio
-from birdclef.errors import BirdclefError
+from birdclef.audio.discover import discover_audio
+from birdclef.errors import BirdclefError, BirdclefWarning
 
 
 
@@ -104,12 +105,18 @@ class Journal:
 
 
 def _read_lines(path: Path) -> list[Record]:
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    """The journal's records; a torn last line (a kill) is ignored silently, other unreadable lines (a crash
+    or a full disk) are ignored and counted in one warning: their recordings are redone."""
+    records, bad = [], 0
+    lines = path.read_bytes().splitlines()
+    for number, line in enumerate(lines):
         try:
-            records.append(Record(**json.loads(line)))
-        except (json.JSONDecodeError, TypeError):
-            continue  # a line torn by a kill
+            records.append(Record(**json.loads(line.decode("utf-8"))))
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
+            bad += number < len(lines) - 1 and bool(line.strip())
+    if bad:
+        warnings.warn(f"{path}: {bad} unreadable lines ignored (a kill while writing, a crash or a full disk); the recordings they "
+                      "recorded are redone", BirdclefWarning, stacklevel=2)
     return records
 
 

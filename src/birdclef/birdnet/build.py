@@ -81,6 +81,20 @@ def resolve_classes(data: Path | None, taxonomy: Path | None,
     return classes, names
 
 
+def check_same_classes(runs: list[str], given: list[str], source: str) -> None:
+    """Refuse a class list (of `source`) that is not the trained runs' one.
+
+    Raises:
+        BirdclefError: the two lists hold different classes (naming a few of each side).
+    """
+    only_runs, only_given = sorted(set(runs) - set(given)), sorted(set(given) - set(runs))
+    if only_runs or only_given:
+        raise BirdclefError(f"{source} lists {len(given)} classes, the runs were trained on {len(runs)}: "
+                            f"{len(only_given)} only in {source.split()[-1]} ({', '.join(only_given[:3]) or '-'}), "
+                            f"{len(only_runs)} only in the runs ({', '.join(only_runs[:3]) or '-'}); give the "
+                            "dataset the runs were trained on")
+
+
 def build_birdnet(out: Path, config: InferConfig, runs_predictor: Predictor | None = None,
                   data: Path | None = None, taxonomy: Path | None = None, sample_submission: Path | None = None,
                   model_path: Path | None = None, threads: int | None = None, weights: list[float] | None = None,
@@ -102,6 +116,8 @@ def build_birdnet(out: Path, config: InferConfig, runs_predictor: Predictor | No
         notes += [f"BirdNET matches classes with {taxonomy}, the taxonomy of the first run's data"] if taxonomy else []
     classes, names_path = resolve_classes(data, taxonomy, sample_submission if runs_predictor is None else None)
     if runs_predictor is not None:
+        if data is not None:
+            check_same_classes(list(runs_predictor.classes), classes, f"--data {data}")
         classes = list(runs_predictor.classes)
     birdnet = BirdnetPredictor(classes, read_scientific_names(names_path), config, model_path=model_path,
                                threads=threads)

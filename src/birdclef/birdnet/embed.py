@@ -198,7 +198,7 @@ def embed_to_parquet(source: Path | Sequence[Path], out: Path, model: EmbeddingM
     with exclusive_lock(out, "birdclef embed"):
         settings = _settings(model, hop_s, min_tail_s)
         partial = PartialResults(out, settings)
-        todo = [p for p in paths if not _part(partial, p).is_file()]
+        todo = [p for p in paths if not partial.intact(p, _part(partial, p), kind="npz")]
         summary = EmbedSummary(out, resumed_files=len(paths) - len(todo))
         bar = tqdm(total=len(paths), initial=summary.resumed_files, desc="embed", unit="file", disable=not progress)
         for path, wave, error in iter_decoded(todo, SAMPLE_RATE, num_workers, ahead=num_workers + 1):

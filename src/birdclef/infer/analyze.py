@@ -24,6 +24,10 @@ Scores are raw probabilities by default (no smoothing, no power adjustment): an 
 those steps are rank tricks for the competition's metric, not calibration. ``postprocess=True`` applies the
 predictor's configured steps to each block of ``block_s`` seconds of windows.
 
+A state file damaged by a crash or a full disk follows :mod:`birdclef.utils.state`: a per-file table is set
+aside (``.corrupt``) and its recording redone; an unreadable ``settings.json`` stops the job, saying what to
+do; unreadable journal lines are ignored (said once) and their recordings redone.
+
 With ``embeddings=True`` a file is finished only when both its tables are in place (they are written in one
 step, so one exists without the other only after a kill between the two renames; the file is then redone).
 """
@@ -48,7 +52,8 @@ from birdclef.archive.manifest import Entry, Journal, Record, discover, in_shard
 from birdclef.archive.scorers import WindowScorer, window_scorer
 from birdclef.errors import AudioError, BirdclefError
 from birdclef.infer.base import Predictor
-from birdclef.utils.io import atomic_path, exclusive_lock, read_json, write_csv_atomic, write_json_atomic
+from birdclef.utils.io import atomic_path, exclusive_lock, write_csv_atomic, write_json_atomic
+from birdclef.utils.state import intact, read_settings
 
 TABLE = "detections.parquet"
 EMBEDDINGS = "embeddings.parquet"
@@ -123,14 +128,14 @@ def _settings(predictor: Predictor, hop_s: float, block_s: float, postprocess: b
 def _embeds(out: Path) -> bool:
     """Whether the results in `out` carry embedding tables (its settings.json says so)."""
     path = Path(out) / "settings.json"
-    return path.is_file() and bool(read_json(path).get("embeddings", False))
+    return path.is_file() and bool(read_settings(path).get("embeddings", False))
 
 
 def _check_settings(out: Path, settings: dict) -> str:
     """Store `settings` in out/settings.json, or refuse when the folder holds results of other ones; their key."""
     path = out / "settings.json"
     settings = json.loads(json.dumps(settings, default=str))
-    if path.is_file() and read_json(path) != settings:
+    if path.is_file() and read_settings(path) != settings:
         raise BirdclefError(f"{out} holds results made with other models or settings (see {path}); use another "
                             "--out, or delete it to start over")
     write_json_atomic(settings, path)
@@ -138,10 +143,18 @@ def _check_settings(out: Path, settings: dict) -> str:
 
 
 def finished(out: Path, entries: list[Entry]) -> dict[str, Record]:
-    """The journal records of `entries` still valid: done (with its table in place) or skipped."""
+    """The journal records of `entries` still valid: done (with whole tables in place) or skipped.
+
+    A table damaged by a crash or a full disk is set aside (``.corrupt``, :mod:`birdclef.utils.state`): its
+    recording is no longer finished, and the next run of its shard redoes it.
+    """
     records, embeds = read_journals(out / "journal", entries), _embeds(out)
+
+    def whole(path: Path, rel: str) -> bool:
+        return intact(path, redo=f"{rel} is redone by the next run of its shard")
+
     return {p: r for p, r in records.items() if r.status == "skipped" or (
-        part_path(out, p).is_file() and (not embeds or embedding_path(out, p).is_file()))}
+        whole(part_path(out, p), p) and (not embeds or whole(embedding_path(out, p), p)))}
 
 
 def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float = 5.0,
@@ -312,5 +325,5 @@ def write_raven(out: Path, entries: list[Entry], threshold: float | Mapping[str,
     records = finished(out, entries)
     parts = [(e.path, part_path(out, e.path), records[e.path].audio_s) for e in entries
              if e.path in records and records[e.path].status == "done"]
-    high_hz = read_json(out / "settings.json")["sample_rate"] / 2
+    high_hz = read_settings(out / "settings.json")["sample_rate"] / 2
     return write_detections(out, parts, threshold, high_hz)

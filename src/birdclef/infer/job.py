@@ -10,6 +10,8 @@ no torch itself.
   no part can overwrite another and a killed job loses nothing it finished. A re-run with the same
   settings skips the soundscapes that have a part. The final CSV is written atomically, then the parts
   are removed.
+- A part or ``meta.json`` damaged by a crash or a full disk follows :mod:`birdclef.utils.state`: a part is set
+  aside (``.corrupt``) and its soundscape redone; an unreadable ``meta.json`` stops the job, saying what to do.
 - Soundscapes that cannot be decoded are skipped and listed in ``<out stem>.skipped.csv``.
 
 Rows and columns: without a sample_submission, every row of every decoded soundscape, in file order.
@@ -35,8 +37,8 @@ from birdclef.audio.discover import AUDIO_SUFFIXES, discover_audio
 from birdclef.errors import BirdclefError, BirdclefWarning
 from birdclef.infer.base import Predictor, iter_predictions
 from birdclef.infer.sample import SampleAlignment, align_to_sample, check_sample_matches, read_sample
-from birdclef.utils.io import (check_output, exclusive_lock, read_json, write_csv_atomic, write_json_atomic,
-                               write_parquet_atomic)
+from birdclef.utils.io import check_output, exclusive_lock, write_csv_atomic, write_json_atomic, write_parquet_atomic
+from birdclef.utils.state import intact, read_settings
 
 REPORTS = ("skipped", "extra_rows", "fallback_rows")
 """Side reports of a job, ``<out stem>.<name>.csv``; each is written when it has rows, else removed."""
@@ -120,7 +122,7 @@ class PartialResults:
     def __init__(self, out: Path, settings: dict):
         self.dir = out.with_name(f".{out.name}.parts")
         meta = self.dir / "meta.json"
-        if meta.is_file() and read_json(meta) != settings:
+        if meta.is_file() and read_settings(meta) != settings:
             raise BirdclefError(f"{self.dir} holds partial results made with other runs or settings; "
                                 "delete it, or re-run with the same ones to resume")
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -139,6 +141,11 @@ class PartialResults:
 
     def has(self, path: Path) -> bool:
         return self.part(path).is_file()
+
+    def intact(self, path: Path, part: Path | None = None, kind: str = "parquet") -> bool:
+        """Whether `path` has a whole part (`part`: where, if not :meth:`part`); a damaged one is set aside
+        (``.corrupt``) and the file redone (:mod:`birdclef.utils.state`)."""
+        return intact(self.part(path) if part is None else part, kind, f"{path.name} is redone")
 
     def save(self, path: Path, rows: pd.DataFrame) -> None:
         write_parquet_atomic(rows, self.part(path))
@@ -183,7 +190,7 @@ def predict_to_csv(
                              else "the given files")
     with exclusive_lock(out, "birdclef predict"):
         partial = PartialResults(out, predictor.settings())
-        todo = [p for p in paths if not partial.has(p)]
+        todo = [p for p in paths if not partial.intact(p)]
         summary = PredictSummary(out, resumed_files=len(paths) - len(todo))
         bar = tqdm(total=len(paths), initial=summary.resumed_files, desc="predict", unit="file", disable=not progress)
         for path, rows, error in iter_predictions(todo, predictor, num_workers):

@@ -56,6 +56,7 @@ from birdclef.data.pseudo import soundscape_folds, teacher_checkpoints, write_ps
 from birdclef.errors import AudioError, BirdclefError
 from birdclef.infer.base import ROW_WINDOW_S
 from birdclef.utils.io import exclusive_lock, read_json, write_csv_atomic, write_json_atomic
+from birdclef.utils.state import intact, read_settings, set_aside
 
 BIRDNET = "birdnet"
 """How BirdNET zero-shot is named in a file's teacher list."""
@@ -273,11 +274,15 @@ def _record_path(parts: Path, rel: str) -> Path:
 
 def _is_done(parts: Path, entry: Entry, key: tuple[str, ...]) -> bool:
     record, part = _record_path(parts, entry.path), _part(parts, entry.path)
-    if not (record.is_file() and part.is_file()):
+    if not record.is_file():
+        return False
+    redo = f"{entry.path} is scored again"
+    if not intact(part, redo=redo):
         return False
     try:
         saved = read_json(record)
-    except (OSError, ValueError):
+    except (OSError, ValueError) as exc:
+        set_aside(record, f"{type(exc).__name__}: truncated or not JSON", redo)
         return False
     return (saved.get("teachers"), saved.get("size"), saved.get("mtime_ns")) == (list(key), entry.size,
                                                                                  entry.mtime_ns)
@@ -288,7 +293,7 @@ def _check_settings(parts: Path, spec: Teachers, hop_s: float, postprocess: bool
                 "runs": [str(r.resolve()) for r in spec.runs], "hop_s": hop_s, "postprocess": postprocess}
     settings = json.loads(json.dumps(settings, default=str))
     path = parts / "settings.json"
-    if path.is_file() and read_json(path) != settings:
+    if path.is_file() and read_settings(path) != settings:
         raise BirdclefError(f"{parts} holds scores made with other teachers or settings (see {path}); use another "
                             "--out, or delete that folder to start over")
     write_json_atomic(settings, path)

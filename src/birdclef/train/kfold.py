@@ -9,7 +9,7 @@ Run folder (STYLE §3.5)::
 
 ``best.pt`` is the self-describing checkpoint inference loads; ``last.ckpt`` is Lightning's full
 state (optimizer, scheduler, callbacks) for ``--resume``, written atomically (an unreadable one is
-moved to ``last.ckpt.corrupt`` and its fold restarts, with a warning); ``done.json`` marks a
+set aside as ``last.ckpt.corrupt`` and its fold restarts, with a warning: :mod:`birdclef.utils.state`); ``done.json`` marks a
 finished fold. ``oof.parquet`` is keyed by clip (``filename``, and the cache index's ``row``).
 
 Clips and pseudo-labelled soundscape windows are one table of examples (:mod:`birdclef.data.examples`)
@@ -48,7 +48,7 @@ from birdclef.data.examples import Examples, build_examples, prepare_pseudo_audi
 from birdclef.data.examples import build_targets  # noqa: F401  (re-exported: birdnet/head_train imports it from here)
 from birdclef.data.metadata import DatasetLayout, load_classes
 from birdclef.data.pseudo import RUN_RECORD, PseudoLabels, read_pseudo, write_run_pseudo
-from birdclef.errors import ConfigError, DatasetError
+from birdclef.errors import BirdclefWarning, ConfigError, DatasetError
 from birdclef.models import list_heads, load_checkpoint
 from birdclef.models.classifier import check_backbone_name
 from birdclef.train.callbacks import FoldRecorder
@@ -61,6 +61,7 @@ from birdclef.train.mil_windows import write_fold_windows, write_run_windows
 from birdclef.train.module import BirdModule, validation_auc
 from birdclef.utils.device import autocast_for, resolve_device
 from birdclef.utils.io import read_json, write_csv_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
+from birdclef.utils.state import set_aside
 from birdclef.utils.process import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -103,10 +104,23 @@ def _config_diff(a: Config, b: Config) -> list[str]:
     return [k for k in sorted(fa) if fa[k] != fb.get(k) and k not in RESUMABLE_KEYS]
 
 
+def trained_anything(run: Path) -> bool:
+    """Whether a run folder holds any training: a finished fold, a best checkpoint or a last.ckpt."""
+    return any(any(Path(run).glob(f"fold*/{name}")) for name in ("done.json", "best.pt", "last.ckpt"))
+
+
 def init_run(run: Path, config: Config, resume: bool) -> None:
-    """Create or re-open the run folder; a resumed run must keep its config (except RESUMABLE_KEYS)."""
+    """Create or re-open the run folder; a resumed run must keep its config (except RESUMABLE_KEYS).
+
+    A folder whose run never finished an epoch (it failed at the start: bad data, out of memory) is no run to
+    protect: it is started again (with a warning), with or without ``--resume``, whatever its old config.
+    """
     cfg_path = run / "config.yaml"
-    if cfg_path.is_file():
+    if cfg_path.is_file() and not trained_anything(run):  # a run that failed before any epoch: replaced
+        if not resume or _config_diff(load_config(cfg_path), config):
+            warnings.warn(f"{run} holds a run that never finished an epoch (no checkpoint, no finished fold: a "
+                          "failed start?): starting it again with this config", BirdclefWarning, stacklevel=2)
+    elif cfg_path.is_file():
         if not resume:
             raise ConfigError(f"{run} already holds a run; pass --resume to continue it, or choose another --out")
         changed = _config_diff(load_config(cfg_path), config)
@@ -168,10 +182,8 @@ def _resume_checkpoint(fold_dir: Path, resume: bool) -> Path | None:
     reason = readable_checkpoint(ckpt)
     if reason is None:
         return ckpt
-    aside = ckpt.with_name("last.ckpt.corrupt")
-    ckpt.replace(aside)
-    log.warning("%s is unreadable (%s); moved to %s and restarting fold %s from epoch 0", ckpt, reason,
-                aside.name, fold_dir.name.removeprefix("fold"))
+    set_aside(ckpt, reason, f"fold {fold_dir.name.removeprefix('fold')} restarts from epoch 0 (finished folds "
+              "are kept)")
     return None
 
 
