@@ -463,6 +463,12 @@ def _analyze(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard)
     if not args.archive.is_dir():  # before loading any model
         raise BirdclefError(f"{args.archive}: archive folder not found")
+    if args.engine == "dask":  # a scheduler that is not there: said now, not after the models load
+        from birdclef.archive.dask_engine import probe_scheduler
+
+        probe_scheduler(args.scheduler)
+    elif args.scheduler != "local":
+        raise BirdclefError(f"--scheduler {args.scheduler}: only used with --engine dask")
     if args.embeddings and args.model is not None:
         raise BirdclefError("--embeddings needs BirdNET (--birdnet, alone or with --run); --model has none")
     predictor = build_predictor(args, report=True)  # Dask workers rebuild it from the same flags

@@ -90,7 +90,7 @@ def check_same_classes(runs: list[str], given: list[str], source: str) -> None:
     only_runs, only_given = sorted(set(runs) - set(given)), sorted(set(given) - set(runs))
     if only_runs or only_given:
         raise BirdclefError(f"{source} lists {len(given)} classes, the runs were trained on {len(runs)}: "
-                            f"{len(only_given)} only in {source.split()[-1]} ({', '.join(only_given[:3]) or '-'}), "
+                            f"{len(only_given)} only in {source.split()[0]} ({', '.join(only_given[:3]) or '-'}), "
                             f"{len(only_runs)} only in the runs ({', '.join(only_runs[:3]) or '-'}); give the "
                             "dataset the runs were trained on")
 

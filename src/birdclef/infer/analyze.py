@@ -188,7 +188,7 @@ def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float
             a bad hop/block; dask is not installed; `embeddings` without a BirdNET member.
     """
     started, archive, out = time.perf_counter(), Path(archive), Path(out)
-    _check_args(hop_s, block_s, raven, engine, rebuild)
+    _check_args(hop_s, block_s, raven, engine, rebuild, scheduler)
     check_not_archive(archive, out)
     if embeddings and window_scorer(predictor, postprocess).embedder is None:
         raise BirdclefError(f"--embeddings needs BirdNET (--birdnet, alone or in a blend); the "
@@ -235,7 +235,8 @@ def check_not_archive(archive: Path, out: Path) -> None:
                             f"the archive is fine: it is not searched), e.g. --out {Path(archive) / 'results'}")
 
 
-def _check_args(hop_s: float, block_s: float, raven: float | Mapping | None, engine: str, rebuild: object) -> None:
+def _check_args(hop_s: float, block_s: float, raven: float | Mapping | None, engine: str, rebuild: object,
+                scheduler: str = "local") -> None:
     if hop_s <= 0 or block_s <= 0:
         raise BirdclefError(f"--hop and --block-s must be positive seconds, got {hop_s} and {block_s}")
     if raven is not None and not isinstance(raven, Mapping) and not 0.0 < raven <= 1.0:
@@ -244,6 +245,10 @@ def _check_args(hop_s: float, block_s: float, raven: float | Mapping | None, eng
         raise BirdclefError(f"--engine {engine!r}: choose plain or dask")
     if engine == "dask" and rebuild is None:
         raise BirdclefError("engine='dask' needs `rebuild`, a picklable callable that builds the predictor")
+    if engine == "dask":
+        from birdclef.archive.dask_engine import check_scheduler
+
+        check_scheduler(scheduler)
 
 
 def _record(journal: Journal, summary: AnalyzeSummary, bar: tqdm, rec: Record) -> None:
