@@ -449,3 +449,15 @@ def test_selftrain_refuses_a_teacher_trained_on_other_classes(tmp_path: Path, mo
     with pytest.raises(BirdclefError, match=r"--teacher .*teacher was trained on 2 classes, --data .* lists 3: 1 only "
                                             r"in the teacher \(other\), 2 only in the data \(eurrob, frog\)"):
         check_inputs(_dataset(tmp_path), SelfTrainSettings(teachers=(str(tmp_path / "teacher"),)))
+
+
+def test_summarize_streams_the_table_one_recording_at_a_time(analysed: Path):
+    from birdclef.archive.summary import _recordings
+
+    table = analysed / "out" / "detections.parquet"
+    whole = pd.read_parquet(table)
+    for batch_rows in (1, 2, 3, 7, 1000):  # recordings cut across batches anywhere
+        pieces = list(_recordings(table, batch_rows=batch_rows))
+        assert [p["path"].iloc[0] for p in pieces] == ["r0.wav", "r1.wav", "r2.wav"]
+        assert all(p["path"].nunique() == 1 for p in pieces)
+        pd.testing.assert_frame_equal(pd.concat(pieces, ignore_index=True), whole)
