@@ -461,3 +461,29 @@ def test_summarize_streams_the_table_one_recording_at_a_time(analysed: Path):
         assert [p["path"].iloc[0] for p in pieces] == ["r0.wav", "r1.wav", "r2.wav"]
         assert all(p["path"].nunique() == 1 for p in pieces)
         pd.testing.assert_frame_equal(pd.concat(pieces, ignore_index=True), whole)
+
+
+def test_pseudo_sets_aside_a_truncated_part_or_record_and_rescores_only_those(tmp_path: Path):
+    from test_pseudo import _save_fold, _signal
+
+    from birdclef.selftrain.pseudo import pseudo_label
+
+    run = tmp_path / "run"
+    _save_fold(run, 0, seed=0)
+    _save_fold(run, 1, seed=1)
+    for k, name in enumerate(("a.wav", "b.wav", "c.wav")):
+        write(tmp_path / "sc" / name, _signal(7.0, k), 32_000)
+    out = tmp_path / "p.parquet"
+    pseudo_label(tmp_path / "sc", out, [run], device="cpu", progress=False)
+    expected = pd.read_parquet(out)
+    files = tmp_path / "p.parquet.parts" / "files"
+    _truncate(files / "a.wav.parquet")
+    (files / "b.wav.json").write_text('{"teach')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = pseudo_label(tmp_path / "sc", out, [run], device="cpu", progress=False)
+    said = _said(caught)
+    assert "a.wav.parquet: unreadable" in said and "a.wav is scored again" in said
+    assert "b.wav.json: unreadable" in said and "b.wav is scored again" in said
+    assert summary.resumed == 1
+    pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
