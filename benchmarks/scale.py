@@ -199,11 +199,13 @@ print(n, 'examples')
 """
 
 
-def run_size(label: str, root: Path, teacher: Path, timeout_s: float) -> dict:
+def run_size(label: str, root: Path, teacher: Path, timeout_s: float, verbs: list[str] | None = None,
+             shard: int = 1) -> dict:
     data, work = root / "data", root / "work"
     info = make_dataset(data, Fraction(label))
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
+    outputs = {"prepare": ["cache"], "pseudo": ["pseudo.parquet", "pseudo.parquet.parts", "pseudo.skipped.csv"],
+               "predict": ["sub.csv", ".sub.csv.parts"], "analyze": ["analyze"]}
     steps = {
         "check": [*BIRDCLEF, "check", str(data), "--num-workers", "2"],
         "prepare": [*BIRDCLEF, "prepare", str(data), "--out", str(work / "cache"), "--num-workers", "2"],
@@ -216,10 +218,14 @@ def run_size(label: str, root: Path, teacher: Path, timeout_s: float) -> dict:
                     "--sample-submission", str(data / "sample_submission.csv"), "--out", str(work / "sub.csv"),
                     "--device", "cpu", "--num-workers", "1", "--no-progress"],
         "analyze": [*BIRDCLEF, "analyze", str(data), "--run", str(teacher), "--out", str(work / "analyze"),
-                    "--device", "cpu", "--no-progress"],
+                    "--device", "cpu", "--no-progress", "--shard", f"0/{shard}"],
     }
-    result = {"size": label, "data": info, "verbs": {}}
+    steps = {name: argv for name, argv in steps.items() if verbs is None or name in verbs}
+    result = {"size": label, "data": info, "verbs": {}, "analyze_shard": f"0/{shard}"}
     for name, argv in steps.items():
+        for stale in outputs.get(name, []):  # each verb starts from nothing (a resume would measure less)
+            path = work / stale
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         m = measure(argv, work / f"{name}.log", timeout_s)
         result["verbs"][name] = m
         print(f"{label:>5} {name:8} {m['wall_s']:9.1f} s {m['peak_rss_mib']:8.0f} MiB rc={m['rc']}", flush=True)
@@ -239,12 +245,13 @@ def train_teacher(root: Path, data: Path, timeout_s: float) -> Path:
 
 
 def table(results: list[dict]) -> str:
-    verbs = list(results[0]["verbs"])
+    verbs = list(dict.fromkeys(v for r in results for v in r["verbs"]))
     head = "| verb | " + " | ".join(f"{r['size']}: s | {r['size']}: MiB" for r in results) + " |"
     rule = "|---|" + "---:|---:|" * len(results)
     lines = [head, rule]
     for verb in verbs:
-        cells = " | ".join(f"{r['verbs'][verb]['wall_s']:.1f} | {r['verbs'][verb]['peak_rss_mib']:.0f}"
+        cells = " | ".join("- | -" if verb not in r["verbs"] else
+                           f"{r['verbs'][verb]['wall_s']:.1f} | {r['verbs'][verb]['peak_rss_mib']:.0f}"
                            + ("" if r["verbs"][verb]["rc"] == 0 else f" (rc {r['verbs'][verb]['rc']})")
                            for r in results)
         lines.append(f"| {verb} | {cells} |")
@@ -259,13 +266,20 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["1/16", "1/4", "1"], help="fractions of the real counts")
     parser.add_argument("--timeout-s", type=float, default=3600.0, help="per verb")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "scale.json")
+    parser.add_argument("--verbs", nargs="+", default=None, help="measure only these (default: all)")
+    parser.add_argument("--analyze-shard", type=int, default=1,
+                        help="analyze only shard 0/N of the lot (discovery, manifest and journals still cover all)")
     args = parser.parse_args()
     smallest = min(args.sizes, key=Fraction)
     make_dataset(args.root / smallest.replace("/", "_") / "data", Fraction(smallest))
     teacher = train_teacher(args.root, args.root / smallest.replace("/", "_") / "data", args.timeout_s)
     done = json.loads(args.out.read_text()) if args.out.is_file() else []
     for label in sorted(args.sizes, key=Fraction):
-        result = run_size(label, args.root / label.replace("/", "_"), teacher, args.timeout_s)
+        result = run_size(label, args.root / label.replace("/", "_"), teacher, args.timeout_s, args.verbs,
+                          args.analyze_shard)
+        old = next((r for r in done if r["size"] == label), None)
+        if old is not None:  # a partial re-run keeps the verbs it did not measure
+            result["verbs"] = {**old["verbs"], **result["verbs"]}
         done = [r for r in done if r["size"] != label] + [result]
         done.sort(key=lambda r: Fraction(r["size"]))
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -487,3 +487,26 @@ def test_pseudo_sets_aside_a_truncated_part_or_record_and_rescores_only_those(tm
     assert "b.wav.json: unreadable" in said and "b.wav is scored again" in said
     assert summary.resumed == 1
     pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
+
+
+def test_pseudo_reads_each_teachers_fold_table_once_not_once_per_soundscape(tmp_path: Path, monkeypatch):
+    import birdclef.data.pseudo as data_pseudo
+    import birdclef.selftrain.pseudo as selftrain_pseudo
+    from test_pseudo import _save_fold, _signal
+
+    run = tmp_path / "run"
+    _save_fold(run, 0, seed=0)
+    _save_fold(run, 1, seed=1)
+    for k in range(4):
+        write(tmp_path / "sc" / f"s{k}.wav", _signal(5.0, k), 32_000)
+    calls = []
+    real = data_pseudo.read_run_pseudo_folds
+
+    def counted(folder):
+        calls.append(folder)
+        return real(folder)
+
+    monkeypatch.setattr(data_pseudo, "read_run_pseudo_folds", counted)
+    monkeypatch.setattr(selftrain_pseudo, "read_run_pseudo_folds", counted, raising=False)
+    selftrain_pseudo.pseudo_label(tmp_path / "sc", tmp_path / "p.parquet", [run], device="cpu", progress=False)
+    assert len(calls) == 1  # was one read of RUN/pseudo_folds.csv per soundscape: quadratic at 10,000 files

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from birdclef.archive.file import analyze_file
 from birdclef.archive.manifest import Entry, discover
 from birdclef.config import DataConfig, config_to_dict
-from birdclef.data.pseudo import soundscape_folds, teacher_checkpoints, write_pseudo
+from birdclef.data.pseudo import read_run_pseudo_folds, soundscape_folds, teacher_checkpoints, write_pseudo
 from birdclef.errors import AudioError, BirdclefError
 from birdclef.infer.base import ROW_WINDOW_S
 from birdclef.utils.io import exclusive_lock, read_json, write_csv_atomic, write_json_atomic
@@ -132,7 +132,8 @@ def pseudo_label(soundscapes: Path, out: Path, teachers: list[Path] | None = Non
     with exclusive_lock(out, "pseudo job"):
         parts = parts_dir(out)
         _check_settings(parts, spec, hop_s, postprocess)
-        sets = {e.path: _teacher_set(spec, soundscapes / e.path) for e in entries}
+        run_folds = {run: read_run_pseudo_folds(_run_folder(run)) for run in spec.runs}  # once per run, not per file
+        sets = {e.path: _teacher_set(spec, soundscapes / e.path, run_folds) for e in entries}
         todo = [e for e in entries if not _is_done(parts, e, sets[e.path])]
         summary.resumed = len(entries) - len(todo)
         bar = tqdm(total=len(entries), initial=summary.resumed, disable=not progress, unit="file", desc="pseudo")
@@ -247,7 +248,7 @@ def _fold_split(runs: tuple[Path, ...], n_folds: int | None, seed: int | None) -
     return n_folds, seed
 
 
-def _teacher_set(spec: Teachers, audio: Path) -> tuple[str, ...]:
+def _teacher_set(spec: Teachers, audio: Path, run_folds: dict[Path, dict[str, int] | None]) -> tuple[str, ...]:
     """The models that may label `audio`: each teacher run, or its one held-out fold (the fold rule).
 
     Raises:
@@ -255,7 +256,7 @@ def _teacher_set(spec: Teachers, audio: Path) -> tuple[str, ...]:
     """
     allowed = []
     for run in spec.runs:
-        restricted = teacher_checkpoints(_run_folder(run), audio)
+        restricted = teacher_checkpoints(_run_folder(run), audio, run_folds[run])
         if restricted and run.is_file() and restricted[0].resolve() != run.resolve():
             raise BirdclefError(f"--teacher {run} trained on the pseudo-labels of {audio} (only "
                                 f"{restricted[0]} held it out); give the run folder, so that each soundscape "
