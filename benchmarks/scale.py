@@ -163,7 +163,8 @@ def measure(argv: list[str], log: Path, timeout_s: float) -> dict:
     """Run `argv` as a process: wall seconds, peak RSS (MiB) and exit code; its output goes to `log`."""
     started = time.perf_counter()
     with open(log, "w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONWARNINGS": "ignore"})
         deadline = started + timeout_s
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)

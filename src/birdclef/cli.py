@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, default=None, help="prepared cache (made there if absent; default RUN/cache)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default=None, help="where to train (default: config)")
-    p.add_argument("--devices", type=T.count(low=1, high=1024), default=None, help="devices per fold; more than 1 trains with DDP")
+    p.add_argument("--devices", type=T.count(low=1, high=1024), default=None,
+                   help="devices per fold; more than 1 trains with DDP")
     p.add_argument("--num-workers", type=T.workers, default=None, help="DataLoader workers (default: config)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (logs, CI)")
     p.add_argument("--pseudo", type=Path, default=None,
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="score soundscapes with trained runs, an exported model or BirdNET into a submission CSV (resumable)")
     p.add_argument("--run", dest="runs", type=Path, action="append", default=None,
                    help="run folder (its finished folds are soft-voted) or a best.pt; repeat to blend runs")
-    p.add_argument("--model", type=Path, default=None, help="a model folder written by `birdclef export` (no torch needed)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="a model folder written by `birdclef export` (no torch needed)")
     p.add_argument("--backend", choices=["torch", "onnx", "openvino"], default=None,
                    help="torch for --run; onnx or openvino for --model (default: the model's own format)")
     p.add_argument("--threads", type=T.threads, default=None, help="runtime threads of an exported model or of BirdNET")
@@ -136,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --birdnet alone: write this for classes BirdNET does not know (default NaN)")
     p.add_argument("--out", type=Path, required=True, help="results folder (re-running resumes)")
     p.add_argument("--hop", type=T.hop, default=5.0, help="seconds between 5 s window starts (default 5)")
-    p.add_argument("--block-s", type=T.number(low=1.0, high=86_400.0), default=60.0, help="seconds of windows scored at a time (default 60)")
+    p.add_argument("--block-s", type=T.number(low=1.0, high=86_400.0), default=60.0,
+                   help="seconds of windows scored at a time (default 60)")
     p.add_argument("--postprocess", action="store_true",
                    help="apply the models' smoothing / power adjustment per block (default: raw probabilities)")
     p.add_argument("--shard", default="0/1", help="I/N: do the I-th of N parts of the archive (job arrays)")
@@ -149,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with BirdNET: also write each window's 1024 BirdNET embedding floats (results/embeddings/)")
     p.add_argument("--engine", choices=["plain", "dask"], default="plain")
     p.add_argument("--scheduler", default="local", help="with --engine dask: local, or a scheduler address")
-    p.add_argument("--workers", type=T.count(low=1, high=1024), default=2, help="with --scheduler local: worker processes")
+    p.add_argument("--workers", type=T.count(low=1, high=1024), default=2,
+                   help="with --scheduler local: worker processes")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--no-progress", action="store_true")
     _add_config_flags(p)
@@ -168,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None,
                    help="a BirdCLEF-layout folder (default: generate a synthetic one in OUT/data)")
     p.add_argument("--out", type=Path, default=Path("demo"), help="where everything goes (default: ./demo)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (prediction; training follows train.accelerator)")
+    p.add_argument("--device", default="auto",
+                   help="auto | cpu | cuda (prediction; training follows train.accelerator)")
     p.add_argument("--no-birdnet", action="store_true",
                    help="do not use BirdNET v2.4 (on real data, when installed, the demo trains a head on its "
                         "embeddings; with a CNN config it blends BirdNET zero-shot in)")
@@ -191,11 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="time exported models here and say which fit a CPU budget")
     p.add_argument("--model", dest="models", type=Path, action="append", required=True, help="model folder; repeat")
-    p.add_argument("--files", type=T.count(low=1), default=700, help="soundscapes to score (default: 700, the competition's)")
+    p.add_argument("--files", type=T.count(low=1), default=700,
+                   help="soundscapes to score (default: 700, the competition's)")
     p.add_argument("--minutes", type=T.positive, default=90.0)
     p.add_argument("--cores", type=T.count(low=1, high=1024), default=4, help="cores of the target machine")
-    p.add_argument("--margin", type=T.number(low=1.0, high=100.0), default=1.25, help="safety factor on the predicted time")
-    p.add_argument("--audio", type=Path, default=None, help="a soundscape to time on (default: one of the models' runs' data)")
+    p.add_argument("--margin", type=T.number(low=1.0, high=100.0), default=1.25,
+                   help="safety factor on the predicted time")
+    p.add_argument("--audio", type=Path, default=None,
+                   help="a soundscape to time on (default: one of the models' runs' data)")
 
     p = sub.add_parser("package", help="an offline bundle: model, wheels and a script that writes submission.csv")
     p.add_argument("--model", dest="models", type=Path, action="append", required=True)
@@ -208,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--submission", type=Path, required=True, help="submission CSV (row_id, one column per class)")
     p.add_argument("--solution", type=Path, required=True, help="0/1 solution CSV of the same rows and classes")
     goal = p.add_mutually_exclusive_group(required=True)
-    goal.add_argument("--precision", type=T.number(low=0.0, high=1.0, low_open=True), help="lowest threshold whose precision reaches this")
+    goal.add_argument("--precision", type=T.number(low=0.0, high=1.0, low_open=True),
+                      help="lowest threshold whose precision reaches this")
     goal.add_argument("--f1", action="store_true", help="the F1-maximising threshold")
     p.add_argument("--out", type=Path, required=True, help="thresholds CSV (for analyze --thresholds)")
 

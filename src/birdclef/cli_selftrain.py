@@ -56,9 +56,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hop", type=T.hop, default=5.0, help="seconds between 5 s window starts (default 5)")
     p.add_argument("--postprocess", action="store_true",
                    help="apply the teachers' smoothing / power adjustment (default: raw probabilities)")
-    p.add_argument("--folds", type=T.count(low=2, high=100), default=None, help="the student's folds of soundscape files "
-                   "(default: the first teacher's data.n_folds, else 5)")
-    p.add_argument("--fold-seed", type=T.count(low=0), default=None, help="seed of that split (default: the teacher's, else 42)")
+    p.add_argument("--folds", type=T.count(low=2, high=100), default=None,
+                   help="the student's folds of soundscape files (default: the first teacher's data.n_folds, else 5)")
+    p.add_argument("--fold-seed", type=T.count(low=0), default=None,
+                   help="seed of that split (default: the teacher's, else 42)")
     p.add_argument("--data", type=Path, default=None, help="with --birdnet: dataset folder giving classes and taxonomy")
     p.add_argument("--taxonomy", type=Path, default=None, help="with --birdnet: taxonomy.csv (scientific_name)")
     p.add_argument("--unknown-fill", type=T.probability, default=None,
@@ -73,8 +74,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, required=True, help="BirdCLEF-layout dataset folder")
     p.add_argument("--out", type=Path, required=True, help="selftrain folder (runs/st)")
     p.add_argument("--rounds", type=T.count(low=1, high=100), default=4, help="most student rounds after round 0")
-    p.add_argument("--patience", type=T.count(low=1, high=100), default=1, help="stop after this many rounds in a row without a gain")
-    p.add_argument("--min-gain", type=T.number(low=0.0, high=1.0), default=0.0, help="a round must beat the best by more than this")
+    p.add_argument("--patience", type=T.count(low=1, high=100), default=1,
+                   help="stop after this many rounds in a row without a gain")
+    p.add_argument("--min-gain", type=T.number(low=0.0, high=1.0), default=0.0,
+                   help="a round must beat the best by more than this")
     p.add_argument("--keep-teachers", action="store_true", help="the given teachers label every round too")
     _teacher_flags(p)
     p.add_argument("--device", default="auto", help="where prediction runs: auto | cpu | cuda")

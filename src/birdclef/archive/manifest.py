@@ -115,8 +115,8 @@ def _read_lines(path: Path) -> list[Record]:
         except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
             bad += number < len(lines) - 1 and bool(line.strip())
     if bad:
-        warnings.warn(f"{path}: {bad} unreadable lines ignored (a kill while writing, a crash or a full disk); the recordings they "
-                      "recorded are redone", BirdclefWarning, stacklevel=2)
+        warnings.warn(f"{path}: {bad} unreadable lines ignored (a kill while writing, a crash or a full disk); the "
+                      "recordings they recorded are redone", BirdclefWarning, stacklevel=2)
     return records
 
 

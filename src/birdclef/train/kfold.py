@@ -9,8 +9,8 @@ Run folder (STYLE §3.5)::
 
 ``best.pt`` is the self-describing checkpoint inference loads; ``last.ckpt`` is Lightning's full
 state (optimizer, scheduler, callbacks) for ``--resume``, written atomically (an unreadable one is
-set aside as ``last.ckpt.corrupt`` and its fold restarts, with a warning: :mod:`birdclef.utils.state`); ``done.json`` marks a
-finished fold. ``oof.parquet`` is keyed by clip (``filename``, and the cache index's ``row``).
+set aside as ``last.ckpt.corrupt`` and its fold restarts, with a warning: :mod:`birdclef.utils.state`);
+``done.json`` marks a finished fold. ``oof.parquet`` is keyed by clip (``filename``, and the cache index's ``row``).
 
 Clips and pseudo-labelled soundscape windows are one table of examples (:mod:`birdclef.data.examples`)
 with one fold column: ``folds.csv`` lists the clips' folds, ``pseudo_folds.csv`` the soundscapes'
