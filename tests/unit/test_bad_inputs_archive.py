@@ -510,3 +510,23 @@ def test_pseudo_reads_each_teachers_fold_table_once_not_once_per_soundscape(tmp_
     monkeypatch.setattr(selftrain_pseudo, "read_run_pseudo_folds", counted, raising=False)
     selftrain_pseudo.pseudo_label(tmp_path / "sc", tmp_path / "p.parquet", [run], device="cpu", progress=False)
     assert len(calls) == 1  # was one read of RUN/pseudo_folds.csv per soundscape: quadratic at 10,000 files
+
+
+def test_merging_many_small_tables_keeps_few_waiting_and_writes_full_row_groups(tmp_path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from birdclef.archive.file import GroupedWriter, result_schema
+
+    schema = result_schema([f"c{j}" for j in range(50)])
+    tables = [pa.Table.from_pylist([{"path": f"r{k}.wav", "start_s": 0.0, "end_s": 5.0,
+                                     **{f"c{j}": float(k) for j in range(50)}}], schema=schema) for k in range(1000)]
+    waiting = []
+    with GroupedWriter(tmp_path / "t.parquet", schema, rows=300) as writer:
+        for table in tables:
+            writer.write(table)
+            waiting.append(len(writer.pending) + len(writer.small))
+    assert max(waiting) <= 300 // GroupedWriter.COMPACT_TABLES + GroupedWriter.COMPACT_TABLES  # not 300 tables
+    meta = pq.ParquetFile(tmp_path / "t.parquet").metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [300, 300, 300, 100]
+    assert pq.read_table(tmp_path / "t.parquet").equals(pa.concat_tables(tables).combine_chunks())
