@@ -135,9 +135,10 @@ def make_dataset(root: Path, fraction: Fraction, seed: int = 0) -> dict:
         (root / "train_audio" / name).parent.mkdir(parents=True, exist_ok=True)
         (root / "train_audio" / name).write_bytes(clips[k % POOL])
     (root / "train_soundscapes").mkdir(exist_ok=True)
-    for k in range(n_sound):  # site_date_time names, as the real ones
-        (root / "train_soundscapes" / f"H{k % 50:02d}_20250{4 + k % 5}{10 + k % 18}_{k % 24:02d}{k % 6}000.ogg"
-         ).write_bytes(scapes[k % POOL])
+    start = pd.Timestamp("2025-04-01 00:00:00")
+    for k in range(n_sound):  # site_date_time names, as the real ones (one file per site every 10 minutes)
+        when = (start + pd.Timedelta(minutes=10 * (k // 50))).strftime("%Y%m%d_%H%M%S")
+        (root / "train_soundscapes" / f"H{k % 50:02d}_{when}.ogg").write_bytes(scapes[k % POOL])
     (root / "test_soundscapes").mkdir(exist_ok=True)
     stems = [f"BC2026_Test_{k:04d}_S{k % 20:02d}_20250227_0{k % 10}0000" for k in range(n_test)]
     for k, stem in enumerate(stems):
@@ -147,8 +148,8 @@ def make_dataset(root: Path, fraction: Fraction, seed: int = 0) -> dict:
     train.to_csv(root / "train.csv", index=False)
     pd.DataFrame(0.0, index=pd.Index(row_ids, name="row_id"), columns=labels).reset_index().to_csv(
         root / "sample_submission.csv", index=False)
-    info = {"fraction": str(fraction), "train_recordings": n_train, "train_soundscapes": n_sound,
-            "test_soundscapes": n_test, "classes": len(labels), "rows_with_secondary": int(
+    info = {"fraction": str(fraction), "train_recordings": n_train,
+            "train_soundscapes": len(list((root / "train_soundscapes").iterdir())), "test_soundscapes": n_test, "classes": len(labels), "rows_with_secondary": int(
                 (train["secondary_labels"] != "[]").sum()), "train_csv_mb": round(
                 (root / "train.csv").stat().st_size / 2**20, 2), "sample_submission_rows": len(row_ids),
             "generate_s": round(time.perf_counter() - started, 1)}
@@ -222,12 +223,14 @@ def run_size(label: str, root: Path, teacher: Path, timeout_s: float, verbs: lis
                     "--device", "cpu", "--no-progress", "--shard", f"0/{shard}"],
     }
     steps = {name: argv for name, argv in steps.items() if verbs is None or name in verbs}
-    result = {"size": label, "data": info, "verbs": {}, "analyze_shard": f"0/{shard}"}
+    if shard > 1 and "analyze" in steps:  # a part of the lot: its own row, beside a whole run's
+        steps[f"analyze (shard 0/{shard})"] = steps.pop("analyze")
+    result = {"size": label, "data": info, "verbs": {}}
     for name, argv in steps.items():
-        for stale in outputs.get(name, []):  # each verb starts from nothing (a resume would measure less)
+        for stale in outputs.get(name.split()[0], []):  # each verb starts from nothing (a resume would measure less)
             path = work / stale
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        m = measure(argv, work / f"{name}.log", timeout_s)
+        m = measure(argv, work / f"{name.replace('/', '-').replace(' ', '_')}.log", timeout_s)
         result["verbs"][name] = m
         print(f"{label:>5} {name:8} {m['wall_s']:9.1f} s {m['peak_rss_mib']:8.0f} MiB rc={m['rc']}", flush=True)
     return result
