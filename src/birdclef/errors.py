@@ -37,3 +37,8 @@ class SubmissionError(BirdclefError):
 
 class ConfigError(BirdclefError, ValueError):
     """A configuration key or value that is unknown or out of range."""
+
+
+class BirdclefWarning(UserWarning):
+    """Something a user should hear about that does not stop the job: an entry passed over among the
+    recordings, a damaged state file set aside and redone. The CLI prints each as one line."""

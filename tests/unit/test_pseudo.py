@@ -277,15 +277,15 @@ def test_a_killed_job_redoes_only_the_missing_files_and_skips_broken_ones(sounds
 
 @pytest.mark.parametrize("flags, message", [
     ([], "give at least one --teacher run, or --birdnet"),
-    (["--birdnet", "--power", "0"], "--power must be a number above 0"),
-    (["--birdnet", "--power", "-1.5"], "--power must be a number above 0"),
+    (["--birdnet", "--power", "0"], "argument --power: must be a finite number > 0"),
+    (["--birdnet", "--power", "-1.5"], "argument --power: must be a finite number > 0"),
     (["--taxonomy", "t.csv", "--teacher", "."], "--taxonomy: only used with --birdnet"),
     (["--teacher", "nowhere"], "--teacher nowhere: no such run folder"),
     (["--birdnet", "--thresholds", "1.5"], "one threshold must be a probability"),
     (["--birdnet", "--thresholds", "no.csv"], "no.csv: thresholds file not found"),
-    (["--birdnet", "--hop", "0"], "--hop must be above 0 seconds"),
+    (["--birdnet", "--hop", "0"], "argument --hop: must be a finite number >= 0.1"),
     (["--teacher", ".", "--weights", "1", "2"], "--weights: got 2 for 1 teacher(s); give one per --teacher"),
-    (["--birdnet", "--folds", "1"], "--folds must be at least 2"),
+    (["--birdnet", "--folds", "1"], "argument --folds: must be a whole number >= 2"),
     (["--birdnet", "--soundscapes", "nowhere"], "--soundscapes nowhere: folder not found"),
 ])
 def test_cli_bad_flags_are_one_line_errors(soundscapes: Path, tmp_path: Path, capsys, flags, message) -> None:

@@ -3,7 +3,6 @@ unreadable last.ckpt, and no orphaned children."""
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 import torch
 
 from birdclef.config import load_config
+from birdclef.errors import BirdclefWarning
 from birdclef.models import load_checkpoint
 from birdclef.train.kfold import train_kfold
 from test_train import EpochLog, StopAfterEpochs
@@ -115,8 +115,7 @@ def test_kill_9_in_epoch_2_then_resume_equals_uninterrupted_run(tiny_dataset: Pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_truncated_last_ckpt_restarts_the_fold_with_a_warning(tiny_dataset: Path, tmp_path: Path,
-                                                              caplog: pytest.LogCaptureFixture):
+def test_truncated_last_ckpt_restarts_the_fold_with_a_warning(tiny_dataset: Path, tmp_path: Path):
     config = load_config(None, TINY + ["train.num_workers=0"])
     run, cache = tmp_path / "run", tmp_path / "cache"
     train_kfold(config, tiny_dataset, run, cache_dir=cache, progress=False, callbacks=[StopAfterEpochs(1)])
@@ -125,11 +124,10 @@ def test_truncated_last_ckpt_restarts_the_fold_with_a_warning(tiny_dataset: Path
     ckpt.write_bytes(data[: len(data) // 2])  # what a kill in the middle of a plain torch.save leaves
 
     log = EpochLog()
-    with caplog.at_level(logging.WARNING, logger="birdclef.train.kfold"):
+    with pytest.warns(BirdclefWarning, match=r"last.ckpt: unreadable .*set aside as last.ckpt.corrupt and fold 0 "
+                      r"restarts from epoch 0"):
         summary = train_kfold(config, tiny_dataset, run, cache_dir=cache, resume=True, progress=False, callbacks=[log])
     assert log.epochs == [0, 1]  # restarted from epoch 0, not a traceback
-    assert any("last.ckpt is unreadable" in r.getMessage() and "restarting fold 0" in r.getMessage()
-               for r in caplog.records)
     assert (run / "fold0" / "last.ckpt.corrupt").read_bytes() == data[: len(data) // 2]
     assert list(summary.fold_scores) == [0] and (run / "fold0" / "done.json").is_file()
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [0, 1]

@@ -183,8 +183,8 @@ def test_cli_bad_arguments_and_a_file_as_out_are_one_line_errors(tmp_path: Path,
     from birdclef import cli
 
     assert cli.main(["synth", "--out", str(tmp_path / "x"), "--species", "0"]) == 2
-    assert capsys.readouterr().err.strip() == ("birdclef synth: error: n_species, clips_per_species and "
-                                               "n_test_soundscapes must be >= 1, got 0, 8 and 6")
+    assert capsys.readouterr().err.strip() == ("birdclef synth: error: argument --species: must be a whole number "
+                                               ">= 1, got '0' (see `birdclef synth --help`)")
     (tmp_path / "file").write_text("not a folder")
     assert cli.main(["synth", "--out", str(tmp_path / "file"), "--species", "2"]) == 2
     assert "file: is an existing file; give a folder" in capsys.readouterr().err

@@ -14,14 +14,69 @@ value is the address of a running scheduler (e.g. one that dask-jobqueue started
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from contextlib import ExitStack
 
 from birdclef.archive.manifest import Entry, Record
 from birdclef.errors import BirdclefError
 
+CONNECT_TIMEOUT_S = 10
+"""How long to wait for a scheduler at ``--scheduler ADDRESS`` to answer."""
+_START_HINT = ("start one with `dask scheduler` (it prints its address, tcp://HOST:8786) and workers with "
+               "`dask worker tcp://HOST:8786`, or use --scheduler local")
+_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ws|wss|ucx)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d+))?/?$")
+
 _CACHE = "_birdclef_scorer"
 """Attribute of the distributed Worker that holds (settings key, scorer)."""
+
+
+def check_scheduler(address: str) -> None:
+    """Refuse a ``--scheduler`` value that is neither ``local`` nor a scheduler address (before any work).
+
+    Raises:
+        BirdclefError: naming the value and the expected form.
+    """
+    if address == "local":
+        return
+    match = _ADDRESS.match(address)
+    if match is None or (match.group(2) is not None and not 0 < int(match.group(2)) < 65_536):
+        raise BirdclefError(f"--scheduler {address!r}: not a Dask scheduler address; expected local, or "
+                            f"[tcp://]HOST[:PORT] such as tcp://10.0.0.5:8786")
+
+
+def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S):
+    """A distributed Client of the scheduler at `address`, or a one-line error when none answers.
+
+    Raises:
+        BirdclefError: a malformed address, or no scheduler answered within `timeout_s`.
+    """
+    from distributed import Client
+
+    check_scheduler(address)
+    try:
+        return Client(address, timeout=f"{timeout_s}s")
+    except ValueError as exc:
+        raise BirdclefError(f"--scheduler {address!r}: not a Dask scheduler address ({exc})") from None
+    except (OSError, TimeoutError) as exc:
+        raise BirdclefError(f"--scheduler {address}: no Dask scheduler answered within {timeout_s:g} s "
+                            f"({type(exc).__name__}); {_START_HINT}") from None
+
+
+def probe_scheduler(address: str) -> None:
+    """Check that `address` is ``local`` or a scheduler that answers (connect, then close): before models load.
+
+    Raises:
+        BirdclefError: as :func:`connect`, or dask.distributed is not installed.
+    """
+    check_scheduler(address)
+    if address == "local":
+        return
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise BirdclefError("--engine dask needs dask.distributed: pip install 'birdclef[dask]'") from None
+    connect(address).close()
 
 
 def scorer_on_worker(build: Callable[[], object], key: str) -> object:
@@ -54,7 +109,7 @@ def run_dask(todo: list[Entry], work: Callable[[object, object, Entry], Record],
     :func:`~birdclef.infer.analyze.process_entry`); `build` makes the scorer once per worker.
 
     Raises:
-        BirdclefError: dask.distributed is not installed, or `workers` < 1.
+        BirdclefError: dask.distributed is not installed, `workers` < 1, or no scheduler at `scheduler`.
     """
     if not todo:
         return
@@ -70,7 +125,7 @@ def run_dask(todo: list[Entry], work: Callable[[object, object, Entry], Record],
                                                        dashboard_address=None))
             client = stack.enter_context(Client(cluster))
         else:
-            client = stack.enter_context(Client(scheduler))
+            client = stack.enter_context(connect(scheduler))
         futures = {client.submit(analyze_task, work, build, key, job, entry, key=_task_key(key, entry), retries=2,
                                  pure=False): entry for entry in todo}
         for future in as_completed(futures):

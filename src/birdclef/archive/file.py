@@ -97,21 +97,37 @@ class GroupedWriter:
 
     A row group per 60 s block would give a 10-hour file 600 groups of 12 rows, each with its own metadata per
     column; reading that back is slow. Closing writes what is left.
+
+    Merging an archive writes one small table per recording: every :data:`COMPACT_TABLES` of them are copied
+    into one table while they wait, so memory follows the rows waiting, not the count of tables (each table
+    read from a file keeps its own buffers per column: tens of thousands of them cost gigabytes), and the row
+    count is kept as it goes (summing the waiting tables on every write was quadratic).
     """
+
+    COMPACT_TABLES = 32
 
     def __init__(self, where: Path, schema: pa.Schema, rows: int = 8_192):
         self.writer, self.rows, self.schema = pq.ParquetWriter(where, schema), rows, schema
         self.pending: list[pa.Table] = []
+        """Compacted tables waiting for the next row group."""
+        self.small: list[pa.Table] = []
+        """Tables written since the last compaction."""
+        self.n_rows = 0
 
     def write(self, table: pa.Table) -> None:
-        self.pending.append(table)
-        if sum(len(t) for t in self.pending) >= self.rows:
+        self.small.append(table)
+        self.n_rows += len(table)
+        if self.n_rows >= self.rows:
             self.flush()
+        elif len(self.small) >= self.COMPACT_TABLES:
+            self.pending.append(pa.concat_tables(self.small).combine_chunks())
+            self.small = []
 
     def flush(self) -> None:
-        if self.pending:
-            self.writer.write_table(pa.concat_tables(self.pending))
-            self.pending = []
+        waiting = self.pending + self.small
+        if waiting:
+            self.writer.write_table(pa.concat_tables(waiting))
+        self.pending, self.small, self.n_rows = [], [], 0
 
     def __enter__(self) -> GroupedWriter:
         return self

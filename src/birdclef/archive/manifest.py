@@ -1,9 +1,8 @@
 """Which recordings an archive holds, which shard does which, and which are done: manifest, shards, journals.
 
-- :func:`discover` walks the archive recursively (following folder symlinks, never twice into one folder)
-  and lists every audio file by its POSIX path relative to the archive, sorted: the manifest is the same
-  wherever and however often it is built. Hidden files and folders (``.x``, e.g. macOS ``._rec.WAV``
-  AppleDouble files on SD cards) are left out; suffixes match case-insensitively (AudioMoth writes ``.WAV``).
+- :func:`discover` lists every recording of the archive by its POSIX path relative to the archive, sorted
+  (:mod:`birdclef.audio.discover`: recursive, following folder links once, one name per resolved file,
+  hidden files left out, what is passed over said): the manifest is the same wherever it is built.
 - :func:`in_shard` puts each file in one of ``n`` shards by a hash of its relative path: stable when files
   are added, the same on every machine (for SLURM job arrays).
 - A :class:`Journal` is one shard's append-only JSON-lines log: a line per finished file (``done`` or
@@ -18,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from birdclef.errors import BirdclefError
+from birdclef.audio.discover import discover_audio
+from birdclef.errors import BirdclefError, BirdclefWarning
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".w64", ".caf")
-"""Files that are analysed (any case)."""
 
 
 @dataclass(frozen=True)
@@ -37,33 +36,15 @@ class Entry:
 
 
 def discover(archive: Path, exclude: Path | None = None) -> list[Entry]:
-    """Every audio file under `archive` (module docstring), sorted by relative path; `exclude` is not entered.
+    """Every recording under `archive` (:func:`birdclef.audio.discover.discover_audio`: one name per
+    resolved file, what is passed over is said), sorted by relative path; `exclude` is not entered.
 
     Raises:
         BirdclefError: `archive` is not a folder, or holds no audio file.
     """
-    archive = Path(archive)
-    if not archive.is_dir():
-        raise BirdclefError(f"{archive}: archive folder not found")
-    skip = exclude.resolve() if exclude is not None else None
-    seen: set[Path] = set()
-    found: list[Entry] = []
-    for root, dirs, files in os.walk(archive, followlinks=True):
-        real = Path(root).resolve()
-        if real in seen or real == skip:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            path = Path(root) / name
-            if name.startswith(".") or path.suffix.lower() not in AUDIO_SUFFIXES or not path.is_file():
-                continue
-            stat = path.stat()
-            found.append(Entry(path.relative_to(archive).as_posix(), stat.st_size, stat.st_mtime_ns))
-    if not found:
-        raise BirdclefError(f"{archive}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in it or its sub-folders")
-    return sorted(found, key=lambda e: e.path)
+    found = discover_audio(Path(archive), recursive=True, exclude=exclude, unique=True, what="archive folder")
+    found.warn()
+    return [Entry(r.rel, r.size, r.mtime_ns) for r in found.recordings]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -124,12 +105,18 @@ class Journal:
 
 
 def _read_lines(path: Path) -> list[Record]:
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    """The journal's records; a torn last line (a kill) is ignored silently, other unreadable lines (a crash
+    or a full disk) are ignored and counted in one warning: their recordings are redone."""
+    records, bad = [], 0
+    lines = path.read_bytes().splitlines()
+    for number, line in enumerate(lines):
         try:
-            records.append(Record(**json.loads(line)))
-        except (json.JSONDecodeError, TypeError):
-            continue  # a line torn by a kill
+            records.append(Record(**json.loads(line.decode("utf-8"))))
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
+            bad += number < len(lines) - 1 and bool(line.strip())
+    if bad:
+        warnings.warn(f"{path}: {bad} unreadable lines ignored (a kill while writing, a crash or a full disk); the "
+                      "recordings they recorded are redone", BirdclefWarning, stacklevel=2)
     return records
 
 

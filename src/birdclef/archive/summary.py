@@ -53,6 +53,21 @@ def recording_start(path: str) -> pd.Timestamp | None:
     return None
 
 
+def _recordings(table_path: Path, batch_rows: int = 65_536):
+    """Each recording's rows of a detections.parquet, streamed (the table is in manifest order, so a recording's
+    rows are contiguous): memory holds one batch and one recording, not an archive's whole table."""
+    pending = None
+    for batch in pq.ParquetFile(table_path).iter_batches(batch_size=batch_rows):
+        frame = batch.to_pandas()
+        frame = frame if pending is None else pd.concat([pending, frame], ignore_index=True)
+        open_rows = frame["path"] == frame["path"].iloc[-1]  # the last recording may go on in the next batch
+        for _, rows in frame[~open_rows].groupby("path", sort=False):
+            yield rows
+        pending = frame[open_rows]
+    if pending is not None and len(pending):
+        yield pending
+
+
 def read_events(results: Path, threshold: Threshold | None = None) -> pd.DataFrame:
     """Events of a results folder: from ``detections.csv``, or merged from ``detections.parquet`` with `threshold`.
 
@@ -64,8 +79,7 @@ def read_events(results: Path, threshold: Threshold | None = None) -> pd.DataFra
         table_path = results / "detections.parquet"
         if not table_path.is_file():
             raise BirdclefError(f"{table_path}: not found (run birdclef analyze first)")
-        table = pq.read_table(table_path).to_pandas()
-        parts = [merge_events(group, threshold) for _, group in table.groupby("path", sort=False)]
+        parts = [merge_events(rows, threshold) for rows in _recordings(table_path)]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=EVENT_COLUMNS)
     path = results / "detections.csv"
     if not path.is_file():

@@ -53,7 +53,8 @@ from tqdm.auto import tqdm
 from birdclef.birdnet.model import CHUNK_SAMPLES, LICENSE, SAMPLE_RATE, model_name
 from birdclef.errors import BirdclefError
 from birdclef.infer.base import iter_decoded
-from birdclef.infer.job import AUDIO_SUFFIXES, PartialResults, report_path
+from birdclef.audio.discover import discover_audio
+from birdclef.infer.job import PartialResults, report_path
 from birdclef.utils.io import atomic_path, exclusive_lock, write_atomic, write_csv_atomic
 
 HOP_S = 3.0
@@ -96,8 +97,8 @@ def embedding_columns(size: int) -> list[str]:
 
 
 def list_audio(source: Path | Sequence[Path]) -> tuple[list[Path], list[str]]:
-    """(paths, names): a folder's audio files (recursively, sorted, hidden ones left out), or the given files
-    (repeats dropped).
+    """(paths, names): a folder's recordings (:func:`birdclef.audio.discover.discover_audio`: recursive, one name
+    per resolved file, what is passed over said), or the given files (repeats dropped).
 
     Names are relative to the folder, or to the given files' common folder, in POSIX form.
 
@@ -105,16 +106,13 @@ def list_audio(source: Path | Sequence[Path]) -> tuple[list[Path], list[str]]:
         BirdclefError: the folder does not exist, or no audio files were found or given.
     """
     if isinstance(source, (str, Path)):
-        root = Path(source)
-        if not root.is_dir():
-            raise BirdclefError(f"{root}: audio folder not found")
-        paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        found = discover_audio(Path(source), recursive=True, unique=True).warn()
+        return found.paths, [r.rel for r in found.recordings]
     else:
         paths = list(dict.fromkeys(Path(p) for p in source))  # a file given twice is embedded once
         root = Path(os.path.commonpath([p.absolute().parent for p in paths])) if paths else Path()
     if not paths:
-        raise BirdclefError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in {source}")
+        raise BirdclefError("no audio files given")
     return paths, [p.absolute().relative_to(root.absolute()).as_posix() for p in paths]
 
 
@@ -200,7 +198,7 @@ def embed_to_parquet(source: Path | Sequence[Path], out: Path, model: EmbeddingM
     with exclusive_lock(out, "birdclef embed"):
         settings = _settings(model, hop_s, min_tail_s)
         partial = PartialResults(out, settings)
-        todo = [p for p in paths if not _part(partial, p).is_file()]
+        todo = [p for p in paths if not partial.intact(p, _part(partial, p), kind="npz")]
         summary = EmbedSummary(out, resumed_files=len(paths) - len(todo))
         bar = tqdm(total=len(paths), initial=summary.resumed_files, desc="embed", unit="file", disable=not progress)
         for path, wave, error in iter_decoded(todo, SAMPLE_RATE, num_workers, ahead=num_workers + 1):

@@ -54,6 +54,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from birdclef.audio.discover import AUDIO_SUFFIXES
 from birdclef.audio.integrity import FLOAT_SUBTYPES
 from birdclef.audio.io import audio_info, find_nonfinite
 from birdclef.audio.segments import is_row_id
@@ -63,7 +64,6 @@ from birdclef.errors import AudioError, DatasetError
 
 __all__ = ["CheckReport", "Problem", "check_dataset"]
 
-AUDIO_SUFFIXES = (".ogg", ".flac", ".wav", ".mp3")
 
 
 @dataclass

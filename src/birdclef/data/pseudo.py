@@ -165,13 +165,18 @@ def read_run_pseudo_folds(run: Path) -> dict[str, int] | None:
     return dict(zip(frame["audio"].astype(str), frame["fold"].astype(int)))
 
 
-def teacher_checkpoints(run: Path, audio: Path) -> list[Path] | None:
+_UNREAD = object()
+
+
+def teacher_checkpoints(run: Path, audio: Path, folds: dict[str, int] | None = _UNREAD) -> list[Path] | None:
     """Which of `run`'s fold checkpoints may pseudo-label `audio` under the fold rule.
 
     None: every finished fold may (the run never trained on `audio`'s pseudo-labels). Otherwise the one
     ``fold{j}/best.pt`` whose fold held `audio` out; a DatasetError when that fold is not finished.
+    `folds`: the run's :func:`read_run_pseudo_folds`, when the caller asks for many files (read once, not once
+    per file: 10,000 soundscapes would read a 10,000-row table 10,000 times).
     """
-    folds = read_run_pseudo_folds(run)
+    folds = read_run_pseudo_folds(run) if folds is _UNREAD else folds
     key = str(Path(audio).resolve())
     if folds is None or key not in folds:
         return None

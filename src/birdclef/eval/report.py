@@ -27,7 +27,7 @@ from birdclef.eval.metrics import (IGNORED_SOLUTION_COLUMNS, EvalReport, check_r
 from birdclef.eval.plots import plot_class_auc, plot_detections, plot_training_curves, split_row_ids
 from birdclef.utils.io import read_csv_checked, write_text_atomic
 
-AUDIO_SUFFIXES = (".ogg", ".flac", ".wav", ".mp3")
+from birdclef.audio.discover import AUDIO_SUFFIXES
 """Looked for in this order as `<soundscapes>/<stem><suffix>`."""
 
 _CSS = """

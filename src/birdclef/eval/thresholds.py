@@ -59,9 +59,10 @@ def _class_threshold(target: np.ndarray, scores: np.ndarray, precision: float | 
 
 def fit_thresholds(target: np.ndarray, probs: np.ndarray, classes: list[str],
                    precision: float | None = None) -> ThresholdFit:
-    """Per-class thresholds (module docstring) of aligned (rows, classes) labels and scores."""
+    """Per-class thresholds (module docstring) of aligned (rows, classes) labels and probabilities in [0, 1]."""
     if precision is not None and not 0.0 < precision <= 1.0:
         raise BirdclefError(f"--precision must be in (0, 1], got {precision}")
+    check_probabilities(probs, classes)
     rows = []
     for j, name in enumerate(classes):
         rows.append((name, *_class_threshold(target[:, j], probs[:, j], precision)))
@@ -80,7 +81,24 @@ def thresholds_from_csv(submission: Path, solution: Path, precision: float | Non
     """
     sub, sol = _read_table(submission, "submission"), _read_table(solution, "solution")
     target, probs, classes = align_submission(sub, sol, str(submission), str(solution))
+    check_probabilities(probs, classes, str(submission))
     return fit_thresholds(target, probs, classes, precision)
+
+
+def check_probabilities(probs: np.ndarray, classes: list[str], source: str = "the scores") -> None:
+    """Refuse scores outside [0, 1] (logits, ranks): thresholds are used on probabilities (``analyze``,
+    ``pseudo``), so a threshold fitted on another scale would be meaningless there.
+
+    Raises:
+        BirdclefError: naming the first class with such a score, its range and the way out.
+    """
+    outside = (probs < 0.0) | (probs > 1.0)
+    if outside.any():
+        j = int(np.flatnonzero(outside.any(axis=0))[0])
+        raise BirdclefError(f"{source}: scores must be probabilities in [0, 1] (thresholds are applied to "
+                            f"probabilities by analyze and pseudo), but class {classes[j]!r} ranges "
+                            f"{np.nanmin(probs[:, j]):.4g} .. {np.nanmax(probs[:, j]):.4g} (logits?); "
+                            "apply a sigmoid first, or fit on a `birdclef predict` CSV")
 
 
 def read_thresholds(path: Path) -> dict[str, float]:

@@ -141,12 +141,13 @@ def _script(default_model: str) -> str:
             parser.add_argument("--num-workers", type=int, default=2, help="decoding threads")
             args = parser.parse_args(argv)
 
+            from birdclef.audio.discover import is_audio_name
             from birdclef.export.runtime import ExportedPredictor
-            from birdclef.infer.job import AUDIO_SUFFIXES, predict_to_csv
+            from birdclef.infer.job import predict_to_csv
 
             sample = args.sample_submission or args.soundscapes.parent / "sample_submission.csv"
             sample = sample if sample.is_file() else None
-            has_audio = args.soundscapes.is_dir() and any(p.suffix.lower() in AUDIO_SUFFIXES for p in args.soundscapes.iterdir())
+            has_audio = args.soundscapes.is_dir() and any(is_audio_name(p.name) for p in args.soundscapes.iterdir())
             if not has_audio and sample is not None:
                 shutil.copyfile(sample, args.out)  # hidden test set absent (notebook's public run)
                 print(f"no soundscapes in {{args.soundscapes}}; copied {{sample}} to {{args.out}}")

@@ -33,7 +33,7 @@ from birdclef.audio.io import load_audio
 from birdclef.errors import BirdclefError
 from birdclef.export.runtime import BackendUnavailableError, ExportedPredictor, available_backends, read_metadata
 from birdclef.export.sources import run_audio
-from birdclef.infer.job import AUDIO_SUFFIXES
+from birdclef.audio.discover import is_audio_name
 
 AUDIO_MINUTE_S = 60.0
 
@@ -103,7 +103,7 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: bool = False) ->
 
 
 def _first_audio(folder: Path) -> Path | None:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if is_audio_name(p.name) and p.is_file())
     return files[0] if files else None
 
 

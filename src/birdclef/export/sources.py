@@ -30,7 +30,8 @@ import numpy as np
 from birdclef.audio.io import load_audio
 from birdclef.data.cache import WaveCache
 from birdclef.errors import BirdclefError
-from birdclef.infer.job import AUDIO_SUFFIXES, list_soundscapes
+from birdclef.audio.discover import is_audio_name
+from birdclef.infer.job import list_soundscapes
 from birdclef.zoo.runs import RUN_DATA, run_folder
 
 CLIPS_PER_RECORDING = 12
@@ -103,7 +104,7 @@ def cache_audio(cache: WaveCache) -> ParityAudio:
 
 
 def _has_audio(folder: Path) -> bool:
-    return folder.is_dir() and any(p.suffix.lower() in AUDIO_SUFFIXES for p in folder.iterdir())
+    return folder.is_dir() and any(is_audio_name(p.name) and p.is_file() for p in folder.iterdir())
 
 
 def run_audio(run: Path) -> ParityAudio | None:

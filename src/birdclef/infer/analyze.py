@@ -25,6 +25,10 @@ Scores are raw probabilities by default (no smoothing, no power adjustment): an 
 those steps are rank tricks for the competition's metric, not calibration. ``postprocess=True`` applies the
 predictor's configured steps to each block of ``block_s`` seconds of windows.
 
+A state file damaged by a crash or a full disk follows :mod:`birdclef.utils.state`: a per-file table is set
+aside (``.corrupt``) and its recording redone; an unreadable ``settings.json`` stops the job, saying what to
+do; unreadable journal lines are ignored (said once) and their recordings redone.
+
 With ``embeddings=True`` a file is finished only when both its tables are in place (they are written in one
 step, so one exists without the other only after a kill between the two renames; the file is then redone).
 """
@@ -49,7 +53,8 @@ from birdclef.archive.manifest import Entry, Journal, Record, discover, in_shard
 from birdclef.archive.scorers import WindowScorer, window_scorer
 from birdclef.errors import AudioError, BirdclefError
 from birdclef.infer.base import Predictor
-from birdclef.utils.io import atomic_path, exclusive_lock, read_json, write_csv_atomic, write_json_atomic
+from birdclef.utils.io import atomic_path, exclusive_lock, write_csv_atomic, write_json_atomic
+from birdclef.utils.state import intact, read_settings
 
 TABLE = "detections.parquet"
 EMBEDDINGS = "embeddings.parquet"
@@ -124,14 +129,14 @@ def _settings(predictor: Predictor, hop_s: float, block_s: float, postprocess: b
 def _embeds(out: Path) -> bool:
     """Whether the results in `out` carry embedding tables (its settings.json says so)."""
     path = Path(out) / "settings.json"
-    return path.is_file() and bool(read_json(path).get("embeddings", False))
+    return path.is_file() and bool(read_settings(path).get("embeddings", False))
 
 
 def _check_settings(out: Path, settings: dict) -> str:
     """Store `settings` in out/settings.json, or refuse when the folder holds results of other ones; their key."""
     path = out / "settings.json"
     settings = json.loads(json.dumps(settings, default=str))
-    if path.is_file() and read_json(path) != settings:
+    if path.is_file() and read_settings(path) != settings:
         raise BirdclefError(f"{out} holds results made with other models or settings (see {path}); use another "
                             "--out, or delete it to start over")
     write_json_atomic(settings, path)
@@ -139,10 +144,18 @@ def _check_settings(out: Path, settings: dict) -> str:
 
 
 def finished(out: Path, entries: list[Entry]) -> dict[str, Record]:
-    """The journal records of `entries` still valid: done (with its table in place) or skipped."""
+    """The journal records of `entries` still valid: done (with whole tables in place) or skipped.
+
+    A table damaged by a crash or a full disk is set aside (``.corrupt``, :mod:`birdclef.utils.state`): its
+    recording is no longer finished, and the next run of its shard redoes it.
+    """
     records, embeds = read_journals(out / "journal", entries), _embeds(out)
+
+    def whole(path: Path, rel: str) -> bool:
+        return intact(path, redo=f"{rel} is redone by the next run of its shard")
+
     return {p: r for p, r in records.items() if r.status == "skipped" or (
-        part_path(out, p).is_file() and (not embeds or embedding_path(out, p).is_file()))}
+        whole(part_path(out, p), p) and (not embeds or whole(embedding_path(out, p), p)))}
 
 
 def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float = 5.0,
@@ -176,7 +189,8 @@ def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float
             a bad hop/block; dask is not installed; `embeddings` without a BirdNET member.
     """
     started, archive, out = time.perf_counter(), Path(archive), Path(out)
-    _check_args(hop_s, block_s, raven, engine, rebuild)
+    _check_args(hop_s, block_s, raven, engine, rebuild, scheduler)
+    check_not_archive(archive, out)
     if embeddings and window_scorer(predictor, postprocess).embedder is None:
         raise BirdclefError(f"--embeddings needs BirdNET (--birdnet, alone or in a blend); the "
                             f"{type(predictor).__name__} given has no BirdNET member")
@@ -213,7 +227,19 @@ def analyze_archive(archive: Path, out: Path, predictor: Predictor, hop_s: float
     return summary
 
 
-def _check_args(hop_s: float, block_s: float, raven: float | Mapping | None, engine: str, rebuild: object) -> None:
+def check_not_archive(archive: Path, out: Path) -> None:
+    """Refuse an output folder that is the archive itself (results would mix with the recordings).
+
+    Raises:
+        BirdclefError: `out` and `archive` are one folder.
+    """
+    if Path(out).resolve() == Path(archive).resolve():
+        raise BirdclefError(f"--out {out}: is the archive itself; results go to a folder of their own (inside "
+                            f"the archive is fine: it is not searched), e.g. --out {Path(archive) / 'results'}")
+
+
+def _check_args(hop_s: float, block_s: float, raven: float | Mapping | None, engine: str, rebuild: object,
+                scheduler: str = "local") -> None:
     if hop_s <= 0 or block_s <= 0:
         raise BirdclefError(f"--hop and --block-s must be positive seconds, got {hop_s} and {block_s}")
     if raven is not None and not isinstance(raven, Mapping) and not 0.0 < raven <= 1.0:
@@ -222,6 +248,10 @@ def _check_args(hop_s: float, block_s: float, raven: float | Mapping | None, eng
         raise BirdclefError(f"--engine {engine!r}: choose plain or dask")
     if engine == "dask" and rebuild is None:
         raise BirdclefError("engine='dask' needs `rebuild`, a picklable callable that builds the predictor")
+    if engine == "dask":
+        from birdclef.archive.dask_engine import check_scheduler
+
+        check_scheduler(scheduler)
 
 
 def _record(journal: Journal, summary: AnalyzeSummary, bar: tqdm, rec: Record) -> None:
@@ -303,5 +333,5 @@ def write_raven(out: Path, entries: list[Entry], threshold: float | Mapping[str,
     records = finished(out, entries)
     parts = [(e.path, part_path(out, e.path), records[e.path].audio_s) for e in entries
              if e.path in records and records[e.path].status == "done"]
-    high_hz = read_json(out / "settings.json")["sample_rate"] / 2
+    high_hz = read_settings(out / "settings.json")["sample_rate"] / 2
     return write_detections(out, parts, threshold, high_hz)

@@ -10,6 +10,8 @@ no torch itself.
   no part can overwrite another and a killed job loses nothing it finished. A re-run with the same
   settings skips the soundscapes that have a part. The final CSV is written atomically, then the parts
   are removed.
+- A part or ``meta.json`` damaged by a crash or a full disk follows :mod:`birdclef.utils.state`: a part is set
+  aside (``.corrupt``) and its soundscape redone; an unreadable ``meta.json`` stops the job, saying what to do.
 - Soundscapes that cannot be decoded are skipped and listed in ``<out stem>.skipped.csv``.
 
 Rows and columns: without a sample_submission, every row of every decoded soundscape, in file order.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +33,13 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from birdclef.errors import BirdclefError
+from birdclef.audio.discover import AUDIO_SUFFIXES, discover_audio
+from birdclef.errors import BirdclefError, BirdclefWarning
 from birdclef.infer.base import Predictor, iter_predictions
 from birdclef.infer.sample import SampleAlignment, align_to_sample, check_sample_matches, read_sample
-from birdclef.utils.io import (check_output, exclusive_lock, read_json, write_csv_atomic, write_json_atomic,
-                               write_parquet_atomic)
+from birdclef.utils.io import check_output, exclusive_lock, write_csv_atomic, write_json_atomic, write_parquet_atomic
+from birdclef.utils.state import intact, read_settings
 
-AUDIO_SUFFIXES = (".ogg", ".flac", ".wav", ".mp3")
 REPORTS = ("skipped", "extra_rows", "fallback_rows")
 """Side reports of a job, ``<out stem>.<name>.csv``; each is written when it has rows, else removed."""
 
@@ -91,12 +94,20 @@ def _check_stems(paths: list[Path]) -> None:
 
 
 def list_soundscapes(source: Path | Sequence[Path]) -> list[Path]:
-    """Audio files of a folder (sorted), or the given list; an empty result or a repeated stem is an error."""
+    """Audio files of a folder (sorted; what is passed over is said, :mod:`birdclef.audio.discover`), or the
+    given list; an empty result or a repeated stem is an error.
+
+    Two names of one recording (links) are both kept: row_ids come from the names, and a submission must
+    hold the rows of every name the sample_submission may list. Each name is scored under its own rows
+    (see :meth:`PartialResults.part`) and the pair is said.
+    """
     if isinstance(source, (str, Path)):
-        folder = Path(source)
-        if not folder.is_dir():
-            raise BirdclefError(f"{folder}: soundscape folder not found")
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+        found = discover_audio(Path(source), recursive=False, unique=False, what="soundscape folder",
+                               items="soundscapes").warn()
+        for rel, first in found.duplicates.items():
+            warnings.warn(f"{found.root / rel} is the same recording as {found.root / first} (a link): scored "
+                          "under both names", BirdclefWarning, stacklevel=2)
+        paths = found.paths
     else:
         paths = [Path(p) for p in source]
     if not paths:
@@ -111,17 +122,18 @@ class PartialResults:
     def __init__(self, out: Path, settings: dict):
         self.dir = out.with_name(f".{out.name}.parts")
         meta = self.dir / "meta.json"
-        if meta.is_file() and read_json(meta) != settings:
+        if meta.is_file() and read_settings(meta) != settings:
             raise BirdclefError(f"{self.dir} holds partial results made with other runs or settings; "
                                 "delete it, or re-run with the same ones to resume")
         self.dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(settings, meta)
 
     def part(self, path: Path) -> Path:
-        """Where `path`'s rows go: named by its resolved path, size and mtime (a changed file is redone)."""
+        """Where `path`'s rows go: named by its own absolute path (not the resolved one: two links to one
+        recording have rows of their own names), size and mtime (a changed file is redone)."""
         try:
             stat = path.stat()
-            identity = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+            identity = f"{path.absolute()}\0{stat.st_size}\0{stat.st_mtime_ns}"
         except OSError:  # vanished or unreadable: no part can match; decoding reports it
             identity = f"{path.absolute()}\0missing"
         key = hashlib.sha1(identity.encode()).hexdigest()[:20]
@@ -129,6 +141,11 @@ class PartialResults:
 
     def has(self, path: Path) -> bool:
         return self.part(path).is_file()
+
+    def intact(self, path: Path, part: Path | None = None, kind: str = "parquet") -> bool:
+        """Whether `path` has a whole part (`part`: where, if not :meth:`part`); a damaged one is set aside
+        (``.corrupt``) and the file redone (:mod:`birdclef.utils.state`)."""
+        return intact(self.part(path) if part is None else part, kind, f"{path.name} is redone")
 
     def save(self, path: Path, rows: pd.DataFrame) -> None:
         write_parquet_atomic(rows, self.part(path))
@@ -173,7 +190,7 @@ def predict_to_csv(
                              else "the given files")
     with exclusive_lock(out, "birdclef predict"):
         partial = PartialResults(out, predictor.settings())
-        todo = [p for p in paths if not partial.has(p)]
+        todo = [p for p in paths if not partial.intact(p)]
         summary = PredictSummary(out, resumed_files=len(paths) - len(todo))
         bar = tqdm(total=len(paths), initial=summary.resumed_files, desc="predict", unit="file", disable=not progress)
         for path, rows, error in iter_predictions(todo, predictor, num_workers):

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from birdclef.config import Config
 from birdclef.errors import BirdclefError
-from birdclef.selftrain.rounds import SelfTrainSettings, _cpu_seconds, _Rounds
+from birdclef.selftrain.rounds import SelfTrainSettings, _cpu_seconds, _Rounds, check_inputs
 from birdclef.utils.io import exclusive_lock, read_json, write_json_atomic
+from birdclef.utils.state import set_aside
 
 
 @dataclass
@@ -55,12 +56,13 @@ def distill(config: Config, data: Path, out: Path, settings: SelfTrainSettings, 
 
     if not settings.teachers and not settings.birdnet:
         raise ConfigError("distill needs teachers: --teacher RUN (repeatable) and/or --birdnet")
+    check_inputs(data, settings)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     record = out / "distill.json"
     with exclusive_lock(record, "birdclef distill"):
-        if record.is_file():  # finished before: report it
-            done = read_json(record)
+        done = _finished(record)
+        if done is not None:  # finished before: report it
             return DistillSummary(**{**done, "out": out, "run": out / "run",
                                      "model": Path(done["model"]) if done["model"] else None})
         started, cpu = time.perf_counter(), _cpu_seconds()
@@ -84,6 +86,20 @@ def distill(config: Config, data: Path, out: Path, settings: SelfTrainSettings, 
         write_json_atomic({**asdict(summary), "out": str(out), "run": str(summary.run),
                            "model": str(model) if model else None}, record)
     return summary
+
+
+def _finished(record: Path) -> dict | None:
+    """distill.json of a finished job, or None; a damaged one is set aside (:mod:`birdclef.utils.state`) and the
+    job's last steps redone from their own state (pseudo-labels, training and export resume)."""
+    if not record.is_file():
+        return None
+    try:
+        done = read_json(record)
+        DistillSummary(**{**done, "out": None, "run": None, "model": None})
+        return done
+    except (OSError, ValueError, TypeError) as exc:
+        set_aside(record, f"{type(exc).__name__}: truncated or not a distill record", "the last steps are redone")
+        return None
 
 
 def _export(run: Path, where: Path, format: str) -> Path:

@@ -52,10 +52,11 @@ from tqdm.auto import tqdm
 from birdclef.archive.file import analyze_file
 from birdclef.archive.manifest import Entry, discover
 from birdclef.config import DataConfig, config_to_dict
-from birdclef.data.pseudo import soundscape_folds, teacher_checkpoints, write_pseudo
+from birdclef.data.pseudo import read_run_pseudo_folds, soundscape_folds, teacher_checkpoints, write_pseudo
 from birdclef.errors import AudioError, BirdclefError
 from birdclef.infer.base import ROW_WINDOW_S, Predictor
 from birdclef.utils.io import exclusive_lock, read_json, write_csv_atomic, write_json_atomic
+from birdclef.utils.state import intact, read_settings, set_aside
 from birdclef.zoo.runs import Run, run_folder
 
 BIRDNET = "birdnet"
@@ -132,7 +133,8 @@ def pseudo_label(soundscapes: Path, out: Path, teachers: list[Path] | None = Non
     with exclusive_lock(out, "pseudo job"):
         parts = parts_dir(out)
         _check_settings(parts, spec, hop_s, postprocess)
-        sets = {e.path: _teacher_set(spec, soundscapes / e.path) for e in entries}
+        run_folds = {run: read_run_pseudo_folds(run_folder(run)) for run in spec.runs}  # once per run, not per file
+        sets = {e.path: _teacher_set(spec, soundscapes / e.path, run_folds) for e in entries}
         todo = [e for e in entries if not _is_done(parts, e, sets[e.path])]
         summary.resumed = len(entries) - len(todo)
         bar = tqdm(total=len(entries), initial=summary.resumed, disable=not progress, unit="file", desc="pseudo")
@@ -235,7 +237,7 @@ def _fold_split(runs: tuple[Path, ...], n_folds: int | None, seed: int | None) -
     return n_folds, seed
 
 
-def _teacher_set(spec: Teachers, audio: Path) -> tuple[str, ...]:
+def _teacher_set(spec: Teachers, audio: Path, run_folds: dict[Path, dict[str, int] | None]) -> tuple[str, ...]:
     """The models that may label `audio`: each teacher run, or its one held-out fold (the fold rule).
 
     Raises:
@@ -243,7 +245,7 @@ def _teacher_set(spec: Teachers, audio: Path) -> tuple[str, ...]:
     """
     allowed = []
     for run in spec.runs:
-        restricted = teacher_checkpoints(run_folder(run), audio)
+        restricted = teacher_checkpoints(run_folder(run), audio, run_folds[run])
         if restricted and run.is_file() and restricted[0].resolve() != run.resolve():
             raise BirdclefError(f"--teacher {run} trained on the pseudo-labels of {audio} (only "
                                 f"{restricted[0]} held it out); give the run folder, so that each soundscape "
@@ -262,11 +264,15 @@ def _record_path(parts: Path, rel: str) -> Path:
 
 def _is_done(parts: Path, entry: Entry, key: tuple[str, ...]) -> bool:
     record, part = _record_path(parts, entry.path), _part(parts, entry.path)
-    if not (record.is_file() and part.is_file()):
+    if not record.is_file():
+        return False
+    redo = f"{entry.path} is scored again"
+    if not intact(part, redo=redo):
         return False
     try:
         saved = read_json(record)
-    except (OSError, ValueError):
+    except (OSError, ValueError) as exc:
+        set_aside(record, f"{type(exc).__name__}: truncated or not JSON", redo)
         return False
     return (saved.get("teachers"), saved.get("size"), saved.get("mtime_ns")) == (list(key), entry.size,
                                                                                  entry.mtime_ns)
@@ -277,7 +283,7 @@ def _check_settings(parts: Path, spec: Teachers, hop_s: float, postprocess: bool
                 "runs": [str(r.resolve()) for r in spec.runs], "hop_s": hop_s, "postprocess": postprocess}
     settings = json.loads(json.dumps(settings, default=str))
     path = parts / "settings.json"
-    if path.is_file() and read_json(path) != settings:
+    if path.is_file() and read_settings(path) != settings:
         raise BirdclefError(f"{parts} holds scores made with other teachers or settings (see {path}); use another "
                             "--out, or delete that folder to start over")
     write_json_atomic(settings, path)

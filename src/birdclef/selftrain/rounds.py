@@ -39,6 +39,7 @@ import pandas as pd
 from birdclef.config import Config, config_from_dict, config_to_dict
 from birdclef.errors import BirdclefError, ConfigError, DatasetError
 from birdclef.utils.io import exclusive_lock, read_json, write_csv_atomic, write_json_atomic
+from birdclef.utils.state import read_settings, set_aside
 
 GROWABLE = ("rounds",)
 """Settings a resumed selftrain may change."""
@@ -125,11 +126,62 @@ def validation_set(validate: Path) -> tuple[Path, Path]:
     return audio, solution
 
 
+def check_inputs(data: Path, settings: SelfTrainSettings) -> None:
+    """Every input of ``selftrain`` / ``distill`` checked before any work (each takes minutes to hours to reach).
+
+    The dataset's class list, the soundscape folder (recordings in it), each teacher (a trained run, not an
+    empty folder, trained on this dataset's classes), the thresholds CSV and the validation set.
+
+    Raises:
+        BirdclefError: naming the flag and what is wrong.
+    """
+    from birdclef.audio.discover import discover_audio
+    from birdclef.data.metadata import DatasetLayout, load_classes
+
+    classes = load_classes(DatasetLayout.from_root(data))
+    soundscapes = Path(settings.soundscapes) if settings.soundscapes else Path(data) / "train_soundscapes"
+    flag = "--soundscapes" if settings.soundscapes else f"--data {data} (its train_soundscapes/, the default " \
+                                                          "--soundscapes)"
+    try:
+        discover_audio(soundscapes, recursive=True, what="soundscape folder", items="soundscapes")
+    except BirdclefError as exc:
+        raise BirdclefError(f"{flag}: {exc}") from None
+    for teacher in settings.teachers:
+        _check_teacher(Path(teacher), classes, data)
+    if settings.thresholds:
+        from birdclef.eval.thresholds import read_thresholds
+
+        read_thresholds(Path(settings.thresholds))
+    if settings.validate:
+        validation_set(Path(settings.validate))
+
+
+def _check_teacher(teacher: Path, classes: list[str], data: Path) -> None:
+    """A teacher must be a trained run (or checkpoint) of `classes`; its models are loaded once, on the CPU."""
+    from birdclef.birdnet.head import runs_predictor
+    from birdclef.config import InferConfig
+
+    if teacher.is_dir() and not any(teacher.iterdir()):
+        raise BirdclefError(f"--teacher {teacher}: an empty folder, not a trained run (train one with `birdclef "
+                            "train`, or give its foldK/best.pt)")
+    try:
+        predictor = runs_predictor([teacher], None, InferConfig(), "cpu")
+    except BirdclefError as exc:
+        raise BirdclefError(f"--teacher {teacher}: {exc}") from None
+    taught, only_teacher = list(predictor.classes), sorted(set(predictor.classes) - set(classes))
+    only_data = sorted(set(classes) - set(taught))
+    if only_teacher or only_data:
+        raise BirdclefError(f"--teacher {teacher} was trained on {len(taught)} classes, --data {data} lists "
+                            f"{len(classes)}: {len(only_teacher)} only in the teacher "
+                            f"({', '.join(only_teacher[:3]) or '-'}), {len(only_data)} only in the data "
+                            f"({', '.join(only_data[:3]) or '-'}); give a teacher trained on this dataset")
+
+
 def _check_settings(out: Path, config: Config, data: Path, settings: SelfTrainSettings) -> None:
     record = {"config": config_to_dict(config), "data": str(Path(data).resolve()), "settings": asdict(settings)}
     path = out / "selftrain.json"
     if path.is_file():
-        old = read_json(path)
+        old = read_settings(path)
         mine = json.loads(json.dumps(record))  # tuples as lists, as stored
         # The stored config is re-read so that fields a newer birdclef added (with their defaults) are no change.
         old["config"] = json.loads(json.dumps(config_to_dict(config_from_dict(old["config"]))))
@@ -210,8 +262,8 @@ class _Rounds:
         """The supervised start: the config trained on clips only (what every round is measured against)."""
         where = self.out / "round0"
         done = where / "scores.json"
-        if done.is_file():
-            return RoundResult(**read_json(done))
+        if (result := _finished_round(done)) is not None:
+            return result
         started, cpu = time.perf_counter(), _cpu_seconds()
         where.mkdir(parents=True, exist_ok=True)
         student = where / "run"
@@ -226,8 +278,8 @@ class _Rounds:
     def student_round(self, r: int, teachers: list[str]) -> RoundResult:
         where = self.out / f"round{r}"
         done = where / "scores.json"
-        if done.is_file():
-            return RoundResult(**read_json(done))
+        if (result := _finished_round(done)) is not None:
+            return result
         started, cpu = time.perf_counter(), _cpu_seconds()
         where.mkdir(parents=True, exist_ok=True)
         shown = teachers + (["birdnet"] if self.settings.birdnet else [])
@@ -243,6 +295,21 @@ class _Rounds:
         return result
 
 
+def _finished_round(done: Path) -> RoundResult | None:
+    """The result of a finished round from its ``scores.json``, or None when it has none.
+
+    A damaged one (a crash, a full disk) is set aside (:mod:`birdclef.utils.state`) and the round's last step
+    redone: its pseudo-labels and student training resume from their own state, so only the scoring repeats.
+    """
+    if not done.is_file():
+        return None
+    try:
+        return RoundResult(**read_json(done))
+    except (OSError, ValueError, TypeError) as exc:
+        set_aside(done, f"{type(exc).__name__}: truncated or not a round record", "the round's score is redone")
+        return None
+
+
 def _format(score: float | None) -> str:
     return "n/a" if score is None else f"{score:.4f}"
 
@@ -256,6 +323,7 @@ def run_selftrain(config: Config, data: Path, out: Path, settings: SelfTrainSett
         DatasetError: a validation set without solution.csv; as ``train`` and ``pseudo`` for their inputs.
     """
     out = Path(out).resolve()  # round folders are recorded as teachers: absolute, whatever the cwd of a resume
+    check_inputs(data, settings)
     out.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out / "selftrain.json", "birdclef selftrain"):
         _check_settings(out, config, data, settings)

@@ -9,8 +9,8 @@ Run folder (STYLE §3.5)::
 
 ``best.pt`` is the self-describing checkpoint inference loads; ``last.ckpt`` is Lightning's full
 state (optimizer, scheduler, callbacks) for ``--resume``, written atomically (an unreadable one is
-moved to ``last.ckpt.corrupt`` and its fold restarts, with a warning); ``done.json`` marks a
-finished fold. ``oof.parquet`` is keyed by clip (``filename``, and the cache index's ``row``).
+set aside as ``last.ckpt.corrupt`` and its fold restarts, with a warning: :mod:`birdclef.utils.state`);
+``done.json`` marks a finished fold. ``oof.parquet`` is keyed by clip (``filename``, and the cache index's ``row``).
 
 Clips and pseudo-labelled soundscape windows are one table of examples (:mod:`birdclef.data.examples`)
 with one fold column: ``folds.csv`` lists the clips' folds, ``pseudo_folds.csv`` the soundscapes'
@@ -58,6 +58,7 @@ from birdclef.train.run_folder import OOF_NOTE, TrainSummary, background_bank, c
 from birdclef.train.module import BirdModule
 from birdclef.utils.device import autocast_for, resolve_device
 from birdclef.utils.io import write_csv_atomic, write_json_atomic, write_parquet_atomic
+from birdclef.utils.state import set_aside
 from birdclef.utils.process import die_with_parent
 from birdclef.zoo.runs import TORCH_RUN
 
@@ -105,10 +106,8 @@ def _resume_checkpoint(fold_dir: Path, resume: bool) -> Path | None:
     reason = readable_checkpoint(ckpt)
     if reason is None:
         return ckpt
-    aside = ckpt.with_name("last.ckpt.corrupt")
-    ckpt.replace(aside)
-    log.warning("%s is unreadable (%s); moved to %s and restarting fold %s from epoch 0", ckpt, reason,
-                aside.name, fold_dir.name.removeprefix("fold"))
+    set_aside(ckpt, reason, f"fold {fold_dir.name.removeprefix('fold')} restarts from epoch 0 (finished folds "
+              "are kept)")
     return None
 
 

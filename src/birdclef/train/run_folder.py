@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import torch
 from birdclef.config import Config, config_to_dict, dump_config, load_config
 from birdclef.data.augment import BackgroundBank
 from birdclef.data.metadata import DatasetLayout
-from birdclef.errors import ConfigError, DatasetError
+from birdclef.errors import BirdclefWarning, ConfigError, DatasetError
 from birdclef.train.module import validation_auc
 from birdclef.utils.device import resolve_device
 from birdclef.utils.io import write_csv_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
@@ -66,10 +67,23 @@ def _config_diff(a: Config, b: Config) -> list[str]:
     return [k for k in sorted(fa) if fa[k] != fb.get(k) and k not in RESUMABLE_KEYS]
 
 
+def trained_anything(run: Path) -> bool:
+    """Whether a run folder holds any training: a finished fold, a best checkpoint or a last.ckpt."""
+    return any(any(Path(run).glob(f"fold*/{name}")) for name in ("done.json", "best.pt", "last.ckpt"))
+
+
 def init_run(run: Path, config: Config, resume: bool) -> None:
-    """Create or re-open the run folder; a resumed run must keep its config (except RESUMABLE_KEYS)."""
+    """Create or re-open the run folder; a resumed run must keep its config (except RESUMABLE_KEYS).
+
+    A folder whose run never finished an epoch (it failed at the start: bad data, out of memory) is no run to
+    protect: it is started again (with a warning), with or without ``--resume``, whatever its old config.
+    """
     cfg_path = run / "config.yaml"
-    if cfg_path.is_file():
+    if cfg_path.is_file() and not trained_anything(run):  # a run that failed before any epoch: replaced
+        if not resume or _config_diff(load_config(cfg_path), config):
+            warnings.warn(f"{run} holds a run that never finished an epoch (no checkpoint, no finished fold: a "
+                          "failed start?): starting it again with this config", BirdclefWarning, stacklevel=2)
+    elif cfg_path.is_file():
         if not resume:
             raise ConfigError(f"{run} already holds a run; pass --resume to continue it, or choose another --out")
         changed = _config_diff(load_config(cfg_path), config)

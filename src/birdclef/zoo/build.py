@@ -243,7 +243,23 @@ def _class_source(spec: PredictorSpec, members: list[Predictor], notes: list[str
         taxonomy = Run.open(spec.runs[0]).taxonomy
         notes += [f"BirdNET matches classes with {taxonomy}, the taxonomy of the first run's data"] if taxonomy else []
     classes, names = resolve_classes(spec.data, taxonomy, spec.sample_submission if not members else None)
+    if members and spec.data is not None:
+        check_same_classes(list(members[0].classes), classes, f"--data {spec.data}")
     return (list(members[0].classes) if members else classes), names
+
+
+def check_same_classes(runs: list[str], given: list[str], source: str) -> None:
+    """Refuse a class list (of `source`) that is not the trained runs' one.
+
+    Raises:
+        BirdclefError: the two lists hold different classes (naming a few of each side).
+    """
+    only_runs, only_given = sorted(set(runs) - set(given)), sorted(set(given) - set(runs))
+    if only_runs or only_given:
+        raise BirdclefError(f"{source} lists {len(given)} classes, the runs were trained on {len(runs)}: "
+                            f"{len(only_given)} only in {source.split()[0]} ({', '.join(only_given[:3]) or '-'}), "
+                            f"{len(only_runs)} only in the runs ({', '.join(only_runs[:3]) or '-'}); give the "
+                            "dataset the runs were trained on")
 
 
 def _with_zero_shot(spec: PredictorSpec, ctx: BuildContext, members: list[Predictor], order: list[int] | None,
