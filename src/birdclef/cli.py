@@ -367,10 +367,10 @@ def _analyze(args: argparse.Namespace) -> int:
     from functools import partial
 
     from birdclef.archive.manifest import discover, parse_shard
-    from birdclef.infer.analyze import analyze_archive, merge_results, write_raven
+    from birdclef.archive.analyze import analyze_archive, merge_results, write_raven
     from birdclef.zoo.build import build_predictor, rebuild_predictor, unknown_report_path
 
-    from birdclef.infer.analyze import check_not_archive
+    from birdclef.archive.analyze import check_not_archive
 
     check_not_archive(args.archive, args.out)
     raven = _raven_threshold(args)

@@ -19,7 +19,7 @@ from birdclef.config import InferConfig
 from birdclef.errors import BirdclefError
 from birdclef.infer.base import SinglePart
 from birdclef.zoo.placeholder import PlaceholderModel
-from birdclef.infer.analyze import analyze_archive, embedding_path, merge_results, part_path
+from birdclef.archive.analyze import analyze_archive, embedding_path, merge_results, part_path
 
 LABELS = ["Turdus merula_Eurasian Blackbird", "Erithacus rubecula_European Robin"]
 NAMES = {"blabir": "Turdus merula", "eurrob": "Erithacus rubecula"}

@@ -31,7 +31,7 @@ from birdclef.birdnet.embed import embed_to_parquet
 from birdclef.config import load_config
 from birdclef.errors import BirdclefError, BirdclefWarning, ConfigError
 from birdclef.eval.thresholds import read_thresholds, thresholds_from_csv
-from birdclef.infer.analyze import analyze_archive, part_path
+from birdclef.archive.analyze import analyze_archive, part_path
 from birdclef.utils.state import parquet_problem
 
 HAS_DASK = importlib.util.find_spec("distributed") is not None

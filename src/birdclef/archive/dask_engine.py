@@ -106,7 +106,7 @@ def run_dask(todo: list[Entry], work: Callable[[object, object, Entry], Record],
              job, record: Callable[[Record], None], scheduler: str = "local", workers: int = 2) -> None:
     """Run ``work(scorer, job, entry)`` for each entry of `todo` as a task and pass each task's :class:`Record` to
     `record` as it completes. `work` is the per-file function (``birdclef analyze``'s
-    :func:`~birdclef.infer.analyze.process_entry`); `build` makes the scorer once per worker.
+    :func:`~birdclef.archive.analyze.process_entry`); `build` makes the scorer once per worker.
 
     Raises:
         BirdclefError: dask.distributed is not installed, `workers` < 1, or no scheduler at `scheduler`.
