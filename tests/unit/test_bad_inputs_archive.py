@@ -378,22 +378,20 @@ def test_thresholds_refuse_logits_and_analyze_accepts_what_they_write(tmp_path: 
 
 
 def test_birdnet_blend_refuses_data_whose_classes_differ_from_the_runs(tmp_path: Path):
-    from birdclef.birdnet.build import build_birdnet
-    from birdclef.config import InferConfig
+    from test_analyze import make_run  # a tiny torch run of classes aaa, bbb, ccc
+
+    from birdclef.zoo.build import PredictorSpec, build_predictor
 
     data = tmp_path / "data"
     data.mkdir()
     pd.DataFrame(columns=["row_id", "aaa", "zzz"]).to_csv(data / "sample_submission.csv", index=False)
     pd.DataFrame({"primary_label": ["aaa", "zzz"], "scientific_name": ["A a", "Z z"]}).to_csv(
         data / "taxonomy.csv", index=False)
-
-    class Runs:
-        classes = ["aaa", "bbb"]
-        ensembles = []
-
-    with pytest.raises(BirdclefError, match=r"--data .* lists 2 classes, the runs were trained on 2: 1 only in "
-                                            r"--data \(zzz\), 1 only in the runs \(bbb\)"):
-        build_birdnet(tmp_path / "p.parquet", InferConfig(), Runs(), data=data)
+    run = make_run(tmp_path / "run", 5.0)
+    with pytest.raises(BirdclefError, match=r"--data .* lists 2 classes, the runs were trained on 3: 1 only in "
+                                            r"--data \(zzz\), 2 only in the runs \(bbb, ccc\)"):
+        build_predictor(PredictorSpec(runs=(run,), birdnet=True, birdnet_model=Path("placeholder"), data=data,
+                                      device="cpu"))
 
 
 # ------------------------------------------------------------------ late failures, vague errors
@@ -437,15 +435,12 @@ def test_embed_threads_zero_names_the_flag(tmp_path: Path, capsys):
 
 
 def test_selftrain_refuses_a_teacher_trained_on_other_classes(tmp_path: Path, monkeypatch):
-    import birdclef.birdnet.head as head
     from birdclef.selftrain.rounds import SelfTrainSettings, check_inputs
-
-    class Taught:
-        classes = ["blabir", "other"]
+    from birdclef.zoo.runs import Run
 
     (tmp_path / "teacher").mkdir()
     (tmp_path / "teacher" / "config.yaml").write_text("{}")
-    monkeypatch.setattr(head, "runs_predictor", lambda *_: Taught())
+    monkeypatch.setattr(Run, "classes", property(lambda self: ["blabir", "other"]))
     with pytest.raises(BirdclefError, match=r"--teacher .*teacher was trained on 2 classes, --data .* lists 3: 1 only "
                                             r"in the teacher \(other\), 2 only in the data \(eurrob, frog\)"):
         check_inputs(_dataset(tmp_path), SelfTrainSettings(teachers=(str(tmp_path / "teacher"),)))

@@ -157,18 +157,17 @@ def check_inputs(data: Path, settings: SelfTrainSettings) -> None:
 
 
 def _check_teacher(teacher: Path, classes: list[str], data: Path) -> None:
-    """A teacher must be a trained run (or checkpoint) of `classes`; its models are loaded once, on the CPU."""
-    from birdclef.birdnet.head import runs_predictor
-    from birdclef.config import InferConfig
+    """A teacher must be a trained run (or checkpoint) of `classes` (its class list read from its checkpoint)."""
+    from birdclef.zoo.runs import Run
 
     if teacher.is_dir() and not any(teacher.iterdir()):
         raise BirdclefError(f"--teacher {teacher}: an empty folder, not a trained run (train one with `birdclef "
                             "train`, or give its foldK/best.pt)")
     try:
-        predictor = runs_predictor([teacher], None, InferConfig(), "cpu")
+        taught = Run.open(teacher).classes
     except BirdclefError as exc:
         raise BirdclefError(f"--teacher {teacher}: {exc}") from None
-    taught, only_teacher = list(predictor.classes), sorted(set(predictor.classes) - set(classes))
+    only_teacher = sorted(set(taught) - set(classes))
     only_data = sorted(set(classes) - set(taught))
     if only_teacher or only_data:
         raise BirdclefError(f"--teacher {teacher} was trained on {len(taught)} classes, --data {data} lists "

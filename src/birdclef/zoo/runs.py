@@ -134,6 +134,25 @@ class Run:
                 return HEAD_RUN if frozen else TORCH_RUN
         return _checkpoint_kind(self.path)
 
+    @cached_property
+    def classes(self) -> list[str]:
+        """The classes the run scores, in its output order (read from its first finished checkpoint).
+
+        Raises:
+            BirdclefError: no finished fold, or a checkpoint that cannot be read or names no classes.
+        """
+        import torch  # a checkpoint's class list: every kind stores it under "classes"
+
+        path = self.checkpoints[0]
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - truncated zip, foreign pickle: the file is unusable either way
+            raise BirdclefError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+        classes = state.get("classes") if isinstance(state, dict) else None
+        if not isinstance(classes, list) or not classes:
+            raise BirdclefError(f"{path}: not a birdclef checkpoint (no class list)")
+        return [str(c) for c in classes]
+
     @property
     def foundation_model(self) -> str | None:
         """The foundation-model file a head run's embeddings come from (``model.birdnet_path``; None: the
