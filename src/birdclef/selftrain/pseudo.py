@@ -42,7 +42,7 @@ from __future__ import annotations
 import glob
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,28 +57,13 @@ from birdclef.errors import AudioError, BirdclefError
 from birdclef.infer.base import ROW_WINDOW_S, Predictor
 from birdclef.utils.io import exclusive_lock, read_json, write_csv_atomic, write_json_atomic
 from birdclef.utils.state import intact, read_settings, set_aside
+from birdclef.zoo.build import PredictorSpec
 from birdclef.zoo.runs import Run, run_folder
 
 BIRDNET = "birdnet"
 """How BirdNET zero-shot is named in a file's teacher list."""
-
-
-@dataclass(frozen=True)
-class Teachers:
-    """What scores the windows (everything but the per-file fold restriction)."""
-
-    runs: tuple[Path, ...] = ()
-    weights: tuple[float, ...] | None = None
-    birdnet: bool = False
-    birdnet_model: Path | None = None
-    data: Path | None = None
-    taxonomy: Path | None = None
-    sample_submission: Path | None = None
-    unknown_fill: float | None = None
-    config_file: Path | None = None
-    overrides: tuple[str, ...] = ()
-    device: str = "auto"
-    threads: int | None = None
+NOT_SETTINGS = ("device", "threads", "model", "backend", "geo", "geo_taxonomy")
+"""Fields of the teachers' spec that are not part of the parts' identity (where they run; what pseudo never takes)."""
 
 
 @dataclass
@@ -119,9 +104,11 @@ def pseudo_label(soundscapes: Path, out: Path, teachers: list[Path] | None = Non
             held-out fold is unfinished, settings differing from an earlier run's parts, or no file scored.
     """
     start = time.time()
-    spec = Teachers(tuple(Path(t) for t in teachers or ()), None if weights is None else tuple(weights), birdnet,
-                    birdnet_model, data, taxonomy, sample_submission, unknown_fill, config_file, tuple(overrides),
-                    device, threads)
+    spec = PredictorSpec(runs=tuple(Path(t) for t in teachers or ()),
+                         weights=None if weights is None else tuple(weights), birdnet=birdnet,
+                         birdnet_model=birdnet_model, data=data, taxonomy=taxonomy, sample_submission=sample_submission,
+                         unknown_fill=unknown_fill, config_file=config_file, overrides=tuple(overrides), device=device,
+                         threads=threads)
     _check_flags(spec, power, hop_s)
     limits = _thresholds(thresholds)
     n_folds, fold_seed = _fold_split(spec.runs, n_folds, fold_seed)
@@ -181,7 +168,7 @@ def transform(frame: pd.DataFrame, classes: list[str], power: float,
     return frame
 
 
-def _check_flags(spec: Teachers, power: float, hop_s: float) -> None:
+def _check_flags(spec: PredictorSpec, power: float, hop_s: float) -> None:
     if not spec.runs and not spec.birdnet:
         raise BirdclefError("give at least one --teacher run, or --birdnet")
     if not (np.isfinite(power) and power > 0):
@@ -237,7 +224,7 @@ def _fold_split(runs: tuple[Path, ...], n_folds: int | None, seed: int | None) -
     return n_folds, seed
 
 
-def _teacher_set(spec: Teachers, audio: Path, run_folds: dict[Path, dict[str, int] | None]) -> tuple[str, ...]:
+def _teacher_set(spec: PredictorSpec, audio: Path, run_folds: dict[Path, dict[str, int] | None]) -> tuple[str, ...]:
     """The models that may label `audio`: each teacher run, or its one held-out fold (the fold rule).
 
     Raises:
@@ -278,8 +265,8 @@ def _is_done(parts: Path, entry: Entry, key: tuple[str, ...]) -> bool:
                                                                                  entry.mtime_ns)
 
 
-def _check_settings(parts: Path, spec: Teachers, hop_s: float, postprocess: bool) -> None:
-    settings = {**{k: v for k, v in asdict(spec).items() if k not in ("device", "threads")},
+def _check_settings(parts: Path, spec: PredictorSpec, hop_s: float, postprocess: bool) -> None:
+    settings = {**{k: v for k, v in asdict(spec).items() if k not in NOT_SETTINGS},
                 "runs": [str(r.resolve()) for r in spec.runs], "hop_s": hop_s, "postprocess": postprocess}
     settings = json.loads(json.dumps(settings, default=str))
     path = parts / "settings.json"
@@ -289,7 +276,7 @@ def _check_settings(parts: Path, spec: Teachers, hop_s: float, postprocess: bool
     write_json_atomic(settings, path)
 
 
-def _score_group(spec: Teachers, key: tuple[str, ...], group: list[Entry], soundscapes: Path, parts: Path,
+def _score_group(spec: PredictorSpec, key: tuple[str, ...], group: list[Entry], soundscapes: Path, parts: Path,
                  hop_s: float, postprocess: bool, out: Path, bar) -> list[tuple[str, str]]:
     """Score `group`'s files with the models `key` names; (path, reason) of the files that could not be decoded."""
     from birdclef.archive.scorers import window_scorer
@@ -315,13 +302,12 @@ def _score_group(spec: Teachers, key: tuple[str, ...], group: list[Entry], sound
     return skipped
 
 
-def build_teacher(spec: Teachers, runs: list[Path], out: Path) -> Predictor:
-    """The predictor of `runs` (torch and head runs, in order) blended with BirdNET when `spec.birdnet`; classes no
-    teacher scores stay NaN (masked) unless ``spec.unknown_fill``."""
-    from birdclef.zoo.build import PredictorSpec, build_predictor, unknown_report_path
+def build_teacher(spec: PredictorSpec, runs: list[Path], out: Path) -> Predictor:
+    """The predictor of `runs` (torch and head runs, in order: `spec`'s, or their held-out folds) blended with
+    BirdNET when `spec.birdnet`; classes no teacher scores stay NaN (masked) unless ``spec.unknown_fill``."""
+    from birdclef.zoo.build import build_predictor, unknown_report_path
 
-    fields = {k: v for k, v in asdict(spec).items() if k != "runs"}
-    return build_predictor(PredictorSpec(runs=tuple(runs), **fields), unknown_report=unknown_report_path(out),
+    return build_predictor(replace(spec, runs=tuple(runs)), unknown_report=unknown_report_path(out),
                            nan_ok=True).predictor
 
 
@@ -343,7 +329,7 @@ def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> Path | None:
     return write_csv_atomic(pd.DataFrame(skipped, columns=["path", "reason"]), where)
 
 
-def _provenance(soundscapes: Path, spec: Teachers, records: dict[str, dict], power: float, thresholds,
+def _provenance(soundscapes: Path, spec: PredictorSpec, records: dict[str, dict], power: float, thresholds,
                 limits, classes: list[str], hop_s: float, postprocess: bool, n_folds: int, fold_seed: int,
                 summary: PseudoSummary) -> dict:
     infers = list({json.dumps(r["infer"], sort_keys=True): r["infer"] for r in records.values()}.values())
@@ -362,4 +348,4 @@ def _provenance(soundscapes: Path, spec: Teachers, records: dict[str, dict], pow
             "skipped": [list(s) for s in summary.skipped]}
 
 
-__all__ = ["PseudoSummary", "Teachers", "build_teacher", "parts_dir", "pseudo_label", "skipped_path", "transform"]
+__all__ = ["PseudoSummary", "build_teacher", "parts_dir", "pseudo_label", "skipped_path", "transform"]

@@ -267,14 +267,14 @@ def _with_zero_shot(spec: PredictorSpec, ctx: BuildContext, members: list[Predic
     from birdclef.birdnet.classes import read_scientific_names
     from birdclef.infer.blend import FilledPredictor
 
+    n_runs = sum(len(m.weights) for m in members)
+    if spec.weights is not None and len(spec.weights) != n_runs + 1:  # before the zero-shot model loads
+        raise BirdclefError(f"--weights: got {len(spec.weights)} for {n_runs} run(s) and BirdNET; give one per "
+                            "--run, then one for --birdnet")
     ctx.classes, names = _class_source(spec, members, notes)
     ctx.scientific_names = read_scientific_names(names)
     kind, source = _zero_shot_kind(spec.birdnet_model)
     zero_shot = get_kind(kind).build([source], ctx)
-    n_runs = sum(len(m.weights) for m in members)
-    if spec.weights is not None and len(spec.weights) != n_runs + 1:
-        raise BirdclefError(f"--weights: got {len(spec.weights)} for {n_runs} run(s) and BirdNET; give one per "
-                            "--run, then one for --birdnet")
     if members:
         parts_order = None if order is None else order + [len(order)]
         predictor = _blend(members + [zero_shot], None if spec.weights is None else list(spec.weights), ctx.config,
