@@ -135,16 +135,25 @@ def read_pseudo(path: str | Path, classes: list[str], n_folds: int | None = None
         table["fold"] = table["path"].map(folds).astype(np.int64)
     else:
         table["fold"] = frame["fold"].astype(np.int64) if "fold" in frame else -1
-    root = Path(provenance["soundscapes"])
-    table["audio"] = [str(root / p) for p in table["path"]]
-    if check_audio:
-        absent = sorted({a for a in table["audio"] if not Path(a).is_file()})
-        if absent:
-            raise DatasetError(f"{path}: {len(absent)} of its recordings are not on disk (relative to {root}): "
-                               f"{absent[:3]}")
+    attach_audio(table, Path(provenance["soundscapes"]), path, check_audio)
     mask = ~np.isnan(values)
     return PseudoLabels(table.reset_index(drop=True), np.nan_to_num(values, nan=0.0), mask, provenance, path,
                         _sha256(path))
+
+
+def attach_audio(table: pd.DataFrame, root: Path, source: Path, check: bool = True) -> None:
+    """Add the ``audio`` column (each row's recording: `root` / its ``path``) to a table of windows read from
+    `source`.
+
+    Raises:
+        DatasetError: with `check`, recordings that are not on disk (a few named).
+    """
+    table["audio"] = [str(root / p) for p in table["path"]]
+    if check:
+        absent = sorted({a for a in table["audio"] if not Path(a).is_file()})
+        if absent:
+            raise DatasetError(f"{source}: {len(absent)} of its recordings are not on disk (relative to {root}): "
+                               f"{absent[:3]}")
 
 
 def write_run_pseudo(run: Path, labels: PseudoLabels) -> None:

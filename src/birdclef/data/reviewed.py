@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from birdclef.data.pseudo import PseudoLabels, _sha256, check_resumed_table
+from birdclef.data.pseudo import PseudoLabels, _sha256, attach_audio, check_resumed_table
 from birdclef.errors import DatasetError
 from birdclef.utils.io import read_json, write_json_atomic
 
@@ -85,12 +85,7 @@ def read_reviewed(path: str | Path, classes: list[str], check_audio: bool = True
         targets[i, k], mask[i, k] = float(answer == "yes"), True
     table = pd.DataFrame({"path": windows["file"].astype(str), "start_s": windows["start_s"].astype(np.float64),
                           "end_s": windows["end_s"].astype(np.float64), "fold": np.int64(-1)})
-    table["audio"] = [str(root / p) for p in table["path"]]
-    if check_audio:
-        absent = sorted({a for a in table["audio"] if not Path(a).is_file()})
-        if absent:
-            raise DatasetError(f"{path}: {len(absent)} reviewed recordings are not on disk (under {root}): "
-                               f"{absent[:3]}")
+    attach_audio(table, root, path, check_audio)
     provenance = {"soundscapes": str(root), "classes": list(classes), "reviews": str(path.resolve())}
     return PseudoLabels(table, targets, mask, provenance, path, _sha256(path))
 
