@@ -180,6 +180,12 @@ class BirdnetModel:
         batch_size: chunks per invoke; the input tensor is resized once per distinct batch length.
     """
 
+    kind = "birdnet"
+    sample_rate = SAMPLE_RATE
+    window_s = CHUNK_S
+    licence = LICENSE
+    activation = "sigmoid"
+
     def __init__(self, model_path: str | Path | None = None, threads: int | None = None, batch_size: int = 36):
         self.path = Path(model_path) if model_path is not None else bundled_model_path()
         if not self.path.is_file():

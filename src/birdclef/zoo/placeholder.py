@@ -44,6 +44,9 @@ class PlaceholderModel:
     """
 
     path = Path(PLACEHOLDER)
+    kind = PLACEHOLDER
+    licence = LICENSE
+    activation = "sigmoid"
 
     def __init__(self, labels: Sequence[str], sample_rate: int = 48_000, window_s: float = 3.0,
                  embedding_size: int = 32, n_bands: int = 16, seed: int = 0):

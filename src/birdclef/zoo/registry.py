@@ -74,6 +74,8 @@ class Kind:
     load_model: Callable[[Path | str | None, BuildContext], Any] | None = None
     """A zero-shot kind's foundation model alone, (source, context) -> model with ``labels``, ``path``,
     ``embedding_size``, ``infer(windows) -> (logits, embeddings)`` (what ``embed`` and the heads use)."""
+    needs_source: bool = False
+    """A foundation kind that has no default file (``perch-v2:PATH``, ``onnx:CARD``)."""
 
 
 _KINDS: dict[str, Kind] = {}
