@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from birdclef.birdnet.model import LICENSE, SAMPLE_RATE, BirdnetModel, model_name
-from birdclef.birdnet.predictor import chunk_offsets, row_chunks
+from birdclef.birdnet.head_inputs import UNKNOWN_BIAS, HeadInputs, run_foundations
+from birdclef.birdnet.model import LICENSE, model_name
 from birdclef.config import Config, InferConfig, config_from_dict, config_to_dict
 from birdclef.errors import BirdclefError
 from birdclef.infer.base import ROW_WINDOW_S, SinglePart, span
@@ -39,12 +39,20 @@ from birdclef.zoo.runs import HEAD_RUN, Run
 
 KIND = HEAD_RUN
 HEADS = ("linear", "mlp")
-UNKNOWN_BIAS = -4.0
-"""Start bias of the classes BirdNET does not know: sigmoid(-4) = 0.018, a low prior."""
 MLP_HIDDEN = 256
 LICENSE_NOTE = (f"The heads in this run are derived from BirdNET v2.4 (its output layer and embeddings; "
                 f"Cornell Lab of Ornithology / Chemnitz University of Technology), licensed {LICENSE}: "
                 "non-commercial use, share alike, attribution.\n")
+
+
+def licence_note(models: list[dict]) -> str:
+    """The run's LICENSE-NOTE.txt: what its heads derive from (each foundation model's file, hash and licence)."""
+    if len(models) == 1 and models[0]["kind"] == "birdnet":
+        return LICENSE_NOTE
+    lines = ["The heads in this run are derived from these foundation models (their embeddings, and output layers "
+             "where they start from them); each one's licence applies to what is derived from it:"]
+    lines += [f"- {m['spec']}: {m['model']} (sha256 {m['sha256'] or '-'}), licensed {m['licence']}" for m in models]
+    return "\n".join(lines) + "\n"
 
 
 class EmbeddingHead(nn.Module):
@@ -87,21 +95,6 @@ class EmbeddingHead(nn.Module):
                 param.mul_(1.0 - rate)
 
 
-def init_rows(known_index: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None,
-              embedding_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(K, D) weights and (K,) biases: BirdNET's rows for known classes (index >= 0), zeros / UNKNOWN_BIAS else.
-
-    `weight` None (``model.init_from_birdnet: false``) starts every class like an unknown one.
-    """
-    k = len(known_index)
-    w = np.zeros((k, embedding_size), np.float32)
-    b = np.full(k, UNKNOWN_BIAS, np.float32)
-    if weight is not None:
-        known = known_index >= 0
-        w[known], b[known] = weight[known_index[known]], bias[known_index[known]]
-    return w, b
-
-
 def pool_logits(chunk_logits: torch.Tensor, pool: str) -> torch.Tensor:
     """(R, C, K) chunk logits -> (R, K) row logits: max (= the max of sigmoids), or the logit of their mean."""
     if pool == "max":
@@ -135,22 +128,22 @@ def load_head(path: Path) -> tuple[EmbeddingHead, dict]:
 
 
 class HeadPredictor(SinglePart):
-    """The finished folds of one embedding-head run as a predictor: LiteRT embeddings -> heads -> soft vote.
+    """The finished folds of one embedding-head run as a predictor: foundation-model embeddings -> heads -> soft
+    vote.
 
-    Every class is scored (no NaN). Rows are chunked and pooled as in
-    :class:`~birdclef.birdnet.predictor.BirdnetPredictor`, with the hop and pooling the head was trained with
-    (the run's ``infer.birdnet_hop_s`` / ``birdnet_pool``, whatever a blend's settings say: other chunks
-    are not what the head learned from).
+    Every class is scored (no NaN). Rows are cut into the models' windows as in training
+    (:class:`~birdclef.birdnet.head_inputs.HeadInputs`: the hop and pooling the head was trained with, the run's
+    ``infer.birdnet_hop_s`` / ``birdnet_pool``, whatever a blend's settings say: other windows are not what the
+    head learned from), at the run's ``data.sample_rate``.
 
     Args:
         run: run folder (its finished folds) or one ``foldK/best.pt``.
-        config: infer settings (post-processing, BirdNET batch size).
+        config: infer settings (post-processing, batch size).
         classes: output column order (default the run's); must be the run's classes in any order.
-        model: a loaded BirdNET (anything with ``infer``); None loads the run's ``model.birdnet_path``.
-        threads: LiteRT threads when loading.
+        model: the run's foundation model(s), loaded (a list, in the run's order, or one model); None loads them
+            (the run's ``model.foundation``, else its ``model.birdnet_path``).
+        threads: runtime threads when loading.
     """
-
-    sample_rate = SAMPLE_RATE
 
     def __init__(self, run: str | Path, config: InferConfig, classes: Sequence[str] | None = None,
                  model: BirdnetModel | None = None, threads: int | None = None):
@@ -170,22 +163,35 @@ class HeadPredictor(SinglePart):
         self._order = [run_classes.index(c) for c in self.classes]
         self.run_config = config_from_dict(loaded[0][1]["config"])
         self.pool = self.run_config.infer.birdnet_pool
-        self.offsets = chunk_offsets(self.run_config.infer.birdnet_hop_s)
-        self.model = model if model is not None else BirdnetModel(self.run_config.model.birdnet_path, threads,
-                                                                  config.birdnet_batch_size)
+        specs = run_foundations(self.run_config.model)
+        if model is None:
+            from birdclef.zoo.registry import BuildContext
+
+            self.inputs = HeadInputs.from_config(self.run_config, BuildContext(config, threads=threads))
+        else:
+            models = list(model) if isinstance(model, (list, tuple)) else [model]
+            self.inputs = HeadInputs(models, specs, self.run_config.infer.birdnet_hop_s,
+                                     self.run_config.data.sample_rate)
+        self.model = self.inputs.models[0]
         size = int(loaded[0][1]["embedding_size"])
-        if self.model.embedding_size != size:
-            raise BirdclefError(f"{self.path}: the heads take {size}-d embeddings but {self.model.path} gives "
-                                f"{self.model.embedding_size}-d ones; use the BirdNET model the run was trained on")
+        if self.inputs.embedding_size != size:
+            raise BirdclefError(f"{self.path}: the heads take {size}-d embeddings but {', '.join(specs)} give "
+                                f"{self.inputs.embedding_size}-d ones; use the foundation model(s) the run was "
+                                "trained on")
+        self.sample_rate = self.inputs.sample_rate
+        self.offsets = self.inputs.offsets[0]
         self.lead, self.length = span(self.sample_rate, ROW_WINDOW_S)  # each 5 s row alone, as zero-shot
         self.weights = np.ones(1)
         self.model_file = model_name(self.model.path)
 
     @torch.no_grad()
     def predict_rows(self, wave: np.ndarray, n_rows: int) -> np.ndarray:
-        """(n_rows, K) fold-averaged pooled probabilities of a 48 kHz wave, before post-processing."""
-        embeddings = self.model.infer(row_chunks(wave, self.sample_rate, n_rows, self.offsets))[1]
-        chunks = torch.from_numpy(np.asarray(embeddings, np.float32)).reshape(n_rows, len(self.offsets), -1)
+        """(n_rows, K) fold-averaged pooled probabilities of a wave at :attr:`sample_rate`, before
+        post-processing."""
+        row_len = int(round(ROW_WINDOW_S * self.sample_rate))
+        padded = np.zeros(n_rows * row_len, np.float32)
+        padded[: min(len(wave), len(padded))] = wave[: len(padded)]
+        chunks = torch.from_numpy(self.inputs.embed(padded.reshape(n_rows, row_len)).astype(np.float32))
         folds = [torch.sigmoid(pool_logits(head(chunks), self.pool)) for head in self.heads]
         return torch.stack(folds).mean(0).double().numpy()[:, self._order]
 
@@ -193,7 +199,16 @@ class HeadPredictor(SinglePart):
         """[(N, K)] of (N, 5 s) spans: rows laid end to end are a wave whose rows they are."""
         return [self.predict_rows(spans.reshape(-1), len(spans))]
 
+    @property
+    def model_files(self) -> list[str]:
+        return [model_name(m.path) for m in self.inputs.models]
+
     def settings(self) -> dict:
-        return {"backend": KIND, "checkpoints": list(self.checkpoints),
-                "model": self.model_file, "licence": LICENSE, "chunk_offsets_s": self.offsets,
-                "pool": self.pool, "infer": config_to_dict(self.config)}
+        models = self.inputs.provenance()
+        info = {"backend": KIND, "checkpoints": list(self.checkpoints),
+                "model": self.model_file, "licence": LICENSE if len(models) == 1 and models[0]["kind"] == "birdnet"
+                else "; ".join(f"{m['spec']}: {m['licence']}" for m in models),
+                "chunk_offsets_s": self.offsets, "pool": self.pool, "infer": config_to_dict(self.config)}
+        if len(models) > 1 or models[0]["kind"] != "birdnet":
+            info["foundation"] = models
+        return info

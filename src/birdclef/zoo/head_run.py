@@ -1,7 +1,9 @@
-"""Kind ``birdnet_head``: a run of light heads on frozen BirdNET embeddings (``configs/birdnet-head.yaml``).
+"""Kind ``birdnet_head``: a run of light heads on frozen foundation-model embeddings (``configs/birdnet-head.yaml``,
+``configs/perch-head.yaml``).
 
-Reads ``RUN/fold*/best.pt`` (heads) and the BirdNET file the run was trained on (``model.birdnet_path``). Head
-runs on one BirdNET file share one loaded model in a build (:meth:`BuildContext.shared`).
+Reads ``RUN/fold*/best.pt`` (heads) and the foundation model(s) the run was trained on (``model.foundation``, else
+``model.birdnet_path``). Every part of a build on one model file (heads, zero-shot) shares one loaded model and
+its per-window results (:func:`~birdclef.zoo.foundation.load_foundation`): the model runs once per file.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from birdclef.zoo.runs import HEAD_RUN, Run
 def build(sources: Sequence[Path | str | None], ctx: BuildContext) -> Predictor:
     """One :class:`~birdclef.birdnet.head.HeadPredictor` for the one run in `sources` (columns ``ctx.classes``)."""
     from birdclef.birdnet.head import HeadPredictor
-    from birdclef.zoo.birdnet import load_birdnet
+    from birdclef.zoo.foundation import load_foundation
 
     (run,) = sources
-    return HeadPredictor(Path(run), ctx.config, ctx.classes, load_birdnet(Run.open(run).foundation_model, ctx))
+    models = [load_foundation(spec, ctx) for spec in Run.open(run).foundations]
+    return HeadPredictor(Path(run), ctx.config, ctx.classes, models)
 
 
 KIND = register_kind(Kind(
-    name=HEAD_RUN, summary="head on frozen BirdNET v2.4 embeddings (few-shot; learns classes BirdNET lacks)",
-    reads="run folder (fold*/best.pt heads) + the BirdNET .tflite it was trained on", licence="CC BY-NC-SA 4.0",
+    name=HEAD_RUN, summary="head on frozen foundation-model embeddings (BirdNET, Perch v2, ONNX, several; learns classes "
+                         "they lack)",
+    reads="run folder (fold*/best.pt heads) + the foundation model(s) it was trained on",
+    licence="its foundation models' (BirdNET: CC BY-NC-SA 4.0)",
     verbs=("predict", "analyze", "pseudo", "selftrain"), build=build))
