@@ -8,7 +8,7 @@ them; nothing else needs to know which kinds exist.
 Example:
     >>> from birdclef.zoo.registry import get_kind, list_kinds
     >>> list_kinds()
-    ['birdnet', 'birdnet_head', 'exported', 'placeholder', 'torch']
+    ['birdnet', 'birdnet_head', 'exported', 'onnx', 'perch-v2', 'placeholder', 'torch']
     >>> predictor = get_kind("torch").build([Path("runs/a")], BuildContext(InferConfig()))
 """
 
@@ -25,7 +25,7 @@ from birdclef.errors import BirdclefError
 from birdclef.infer.base import Predictor
 
 BUILTIN_KINDS = ("birdclef.zoo.torch_run", "birdclef.zoo.head_run", "birdclef.zoo.exported",
-                 "birdclef.zoo.birdnet", "birdclef.zoo.placeholder")
+                 "birdclef.zoo.birdnet", "birdclef.zoo.perch", "birdclef.zoo.onnx_card", "birdclef.zoo.placeholder")
 """Modules that register the built-in kinds (imported on the first look-up; their heavy imports stay lazy)."""
 
 
