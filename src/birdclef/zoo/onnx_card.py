@@ -357,5 +357,5 @@ KIND = register_kind(Kind(
     name=ONNX, summary="any ONNX embedding model described by a card (YAML/JSON): embeddings, and zero-shot when "
                        "the card names a class-score output and its labels",
     reads="a model card (onnx:CARD) naming the .onnx file, its rate, window, outputs, labels and licence",
-    licence="the card's", verbs=("predict", "analyze", "embed", "pseudo"), build=build_zero_shot(load_model),
+    licence="the card's", verbs=("predict", "analyze", "embed", "pseudo"), build=build_zero_shot(ONNX),
     zero_shot=True, load_model=load_model, needs_source=True))

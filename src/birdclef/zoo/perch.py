@@ -193,5 +193,5 @@ KIND = register_kind(Kind(
     name=PERCH_V2, summary="Perch v2 (Google) from its ONNX export: 14,795 labels matched by scientific name, "
                            "1536-d embeddings; unknown classes NaN",
     reads="a Perch v2 .onnx file (perch-v2:FILE) and labels.csv beside it", licence=LICENCE,
-    verbs=("predict", "analyze", "embed", "pseudo"), build=build_zero_shot(load_model), zero_shot=True,
+    verbs=("predict", "analyze", "embed", "pseudo"), build=build_zero_shot(PERCH_V2), zero_shot=True,
     load_model=load_model, needs_source=True))

@@ -87,6 +87,10 @@ class PlaceholderModel:
     def logits(self, windows: np.ndarray) -> np.ndarray:
         return self.infer(windows)[0]
 
+    def output_layer(self) -> tuple[np.ndarray, np.ndarray]:
+        """Its classifier on its embeddings, ``(weight (L, D), bias (L,))`` float32 (a head's start rows)."""
+        return self.weight.T.astype(np.float32), self.bias.astype(np.float32)
+
     def embeddings(self, windows: np.ndarray) -> np.ndarray:
         return self.infer(windows)[1]
 
