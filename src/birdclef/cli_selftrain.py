@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 
 from birdclef import cli_types as T
-from birdclef.cli_common import add_config_flags, add_predictor_flags, data_warnings_as_lines, verb
+from birdclef.cli_common import (add_config_flags, add_predictor_flags, data_warnings_as_lines, refuse_blend_over_rows,
+                                 verb)
 
 OUT_KINDS = {"pseudo": "file", "selftrain": "folder", "distill": "folder"}
 
@@ -110,6 +111,7 @@ def _groups(groups: dict[str, float]) -> str:
 def _pseudo(args: argparse.Namespace) -> int:
     from birdclef.selftrain.pseudo import pseudo_label
 
+    refuse_blend_over_rows(args, "pseudo")
     thresholds = args.thresholds
     if thresholds is not None:
         try:
