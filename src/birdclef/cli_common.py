@@ -47,6 +47,8 @@ def add_predictor_flags(p: argparse.ArgumentParser, runs_flag: str = "--run", ex
         runs_flag: ``--run`` (predict, analyze) or ``--teacher`` (pseudo); either lands in ``args.runs``.
         exported: also ``--model`` and ``--backend`` (an exported model folder).
     """
+    from birdclef.infer.rank import BLENDS, MEAN  # numpy only
+
     p.add_argument(runs_flag, dest="runs", type=Path, action="append", default=None, metavar="RUN", help=run_help)
     if exported:
         p.add_argument("--model", type=Path, default=None,
@@ -66,8 +68,6 @@ def add_predictor_flags(p: argparse.ArgumentParser, runs_flag: str = "--run", ex
     p.add_argument("--taxonomy", type=Path, default=None,
                    help="with --birdnet: taxonomy.csv (scientific_name) to match classes to BirdNET's labels")
     p.add_argument("--unknown-fill", type=T.probability, default=None, help=fill_help)
-    from birdclef.infer.rank import BLENDS, MEAN
-
     p.add_argument("--blend", choices=BLENDS, default=MEAN,
                    help="mean: weighted mean of probabilities; rank / quantile: of each model's per-class ranks / "
                         "quantiles over all rows (predict only; docs/models.md, Rank blends)")
