@@ -62,7 +62,7 @@ from birdclef.zoo.runs import Run, run_folder
 
 BIRDNET = "birdnet"
 """How BirdNET zero-shot is named in a file's teacher list."""
-NOT_SETTINGS = ("device", "threads", "model", "backend", "geo", "geo_taxonomy")
+NOT_SETTINGS = ("device", "threads", "model", "backend", "geo", "geo_taxonomy", "blend")
 """Fields of the teachers' spec that are not part of the parts' identity (where they run; what pseudo never takes)."""
 
 
