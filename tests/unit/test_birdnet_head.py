@@ -20,6 +20,7 @@ from scipy.special import expit
 
 from birdclef.birdnet import head as head_module
 from birdclef.birdnet import head_train
+from birdclef.birdnet import head_inputs
 from birdclef.birdnet import predictor as predictor_module
 from birdclef.birdnet.head import UNKNOWN_BIAS, EmbeddingHead, HeadPredictor, load_head, pool_logits
 from birdclef.birdnet.head_train import HeadData, build_head, fit_head
@@ -72,7 +73,7 @@ class FakeBirdnet:
 
 def _fake_birdnet(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(predictor_module, "BirdnetModel", FakeBirdnet)  # the zoo loads BirdNET through this name
-    mp.setattr(head_train, "output_layer", lambda path: (WEIGHT, BIAS))
+    mp.setattr(head_inputs, "output_layer", lambda path: (WEIGHT, BIAS))
 
 
 def _tone(freq: float, seconds: float = 5.0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -96,7 +97,7 @@ def test_untrained_head_is_zero_shot_birdnet_for_known_classes() -> None:
     names = {"syn00": "Synthetica strepens syn00", "syn01": "Synthetica modulans syn01", "syn02": "Gryllus x"}
     config = load_config(CONFIG)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(head_train, "output_layer", lambda path: (WEIGHT, BIAS))
+        mp.setattr(head_inputs, "output_layer", lambda path: (WEIGHT, BIAS))
         head = build_head(config, classes, names, FakeBirdnet())
     wave = np.concatenate([_tone(3_000), _tone(1_000), _tone(9_000)])
     zero_shot = BirdnetPredictor(classes, names, RAW, model=FakeBirdnet()).predict_rows(wave, 3)

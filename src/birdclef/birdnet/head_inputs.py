@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import soxr
 
+from birdclef.birdnet.model import output_layer
 from birdclef.birdnet.predictor import model_offsets, row_chunks
 from birdclef.config import Config
 from birdclef.errors import BirdclefError
@@ -49,9 +50,7 @@ def output_rows(model) -> tuple[np.ndarray, np.ndarray] | None:
     if hasattr(model, "output_layer"):
         return model.output_layer()
     if getattr(model, "kind", "birdnet") == "birdnet":
-        from birdclef.birdnet import head_train  # tests stand in for the file reader there
-
-        return head_train.output_layer(model.path)
+        return output_layer(model.path)
     return None
 
 

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from birdclef.birdnet.head_data import ROW_BATCH, HeadData, embed_rows
 from birdclef.birdnet.head import HEADS, MLP_HIDDEN, EmbeddingHead, licence_note, pool_logits, save_head
 from birdclef.birdnet.head_inputs import HeadInputs
-from birdclef.birdnet.model import CHUNK_S, output_layer
+from birdclef.birdnet.model import CHUNK_S
 from birdclef.config import Config
 from birdclef.data.augment import BackgroundBank, add_background
 from birdclef.data.cache import WaveCache
