@@ -29,7 +29,8 @@ write, and the parts are removed. Files that cannot be decoded are skipped and l
 ``<out stem>.skipped.csv``; the next file decodes in a thread while the model runs.
 
 ``engine="dask"`` does the same per-file work as Dask tasks (:mod:`birdclef.utils.cluster`): one task per file, or
-per group of consecutive small files (up to :data:`GROUP_BYTES` on disk), each worker building the model once
+per group of consecutive small files (up to :data:`GROUP_BYTES` on disk, less where that would leave fewer than 4
+tasks per worker thread), each worker building the model once
 (`rebuild`) and writing each file's part into the same ``.<out>.parts/`` folder, so a killed run resumes as a
 plain one does and either engine gives the same table. Every worker must see the audio and `out` at the same
 paths. A task that fails on every retry (a model error, not a broken file) lists its files as skipped.
@@ -76,7 +77,8 @@ ROW_GROUP_ROWS = 4096
 """Rows per Parquet row group of the assembled output (parts hold one file each)."""
 GROUP_BYTES = 8 << 20
 """With ``engine="dask"``: consecutive files are grouped into one task until their files reach this many bytes
-(8 MiB: ~10 min of Ogg at 32 kHz; a task costs the scheduler a few ms, a 5 s clip's embedding about as much)."""
+(8 MiB: ~15 min of Ogg at 32 kHz, ~15 s of BirdNET on one core): each task costs the scheduler and the driver a
+few milliseconds and a round trip, which 35,000 clips of a few seconds, one task each, would pay 35,000 times."""
 GROUP_FILES = 256
 """With ``engine="dask"``: at most this many files per task."""
 
@@ -245,7 +247,7 @@ def embed_to_parquet(source: Path | Sequence[Path], out: Path, model: EmbeddingM
         engine: ``plain`` (this process) or ``dask`` (module docstring).
         scheduler: with dask, ``local`` (a LocalCluster of `workers` processes) or a scheduler address.
         workers: LocalCluster worker processes.
-        rebuild: with dask, builds the same model on each worker (once per worker); it must pickle, e.g.
+        rebuild: with dask, builds the same model on each worker (once per worker thread); it must pickle, e.g.
             ``functools.partial(foundation_model, "birdnet", 1)``.
 
     Raises:
@@ -311,11 +313,15 @@ def file_groups(paths: Sequence[Path], max_bytes: int | None = None,
             groups.append([])
             size = 0
         groups[-1].append(path)
-        try:
-            size += path.stat().st_size
-        except OSError:  # vanished: decoding says so
-            pass
+        size += _size(path)
     return groups
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # vanished: decoding says so
+        return 0
 
 
 def _embed_on_cluster(todo: list[Path], partial: PartialResults, settings: dict, rebuild: Callable,
@@ -326,12 +332,13 @@ def _embed_on_cluster(todo: list[Path], partial: PartialResults, settings: dict,
     if not todo:
         return
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    groups = file_groups(todo)
-    calls = [([(str(p), str(_part(partial, p))) for p in group], settings["hop_s"], settings["min_tail_s"])
-             for group in groups]
-    names = [f"embed-{key}-{hashlib.sha1(str(group[0].absolute()).encode()).hexdigest()[:16]}" for group in groups]
     skipped: dict[Path, str] = {}
     with open_client(scheduler, workers) as client:
+        threads = max(1, sum(client.nthreads().values()))  # groups small enough for 4 tasks per worker thread
+        groups = file_groups(todo, max_bytes=min(GROUP_BYTES, sum(map(_size, todo)) // (4 * threads) + 1))
+        calls = [([(str(p), str(_part(partial, p))) for p in group], settings["hop_s"], settings["min_tail_s"])
+                 for group in groups]
+        names = [f"embed-{key}-{hashlib.sha1(str(g[0].absolute()).encode()).hexdigest()[:16]}" for g in groups]
         for i, reasons, error in map_on_workers(client, embed_files, rebuild, key, calls, names):
             if error is not None:
                 reasons = [f"task failed after 2 retries: {type(error).__name__}: {error}"] * len(groups[i])
