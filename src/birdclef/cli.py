@@ -21,6 +21,7 @@ from birdclef.cli_common import (
     data_warnings_as_lines,
     predictor_spec,
     print_notes,
+    refuse_blend_over_rows,
     verb,
     warnings_as_lines,
     zero_shot_flags,
@@ -34,6 +35,8 @@ OUT_KINDS = {"prepare": "folder", "evaluate": "file", "synth": "folder", "train"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from birdclef.infer.rank import BLENDS, MEAN
+
     parser = T.Parser(prog="birdclef", description="Find which animals call in field recordings.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -218,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("blend", help="weighted blend of submission CSVs aligned on row_id")
     p.add_argument("csvs", type=Path, nargs="+")
     p.add_argument("--weights", type=T.weight, nargs="+", default=None, help="one per CSV (normalised to sum 1)")
+    p.add_argument("--blend", choices=BLENDS, default=MEAN,
+                   help="mean: of the probabilities; rank / quantile: of each CSV's per-class ranks / quantiles over "
+                        "all its rows (docs/models.md, Rank blends)")
     p.add_argument("--out", type=Path, required=True)
 
     from birdclef.cli_review import add_parsers as add_review_parsers  # review, precision
@@ -420,6 +426,7 @@ def _analyze(args: argparse.Namespace) -> int:
         raise BirdclefError(f"--scheduler {args.scheduler}: only used with --engine dask")
     if args.embeddings and args.model is not None:
         raise BirdclefError("--embeddings needs BirdNET (--birdnet, alone or with --run); --model has none")
+    refuse_blend_over_rows(args, "analyze")
     spec = predictor_spec(args)
     alone = not spec.runs and spec.model is None  # BirdNET alone: its unknown classes stay NaN in the table
     report = args.out / "birdnet_unknown.csv" if alone else unknown_report_path(args.out / "detections.parquet")
@@ -571,8 +578,9 @@ def _package(args: argparse.Namespace) -> int:
 def _blend(args: argparse.Namespace) -> int:
     from birdclef.infer.ensemble import blend_csvs
 
-    frame = blend_csvs(args.csvs, args.weights, args.out)
-    print(f"blend: {args.out} ({len(frame)} rows from {len(args.csvs)} files)")
+    frame = blend_csvs(args.csvs, args.weights, args.out, how=args.blend)
+    how = "" if args.blend == "mean" else f", {args.blend} blend"
+    print(f"blend: {args.out} ({len(frame)} rows from {len(args.csvs)} files{how})")
     return 0
 
 

@@ -48,6 +48,8 @@ def add_predictor_flags(p: argparse.ArgumentParser, runs_flag: str = "--run", ex
         runs_flag: ``--run`` (predict, analyze) or ``--teacher`` (pseudo); either lands in ``args.runs``.
         exported: also ``--model`` and ``--backend`` (an exported model folder).
     """
+    from birdclef.infer.rank import BLENDS, MEAN  # numpy only
+
     p.add_argument(runs_flag, dest="runs", type=Path, action="append", default=None, metavar="RUN", help=run_help)
     if exported:
         p.add_argument("--model", type=Path, default=None,
@@ -68,6 +70,9 @@ def add_predictor_flags(p: argparse.ArgumentParser, runs_flag: str = "--run", ex
     p.add_argument("--taxonomy", type=Path, default=None,
                    help="with --birdnet: taxonomy.csv (scientific_name) to match classes to BirdNET's labels")
     p.add_argument("--unknown-fill", type=T.probability, default=None, help=fill_help)
+    p.add_argument("--blend", choices=BLENDS, default=MEAN,
+                   help="mean: weighted mean of probabilities; rank / quantile: of each model's per-class ranks / "
+                        "quantiles over all rows (predict only; docs/models.md, Rank blends)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
@@ -135,7 +140,21 @@ def predictor_spec(args: argparse.Namespace):
         weights=None if args.weights is None else tuple(args.weights), data=args.data, taxonomy=args.taxonomy,
         sample_submission=vars(args).get("sample_submission"), unknown_fill=args.unknown_fill,
         config_file=args.config, overrides=tuple(args.overrides), device=args.device, threads=args.threads,
-        geo=geo, geo_taxonomy=flags.get("geo_taxonomy"))
+        geo=geo, geo_taxonomy=flags.get("geo_taxonomy"), blend=args.blend)
+
+
+def refuse_blend_over_rows(args: argparse.Namespace, verb_name: str) -> None:
+    """Refuse ``--blend rank|quantile`` in a verb that scores each recording on its own (analyze, pseudo).
+
+    Raises:
+        BirdclefError: a blend other than ``mean`` (one line saying why and what to use).
+    """
+    from birdclef.errors import BirdclefError
+
+    if args.blend != "mean":
+        raise BirdclefError(f"--blend {args.blend} ranks each model over all rows of a prediction, and {verb_name} "
+                            "scores each recording on its own (its tables grow file by file); use --blend mean here, "
+                            f"or birdclef predict for a {args.blend} blend")
 
 
 def print_notes(verb_name: str, notes: list[str]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from birdclef import cli_types as T
 from birdclef.cli_common import (add_config_flags, add_foundation_flag, add_predictor_flags, data_warnings_as_lines,
-                                 verb, zero_shot_flags)
+                                 refuse_blend_over_rows, verb, zero_shot_flags)
 
 OUT_KINDS = {"pseudo": "file", "selftrain": "folder", "distill": "folder"}
 
@@ -112,6 +112,7 @@ def _groups(groups: dict[str, float]) -> str:
 def _pseudo(args: argparse.Namespace) -> int:
     from birdclef.selftrain.pseudo import pseudo_label
 
+    refuse_blend_over_rows(args, "pseudo")
     thresholds = args.thresholds
     if thresholds is not None:
         try:

@@ -155,5 +155,21 @@ def test_birdnet_backbone_rules() -> None:
     assert cfg.model.frontend.sample_rate == 48_000 and cfg.model.freeze_backbone and cfg.model.init_from_birdnet
     with pytest.raises(ConfigError, match="data.sample_rate must be 48000 with model.backbone=birdnet"):
         load_config(None, ["model.backbone=birdnet"])
-    with pytest.raises(ConfigError, match="model.freeze_backbone is only supported with model.backbone=birdnet"):
+    with pytest.raises(ConfigError, match="model.freeze_backbone is only supported with model.backbone birdnet or "
+                                          "foundation"):
         load_config(None, ["model.freeze_backbone=true"])
+
+
+def test_foundation_head_rules() -> None:
+    cfg = load_config(None, ["model.backbone=foundation", "model.freeze_backbone=true",
+                             "model.foundation=[birdnet,perch-v2:/m/perch_v2.onnx]", "data.sample_rate=32000"])
+    assert cfg.model.foundation == ("birdnet", "perch-v2:/m/perch_v2.onnx")
+    assert load_config(None, ["model.backbone=foundation", "model.freeze_backbone=true",
+                              "model.foundation=placeholder"]).model.foundation == ("placeholder",)
+    with pytest.raises(ConfigError, match="model.backbone foundation is a head on frozen foundation models"):
+        load_config(None, ["model.backbone=foundation"])
+    with pytest.raises(ConfigError, match="model.foundation names the frozen model"):
+        load_config(None, ["model.foundation=[placeholder]"])
+    with pytest.raises(ConfigError, match="names a model twice"):
+        load_config(None, ["model.backbone=foundation", "model.freeze_backbone=true",
+                           "model.foundation=[placeholder,placeholder]"])

@@ -140,3 +140,22 @@ def test_a_head_on_two_foundation_models_at_once(perch: Path, tiny_dataset: Path
     assert frame[["syn00", "syn01", "syn02"]].notna().all().all()
     note = (run / "LICENSE-NOTE.txt").read_text()
     assert "placeholder" in note and "perch-v2" in note
+
+
+def test_analyze_and_pseudo_name_the_foundation_model_they_ran(perch: Path, tiny_dataset: Path,
+                                                             tmp_path: Path) -> None:
+    from birdclef.zoo.foundation import file_sha256
+
+    out = tmp_path / "archive"
+    assert main(["analyze", str(tiny_dataset / "test_soundscapes"), "--foundation", f"perch-v2:{perch}", "--data",
+                 str(tiny_dataset), "--out", str(out), "--embeddings", "--no-progress"]) == 0
+    embeddings = pd.read_parquet(out / "embeddings.parquet")
+    assert embeddings.filter(regex=r"^emb_").shape[1] == 1536
+    table = tmp_path / "pseudo.parquet"
+    assert main(["pseudo", "--foundation", f"perch-v2:{perch}", "--data", str(tiny_dataset), "--soundscapes",
+                 str(tiny_dataset / "train_soundscapes"), "--out", str(table), "--no-progress"]) == 0
+    from birdclef.data.pseudo import read_provenance
+
+    (model,) = read_provenance(table)["foundation_models"]
+    assert model["sha256"] == file_sha256(perch) and model["licence"] == "Apache-2.0"
+    assert model["kind"] == "perch-v2" and model["embedding_size"] == 1536

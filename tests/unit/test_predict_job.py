@@ -23,7 +23,7 @@ CLASSES = ["aaa", "bbb", "ccc"]
 class FakePredictor:
     """Row k of a file scores (k + 1) / (W + 1), (mean |x| of the file), 0.5: deterministic, model-free."""
 
-    classes, sample_rate = CLASSES, SR
+    classes, sample_rate, blend = CLASSES, SR, "mean"
 
     def __init__(self):
         self.calls = 0

@@ -83,8 +83,12 @@ def window_scorer(predictor: Predictor, postprocess: bool = False) -> WindowScor
     """The :class:`WindowScorer` of `predictor`; `postprocess` False turns every post-processing step off.
 
     Raises:
-        BirdclefError: blend weights that do not match the parts' runs.
+        BirdclefError: blend weights that do not match the parts' runs; a blend over all rows (``rank``,
+            ``quantile``), which no window batch can give.
     """
+    if predictor.blend != "mean":
+        raise BirdclefError(f"a {predictor.blend} blend ranks each model over all rows of a prediction; windows "
+                            "scored batch by batch can only take a mean blend")
     members = predictor.parts()
     config = predictor.config if postprocess else replace(predictor.config, **RAW_STEPS)
     runs = sum(m.n_runs for m in members)

@@ -239,6 +239,7 @@ class GeoFilteredPredictor(PartsPredictor):
         self.predictor, self.geo = predictor, geo
         self.classes, self.sample_rate = predictor.classes, predictor.sample_rate
         self.config, self.weights, self.fill = predictor.config, predictor.weights, predictor.fill
+        self.blend = predictor.blend
         inner = predictor.class_weights
         self.class_weights = np.asarray(geo.weights, np.float64) * (1.0 if inner is None else inner)
 

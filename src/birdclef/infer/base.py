@@ -12,6 +12,11 @@ scorer, blends, pseudo-label provenance -- uses only these members, never the ki
 (:func:`context_windows`; zeros outside the file), every part scores its spans, and the runs are blended and
 post-processed by :func:`~birdclef.infer.ensemble.combine_runs`. The batch job in :mod:`birdclef.infer.job`
 works with any predictor, so running an exported model needs no torch.
+
+**Blends over all rows.** A predictor's :attr:`~Predictor.blend` is ``mean`` (each file blended on its own:
+:meth:`~Predictor.predict_file`) or ``rank`` / ``quantile`` (:mod:`birdclef.infer.rank`), which rank each run's
+scores of a class over every row of the prediction. Such a predictor has no per-file prediction: the job keeps
+each file's :meth:`~Predictor.run_outputs` and blends them all at the end with :meth:`~Predictor.blend_rows`.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from birdclef.audio.io import load_audio
 from birdclef.audio.segments import row_ids, soundscape_windows
 from birdclef.config import InferConfig
 from birdclef.errors import AudioError, BirdclefError
+from birdclef.infer.rank import MEAN
 
 ROW_WINDOW_S = 5.0
 """The competition scores 5 s rows."""
@@ -83,6 +89,8 @@ class Predictor(Protocol):
     """Value written where no part scores a class (None: NaN stays)."""
     class_weights: np.ndarray | None
     """(K,) multipliers of the final scores (the location filter, :mod:`birdclef.birdnet.geo`), or None."""
+    blend: str
+    """How the runs are blended: ``mean`` per file, or ``rank`` / ``quantile`` over all rows (module docstring)."""
 
     def parts(self) -> list[Part]:
         """The models, in the order of :attr:`weights`' runs."""
@@ -100,7 +108,15 @@ class Predictor(Protocol):
         """The resolved foundation-model files the parts run, without repeats."""
 
     def predict_file(self, wave: np.ndarray) -> np.ndarray:
-        """(W, K) post-processed, blended probabilities; W = :func:`row_count` of the wave."""
+        """(W, K) post-processed, blended probabilities; W = :func:`row_count` of the wave (``mean`` blends only)."""
+
+    def run_outputs(self, wave: np.ndarray) -> list[np.ndarray]:
+        """One (W, K) array per run: its probabilities of the file, post-processed when that is per model."""
+
+    def blend_rows(self, per_run: Sequence[np.ndarray], file_rows: Sequence[int]) -> np.ndarray:
+        """(N, K) final probabilities from each run's :meth:`run_outputs` of all files, stacked in file order
+        (`file_rows`: each file's row count, summing to N): the blend, then per-file post-processing, fill and
+        class weights. For a ``mean`` blend this is :meth:`predict_file` of each file, stacked."""
 
     def settings(self) -> dict:
         """JSON-able identity (models, weights, post-processing) that partial results are keyed by."""
@@ -116,7 +132,7 @@ class PartsPredictor:
     """The file-level predictions of any :class:`Predictor` from its parts (module docstring).
 
     Subclasses set ``classes``, ``sample_rate``, ``config`` and ``weights`` and implement :meth:`parts`;
-    ``fill`` and ``class_weights`` default to None.
+    ``fill`` and ``class_weights`` default to None, ``blend`` to ``mean``.
     """
 
     classes: list[str]
@@ -125,6 +141,7 @@ class PartsPredictor:
     weights: np.ndarray
     fill: float | None = None
     class_weights: np.ndarray | None = None
+    blend: str = MEAN
 
     def parts(self) -> list[Part]:
         raise NotImplementedError
@@ -164,7 +181,35 @@ class PartsPredictor:
     def predict_file(self, wave: np.ndarray) -> np.ndarray:
         from birdclef.infer.ensemble import combine_runs  # ensemble imports postprocess; keep base light
 
-        probs = combine_runs(self.predict_runs(wave), self.weights, self.config)
+        if self.blend != MEAN:
+            raise BirdclefError(f"a {self.blend} blend ranks each model's scores over all files of a prediction; "
+                                "one file has no prediction of its own (birdclef predict blends them at the end)")
+        return self._finish(combine_runs(self.predict_runs(wave), self.weights, self.config))
+
+    def run_outputs(self, wave: np.ndarray) -> list[np.ndarray]:
+        """Each run's (W, K) probabilities of one file, post-processed when ``postprocess_stage`` is per_model."""
+        from birdclef.infer.postprocess import apply_steps
+
+        per_run = self.predict_runs(wave)
+        if self.config.postprocess_stage == "per_model":
+            per_run = [apply_steps(p, self.config) for p in per_run]
+        return per_run
+
+    def blend_rows(self, per_run: Sequence[np.ndarray], file_rows: Sequence[int]) -> np.ndarray:
+        """The final (N, K) probabilities of all files from each run's stacked :meth:`run_outputs` (protocol)."""
+        from birdclef.infer.ensemble import blend_runs
+        from birdclef.infer.postprocess import apply_steps
+
+        if sum(file_rows) != len(per_run[0]):
+            raise BirdclefError(f"blend_rows: the files' {sum(file_rows)} rows are not the runs' {len(per_run[0])}")
+        blended = blend_runs(per_run, self.weights, self.blend)  # (N, K)
+        if self.config.postprocess_stage == "blend":
+            files = np.split(blended, np.cumsum(file_rows)[:-1])
+            blended = np.concatenate([apply_steps(rows, self.config) for rows in files])
+        return self._finish(blended)
+
+    def _finish(self, probs: np.ndarray) -> np.ndarray:
+        """`probs` with :attr:`fill` where no run scores and times :attr:`class_weights`."""
         if self.fill is not None:
             probs = np.asarray(probs, dtype=np.float64)
             probs = np.where(np.isnan(probs), self.fill, probs)
@@ -237,6 +282,27 @@ def iter_decoded(paths: Sequence[Path], sample_rate: int, num_workers: int = 2,
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def iter_run_outputs(paths: Sequence[Path], predictor: Predictor,
+                     num_workers: int = 2) -> Iterator[tuple[Path, pd.DataFrame | None, str | None]]:
+    """As :func:`iter_predictions`, with each run's :meth:`~Predictor.run_outputs` instead of the blend.
+
+    `rows` stacks the runs: a ``run`` column (0, 1, ... in :attr:`~Predictor.weights` order), ``row_id``, then
+    one float32 column per class; run r's rows are the file's rows in order.
+    """
+    for path, wave, error in iter_decoded(paths, predictor.sample_rate, num_workers):
+        if wave is None:
+            yield path, None, error
+            continue
+        ids = row_ids(path.stem, soundscape_windows(len(wave) / predictor.sample_rate, ROW_WINDOW_S))
+        frames = []
+        for run, probs in enumerate(predictor.run_outputs(wave)):
+            frame = pd.DataFrame(np.asarray(probs, dtype=np.float32), columns=predictor.classes)
+            frame.insert(0, "row_id", ids)
+            frame.insert(0, "run", run)
+            frames.append(frame)
+        yield path, pd.concat(frames, ignore_index=True), None
 
 
 def iter_predictions(paths: Sequence[Path], predictor: Predictor,

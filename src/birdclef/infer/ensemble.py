@@ -3,10 +3,13 @@
 A prediction table is ``row_id`` plus one probability column per class. Tables from different
 models are aligned on ``row_id`` (any row order) and on class names (any column order) before
 they are averaged; anything that does not line up is a :class:`SubmissionError` naming the input.
+A blend is the weighted mean of the probabilities, or of their per-class ranks or quantiles over
+all rows (``how``: :mod:`birdclef.infer.rank`).
 
 Example:
     >>> blended = blend([effnet_df, nfnet_df], weights=[0.75, 0.25], names=["effnet", "nfnet"])
     >>> blend_csvs([Path("a.csv"), Path("b.csv")], [3, 1], Path("submission.csv"))  # = 0.75 / 0.25
+    >>> blend_csvs([Path("own.csv"), Path("perch.csv")], [0.8, 0.2], Path("sub.csv"), how="rank")
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pandas as pd
 from birdclef.config import InferConfig
 from birdclef.errors import SubmissionError
 from birdclef.infer.postprocess import apply_steps
+from birdclef.infer.rank import MEAN, check_blend, transform_members
 from birdclef.utils.io import read_csv_checked, write_csv_atomic
 
 _EXAMPLES = 3
@@ -149,8 +153,8 @@ def _check_finite(values: np.ndarray, row_ids: pd.Series, class_cols: list, labe
 
 
 def blend(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = None,
-          names: Sequence[str] | None = None) -> pd.DataFrame:
-    """Weighted mean of prediction tables, aligned on ``row_id`` and on class names.
+          names: Sequence[str] | None = None, how: str = MEAN) -> pd.DataFrame:
+    """Weighted blend of prediction tables, aligned on ``row_id`` and on class names.
 
     Weights are normalised to sum 1 (see :func:`normalise_weights`), so ``[3, 1]`` and
     ``[0.75, 0.25]`` give the same blend; None means equal weights.
@@ -159,6 +163,8 @@ def blend(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = None
         frames: prediction tables of the same rows and classes, in any row / column order.
         weights: one non-negative weight per table.
         names: labels for error messages (see :func:`align_frames`).
+        how: ``mean`` sums the probabilities; ``rank`` / ``quantile`` first replace each table's
+            column of each class by its rank / quantile over all the tables' rows (:mod:`birdclef.infer.rank`).
 
     Returns:
         Table with the first table's row order and columns (``row_id`` first if it was first),
@@ -166,21 +172,27 @@ def blend(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = None
 
     Raises:
         SubmissionError: the tables do not line up (see :func:`align_frames`), a class column is
-            not numeric or holds NaN / infinite values, or the weights are invalid.
+            not numeric or holds NaN / infinite values (in every blend: a CSV member must score
+            every cell; ``predict --unknown-fill`` writes one), or the weights are invalid.
+        BirdclefError: an unknown `how`.
     """
     if not frames:
         raise SubmissionError("no prediction tables to blend")
+    check_blend(how)
     scale = normalise_weights(weights, len(frames))
     aligned = align_frames(frames, names)
     labels = _resolve_names(len(frames), names)
     class_cols = [col for col in aligned[0].columns if col != "row_id"]
-    total = np.zeros((len(aligned[0]), len(class_cols)))  # (N, K)
-    for frame, label, weight in zip(aligned, labels, scale):
+    members = []
+    for frame, label in zip(aligned, labels):
         non_numeric = [col for col in class_cols if not pd.api.types.is_numeric_dtype(frame[col])]
         if non_numeric:
             raise SubmissionError(f"{label}: non-numeric class columns {_examples(non_numeric)}")
-        values = frame[class_cols].to_numpy(dtype=np.float64)
+        values = frame[class_cols].to_numpy(dtype=np.float64)  # (N, K)
         _check_finite(values, frame["row_id"], class_cols, label)
+        members.append(values)
+    total = np.zeros((len(aligned[0]), len(class_cols)))  # (N, K)
+    for weight, values in zip(scale, transform_members(members, how)):
         total += weight * values
     out = aligned[0].copy()
     out[class_cols] = total
@@ -193,13 +205,14 @@ def read_predictions(path: Path) -> pd.DataFrame:
                             dtype={"row_id": str})
 
 
-def blend_csvs(paths: Sequence[Path], weights: Sequence[float] | None, out: Path) -> pd.DataFrame:
+def blend_csvs(paths: Sequence[Path], weights: Sequence[float] | None, out: Path, how: str = MEAN) -> pd.DataFrame:
     """Blend prediction CSVs and write the result to `out` atomically.
 
     Args:
         paths: prediction CSVs (``row_id`` plus class columns); error messages name them.
         weights: one non-negative weight per file, normalised to sum 1; None for equal weights.
         out: where the blended CSV goes; parent folders are created.
+        how: ``mean``, ``rank`` or ``quantile`` (see :func:`blend`; ranks are taken over all rows of the files).
 
     Returns:
         The blended table, as written (first file's row and column order).
@@ -208,8 +221,9 @@ def blend_csvs(paths: Sequence[Path], weights: Sequence[float] | None, out: Path
         SubmissionError: a file is missing or unreadable, the files do not line up, or the
             weights are invalid. `out` is not touched then.
     """
+    check_blend(how)
     frames = [read_predictions(Path(path)) for path in paths]
-    blended = blend(frames, weights, names=[str(path) for path in paths])
+    blended = blend(frames, weights, names=[str(path) for path in paths], how=how)
     write_csv_atomic(blended, out)
     return blended
 
@@ -225,6 +239,16 @@ def combine_runs(per_run: Sequence[np.ndarray], weights: Sequence[float] | None,
         per_run = [apply_steps(p, cfg) for p in per_run]
     blended = blend_ignoring_nan(per_run, w)
     return apply_steps(blended, cfg) if cfg.postprocess_stage == "blend" else blended
+
+
+def blend_runs(per_run: Sequence[np.ndarray], weights: Sequence[float] | None, how: str = MEAN) -> np.ndarray:
+    """Weighted blend of runs' (N, K) rows after the transform `how` (:mod:`birdclef.infer.rank`), NaN ignored.
+
+    ``mean`` is :func:`blend_ignoring_nan` of the probabilities; ``rank`` and ``quantile`` rank each run's
+    column of each class over all N rows first, so N must be every row of the prediction (all its files).
+    """
+    w = normalise_weights(weights, len(per_run))
+    return blend_ignoring_nan(transform_members(per_run, how), w)
 
 
 def blend_ignoring_nan(per_run: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray:

@@ -13,6 +13,10 @@ no torch itself.
 - A part or ``meta.json`` damaged by a crash or a full disk follows :mod:`birdclef.utils.state`: a part is set
   aside (``.corrupt``) and its soundscape redone; an unreadable ``meta.json`` stops the job, saying what to do.
 - Soundscapes that cannot be decoded are skipped and listed in ``<out stem>.skipped.csv``.
+- A ``rank`` or ``quantile`` blend (:mod:`birdclef.infer.rank`) ranks each run over all rows: a file's part then
+  holds each run's rows (:func:`~birdclef.infer.base.iter_run_outputs`), and the runs are blended once every file
+  is scored (:func:`blend_parts`). Resuming works as for a ``mean`` blend; a blend over all rows holds every
+  run's scores of every row in memory at the end (runs x rows x classes float32, and twice that in float64).
 
 Rows and columns: without a sample_submission, every row of every decoded soundscape, in file order.
 With one, exactly its rows in its order and its columns (see :mod:`birdclef.infer.sample`): predicted
@@ -30,12 +34,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from birdclef.audio.discover import AUDIO_SUFFIXES, discover_audio
 from birdclef.errors import BirdclefError, BirdclefWarning
-from birdclef.infer.base import Predictor, iter_predictions
+from birdclef.infer.base import Predictor, iter_predictions, iter_run_outputs
+from birdclef.infer.rank import MEAN
 from birdclef.infer.sample import SampleAlignment, align_to_sample, check_sample_matches, read_sample
 from birdclef.utils.io import check_output, exclusive_lock, write_csv_atomic, write_json_atomic, write_parquet_atomic
 from birdclef.utils.state import intact, read_settings
@@ -150,10 +156,9 @@ class PartialResults:
     def save(self, path: Path, rows: pd.DataFrame) -> None:
         write_parquet_atomic(rows, self.part(path))
 
-    def load(self, paths: Sequence[Path]) -> pd.DataFrame | None:
-        """The rows of those `paths` that have a part, in the order of `paths`."""
-        frames = [pd.read_parquet(part) for part in (self.part(p) for p in paths) if part.is_file()]
-        return pd.concat(frames, ignore_index=True) if frames else None
+    def frames(self, paths: Sequence[Path]) -> list[pd.DataFrame]:
+        """The part of each of those `paths` that has one, in the order of `paths`."""
+        return [pd.read_parquet(part) for part in (self.part(p) for p in paths) if part.is_file()]
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -171,7 +176,8 @@ def predict_to_csv(
 
     Args:
         soundscapes: folder of audio files, or a list of files.
-        predictor: e.g. ``TorchPredictor([run])`` or an exported model's ``ExportedPredictor``.
+        predictor: e.g. ``TorchPredictor([run])`` or an exported model's ``ExportedPredictor``; a ``rank`` or
+            ``quantile`` blend is blended over all rows at the end (module docstring).
         out: the CSV to write (atomically).
         sample_submission: when given, the output has exactly its rows (in order) and columns.
         num_workers: threads decoding the next files while the model runs (0: none).
@@ -193,14 +199,15 @@ def predict_to_csv(
         todo = [p for p in paths if not partial.intact(p)]
         summary = PredictSummary(out, resumed_files=len(paths) - len(todo))
         bar = tqdm(total=len(paths), initial=summary.resumed_files, desc="predict", unit="file", disable=not progress)
-        for path, rows, error in iter_predictions(todo, predictor, num_workers):
+        score = iter_predictions if predictor.blend == MEAN else iter_run_outputs
+        for path, rows, error in score(todo, predictor, num_workers):
             if rows is None:
                 summary.skipped.append((str(path), error))
             else:
                 partial.save(path, rows)
             bar.update(1)
         bar.close()
-        _finish(partial, paths, sample, sample_submission, summary)
+        _finish(partial, paths, sample, sample_submission, summary, predictor)
     summary.elapsed_s = time.perf_counter() - started
     return summary
 
@@ -213,14 +220,37 @@ def _write_report(summary: PredictSummary, name: str, table: pd.DataFrame | None
         path.unlink()
 
 
+def blend_parts(frames: Sequence[pd.DataFrame], predictor: Predictor) -> pd.DataFrame:
+    """The prediction rows of a blend over all rows, from each file's part of stacked run outputs.
+
+    Args:
+        frames: one part per file in file order, as :func:`~birdclef.infer.base.iter_run_outputs` makes them.
+        predictor: the predictor that scored them (its :meth:`~birdclef.infer.base.Predictor.blend_rows`).
+
+    Returns:
+        ``row_id`` plus one float32 column per class, the files' rows in order.
+    """
+    classes = list(predictor.classes)
+    runs = [[frame[frame["run"] == r] for frame in frames] for r in range(len(predictor.weights))]
+    per_run = [np.concatenate([rows[classes].to_numpy(np.float32) for rows in files]) for files in runs]  # R x (N, K)
+    probs = predictor.blend_rows(per_run, [len(rows) for rows in runs[0]])
+    out = pd.DataFrame(np.asarray(probs, dtype=np.float32), columns=classes)
+    out.insert(0, "row_id", pd.concat([rows["row_id"] for rows in runs[0]], ignore_index=True))
+    return out
+
+
 def _finish(partial: PartialResults, paths: list[Path], sample: pd.DataFrame | None, sample_path: Path | None,
-            summary: PredictSummary) -> None:
+            summary: PredictSummary, predictor: Predictor) -> None:
     """Write the side reports, then the CSV (atomically), then drop the parts."""
     skipped = pd.DataFrame(summary.skipped, columns=["file", "reason"])
     _write_report(summary, "skipped", skipped)
-    pred = partial.load(paths)
-    if pred is None:
+    frames = partial.frames(paths)
+    if not frames:
         raise BirdclefError(f"no soundscape could be decoded; see {summary.skipped_path}")
+    if predictor.blend == MEAN:
+        pred = pd.concat(frames, ignore_index=True)
+    else:
+        pred = blend_parts(frames, predictor)
     summary.n_files = sum(partial.has(p) for p in paths)
     aligned: SampleAlignment | None = None
     if sample is not None:

@@ -62,7 +62,7 @@ from birdclef.zoo.runs import Run, run_folder
 
 BIRDNET = "birdnet"
 """How BirdNET zero-shot is named in a file's teacher list."""
-NOT_SETTINGS = ("device", "threads", "model", "backend", "geo", "geo_taxonomy")
+NOT_SETTINGS = ("device", "threads", "model", "backend", "geo", "geo_taxonomy", "blend")
 """Fields of the teachers' spec that are not part of the parts' identity (where they run; what pseudo never takes)."""
 
 
@@ -280,9 +280,11 @@ def _score_group(spec: PredictorSpec, key: tuple[str, ...], group: list[Entry], 
                  hop_s: float, postprocess: bool, out: Path, bar) -> list[tuple[str, str]]:
     """Score `group`'s files with the models `key` names; (path, reason) of the files that could not be decoded."""
     from birdclef.archive.scorers import window_scorer
+    from birdclef.zoo.foundation import predictor_provenance
 
     predictor = build_teacher(spec, [Path(k) for k in key], out)
     scorer = window_scorer(predictor, postprocess=postprocess)
+    foundations = predictor_provenance(predictor)
     checkpoints = list(predictor.checkpoints) + ([BIRDNET] if spec.birdnet else [])
     skipped = []
     for entry in group:
@@ -297,7 +299,8 @@ def _score_group(spec: PredictorSpec, key: tuple[str, ...], group: list[Entry], 
             write_json_atomic({"teachers": list(key), "checkpoints": checkpoints, "size": entry.size,
                                "mtime_ns": entry.mtime_ns, "windows": result.windows,
                                "birdnet_model": next(iter(predictor.model_files), None),
-                               "infer": config_to_dict(scorer.config)}, _record_path(parts, entry.path))
+                               "foundation_models": foundations, "infer": config_to_dict(scorer.config)},
+                              _record_path(parts, entry.path))
         bar.update(1)
     return skipped
 
@@ -338,6 +341,8 @@ def _provenance(soundscapes: Path, spec: PredictorSpec, records: dict[str, dict]
     return {"soundscapes": str(soundscapes.resolve()), "teachers": [str(r.resolve()) for r in spec.runs],
             "weights": None if spec.weights is None else list(spec.weights), "birdnet": spec.birdnet,
             "birdnet_model": next((r["birdnet_model"] for r in records.values() if r.get("birdnet_model")), None),
+            "foundation_models": list({json.dumps(m, sort_keys=True): m for r in records.values()
+                                       for m in r.get("foundation_models", [])}.values()),
             "unknown_fill": spec.unknown_fill, "postprocess": postprocess,
             "infer": infers[0] if len(infers) == 1 else infers, "power": power, "thresholds": given,
             "threshold_values": limits,

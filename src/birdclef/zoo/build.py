@@ -64,6 +64,8 @@ class PredictorSpec:
     """The location and season filter (BirdNET's geographic model as per-class weights), or None."""
     geo_taxonomy: Path | None = None
     """taxonomy.csv the filter matches classes with (default: --taxonomy, DATA/taxonomy.csv, the first run's)."""
+    blend: str = "mean"
+    """How the runs blend: ``mean`` per file, ``rank`` / ``quantile`` over all rows (:mod:`birdclef.infer.rank`)."""
 
 
 @dataclass
@@ -94,6 +96,9 @@ def check_spec(spec: PredictorSpec) -> None:
         raise BirdclefError("--birdnet blends with --run, not with --model")
     if spec.unknown_fill is not None and not 0.0 <= spec.unknown_fill <= 1.0:
         raise BirdclefError(f"--unknown-fill must be a probability in [0, 1], got {spec.unknown_fill}")
+    if spec.blend != "mean" and (spec.model is not None or len(spec.runs) + spec.birdnet < 2):
+        raise BirdclefError(f"--blend {spec.blend} blends two or more models (--run, --birdnet); an exported --model "
+                            "or one model alone has nothing to blend")
 
 
 def unknown_report_path(out: Path) -> Path:
@@ -194,9 +199,9 @@ def _build(spec: PredictorSpec, unknown_report: Path | None, nan_ok: bool) -> Bu
         members, order = _build_runs(spec.runs, ctx)
     if spec.birdnet:
         return _with_zero_shot(spec, ctx, members, order, notes, unknown_report, nan_ok)
-    if len(members) == 1:  # an exported model, or torch runs alone (weighted by their kind)
+    if len(members) == 1 and spec.blend == "mean":  # an exported model, or torch runs alone (weighted by their kind)
         return Built(members[0], notes)
-    return Built(_blend(members, weights, config, order), notes)
+    return Built(_blend(members, weights, config, order, spec.blend), notes)
 
 
 def rebuild_predictor(spec: PredictorSpec, nan_ok: bool = True) -> Predictor:
@@ -205,10 +210,10 @@ def rebuild_predictor(spec: PredictorSpec, nan_ok: bool = True) -> Predictor:
 
 
 def _blend(members: list[Predictor], weights: list[float] | None, config: InferConfig,
-           order: list[int] | None) -> Predictor:
+           order: list[int] | None, blend: str = "mean") -> Predictor:
     from birdclef.infer.blend import BlendPredictor
 
-    return BlendPredictor(members, weights, config, order)
+    return BlendPredictor(members, weights, config, order, blend)
 
 
 def _build_runs(runs: tuple[Path, ...], ctx: BuildContext) -> tuple[list[Predictor], list[int] | None]:
@@ -279,7 +284,7 @@ def _with_zero_shot(spec: PredictorSpec, ctx: BuildContext, members: list[Predic
     if members:
         parts_order = None if order is None else order + [len(order)]
         predictor = _blend(members + [zero_shot], None if spec.weights is None else list(spec.weights), ctx.config,
-                           parts_order)
+                           parts_order, spec.blend)
     else:
         predictor = zero_shot
     unknown = list(zero_shot.unscored)

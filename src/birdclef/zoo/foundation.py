@@ -184,6 +184,24 @@ def activate(logits: np.ndarray, activation: str = "sigmoid") -> np.ndarray:
     raise BirdclefError(f"unknown activation {activation!r}; choose from {list(ACTIVATIONS)}")
 
 
+def models_of(predictor) -> list:
+    """The foundation models a predictor's parts run (zero-shot parts' ``model``, heads' ``inputs.models``), each
+    once."""
+    found: dict[int, Any] = {}
+    for part in predictor.parts():
+        inputs = getattr(part, "inputs", None)
+        models = list(inputs.models) if inputs is not None else (
+            [part.model] if getattr(part, "model_file", None) is not None and hasattr(part, "model") else [])
+        for model in models:
+            found.setdefault(id(model), model)
+    return list(found.values())
+
+
+def predictor_provenance(predictor) -> list[dict]:
+    """:func:`provenance` of every foundation model a predictor runs (what its outputs derive from)."""
+    return [provenance(model) for model in models_of(predictor)]
+
+
 def window_samples(model: FoundationModel) -> int:
     return int(round(model.window_s * model.sample_rate))
 
