@@ -82,26 +82,18 @@ class OnnxGraph:
         self.outputs = {arg.name: _port(arg) for arg in self.session.get_outputs()}
 
     def input(self, name: str, hint: str = "") -> Port:
-        """The input `name`.
-
-        Raises:
-            BirdclefError: the graph has no such input (the message lists its inputs, then `hint`).
-        """
-        if name not in self.inputs:
-            raise BirdclefError(f"{self.path}: the {self.what} has no input {name!r} (its inputs: "
-                                f"{list(self.inputs)}){hint}")
-        return self.inputs[name]
+        """The input `name` (BirdclefError listing the graph's inputs, then `hint`, when it has none such)."""
+        return self._port("input", self.inputs, name, hint)
 
     def output(self, name: str, hint: str = "") -> Port:
-        """The output `name`.
+        """The output `name` (BirdclefError listing the graph's outputs, then `hint`, when it has none such)."""
+        return self._port("output", self.outputs, name, hint)
 
-        Raises:
-            BirdclefError: the graph has no such output (the message lists its outputs, then `hint`).
-        """
-        if name not in self.outputs:
-            raise BirdclefError(f"{self.path}: the {self.what} has no output {name!r} (its outputs: "
-                                f"{list(self.outputs)}){hint}")
-        return self.outputs[name]
+    def _port(self, side: str, ports: dict[str, Port], name: str, hint: str) -> Port:
+        if name not in ports:
+            raise BirdclefError(f"{self.path}: the {self.what} has no {side} {name!r} (its {side}s: "
+                                f"{list(ports)}){hint}")
+        return ports[name]
 
     def input_dtype(self, name: str) -> type:
         """The numpy type windows are cast to for input `name` (float32 or float16).
