@@ -159,3 +159,45 @@ def test_analyze_and_pseudo_name_the_foundation_model_they_ran(perch: Path, tiny
     (model,) = read_provenance(table)["foundation_models"]
     assert model["sha256"] == file_sha256(perch) and model["licence"] == "Apache-2.0"
     assert model["kind"] == "perch-v2" and model["embedding_size"] == 1536
+
+
+def _with_dense_label(path: Path, out: Path, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """A copy of a fake Perch export whose ``label`` is ``embedding @ W + b`` (as a converted Dense layer is)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        node.output[:] = ["label_old" if name == "label" else name for name in node.output]
+    rng = np.random.default_rng(1)
+    weight = rng.standard_normal((1536, n_labels)).astype(np.float32) * 0.01
+    bias = rng.standard_normal(n_labels).astype(np.float32)
+    model.graph.initializer.extend([numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "b")])
+    model.graph.node.extend([helper.make_node("Identity", ["embedding"], ["emb_id"]),
+                             helper.make_node("MatMul", ["emb_id", "W"], ["label_mm"]),
+                             helper.make_node("Add", ["label_mm", "b"], ["label"])])
+    onnx.save(model, str(out))
+    (out.parent / "labels.csv").write_text((path.parent / "labels.csv").read_text())
+    return weight.T, bias
+
+
+def test_a_head_starts_from_perchs_own_classifier_when_the_graph_has_it(perch: Path, tmp_path: Path) -> None:
+    from birdclef.birdnet.head_inputs import HeadInputs
+    from birdclef.zoo.perch import PerchModel
+
+    from birdclef.zoo.onnx_graph import dense_layer
+
+    assert PerchModel(write_perch_v2(tmp_path / "headless", embedding_only=True)).output_layer() is None
+    assert dense_layer(perch, "spectrogram", "embedding") is None  # not a dense layer of the embedding
+    weight, bias = _with_dense_label(perch, tmp_path / "dense.onnx", len(KNOWN))
+    model = PerchModel(tmp_path / "dense.onnx")
+    read_w, read_b = model.output_layer()
+    np.testing.assert_array_equal(read_w, weight)
+    np.testing.assert_array_equal(read_b, bias)
+    inputs = HeadInputs([model], ["perch-v2"], 1.0, 32_000)
+    names = {"syn00": KNOWN[0], "syn01": KNOWN[1], "syn02": "Gryllus x"}
+    start_w, start_b, notes = inputs.start_rows(["syn01", "syn02", "syn00"], names)
+    rows = np.random.default_rng(2).standard_normal((2, 160_000)).astype(np.float32) * 0.1
+    logits, emb = model.infer(rows)
+    np.testing.assert_allclose(emb @ start_w[[2, 0]].T + start_b[[2, 0]], logits, rtol=1e-4, atol=1e-4)
+    assert not notes and (start_w[1] == 0).all()  # the class Perch lacks starts at zero

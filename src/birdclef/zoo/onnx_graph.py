@@ -164,3 +164,63 @@ def check_windows(windows: np.ndarray, samples: int, path: Path, rate: int, wind
         raise BirdclefError(f"{path}: the model takes (N, {samples}) windows ({window_s:g} s at {rate} Hz), "
                             f"got {windows.shape}")
     return windows
+
+
+def dense_layer(path: Path, output: str, embedding: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(weight (L, D), bias (L,))`` float32 when the graph computes `output` as one dense layer of its `embedding`
+    output (``MatMul`` [+ ``Add``], or ``Gemm``, on stored constants; ``Identity`` nodes between are passed);
+    None when it is built otherwise (a head then starts from zero rows for that model).
+
+    Raises:
+        BirdclefError: the file is not a readable ONNX model.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - protobuf and OS errors alike: the file is unusable
+        raise BirdclefError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    graph = model.graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producer = {}
+    for node in graph.node:
+        for name in node.output:
+            producer[name] = node
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].t is not None:
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+
+    def source(name: str) -> str:  # through Identity nodes
+        while name in producer and producer[name].op_type == "Identity":
+            name = producer[name].input[0]
+        return name
+
+    def is_embedding(name: str) -> bool:
+        return source(name) == source(embedding)
+
+    node = producer.get(source(output))
+    bias = None
+    if node is not None and node.op_type == "Add":
+        left, right = node.input
+        if right in constants and left in producer:
+            bias, node = constants[right], producer[source(left)]
+        elif left in constants and right in producer:
+            bias, node = constants[left], producer[source(right)]
+        else:
+            return None
+    if node is None:
+        return None
+    if node.op_type == "MatMul" and is_embedding(node.input[0]) and node.input[1] in constants:
+        weight = constants[node.input[1]].T  # (D, L) -> (L, D)
+    elif node.op_type == "Gemm" and bias is None and is_embedding(node.input[0]) and node.input[1] in constants:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            return None
+        stored = constants[node.input[1]]
+        weight = stored if attrs.get("transB", 0) else stored.T
+        bias = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    else:
+        return None
+    weight = np.asarray(weight, np.float32)
+    bias = np.zeros(len(weight), np.float32) if bias is None else np.asarray(bias, np.float32).reshape(-1)
+    return (weight, bias) if weight.ndim == 2 and bias.shape == (len(weight),) else None

@@ -41,7 +41,7 @@ import numpy as np
 
 from birdclef.errors import BirdclefError
 from birdclef.zoo.birdnet import build_zero_shot
-from birdclef.zoo.onnx_graph import OnnxGraph, check_windows
+from birdclef.zoo.onnx_graph import OnnxGraph, check_windows, dense_layer
 from birdclef.zoo.registry import BuildContext, Kind, register_kind
 
 PERCH_V2 = "perch-v2"
@@ -174,6 +174,15 @@ class PerchModel:
     def embeddings(self, windows: np.ndarray) -> np.ndarray:
         """(N, embedding_size) float32 embeddings of (N, 160000) windows."""
         return self.infer(windows)[1]
+
+    def output_layer(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Its classifier as ``(weight (L, D), bias (L,))`` when the graph computes ``label`` as one dense layer of
+        ``embedding`` (:func:`~birdclef.zoo.onnx_graph.dense_layer`), else None; a head's start rows."""
+        if self.labels is None:
+            return None
+        if not hasattr(self, "_dense"):
+            self._dense = dense_layer(self.path, LABEL, EMBEDDING)
+        return self._dense
 
 
 def load_model(source: Path | str | None, ctx: BuildContext) -> PerchModel:
