@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     paths = sorted((args.data / "test_soundscapes").glob("*.ogg"))[: args.files]
     run = Run.open(args.head)
     foundation = args.foundation or run.foundations[0]
-    hop = float(run.config.infer.birdnet_hop_s)
+    hop = float((run.config.get("infer") or {}).get("birdnet_hop_s", 1.0))
     raw = ("infer.smoothing=false", "infer.power_adjust=false", f"infer.birdnet_hop_s={hop}")
     specs = {
         "zero-shot": PredictorSpec(birdnet=True, birdnet_model=foundation, data=args.data, unknown_fill=0.5,
