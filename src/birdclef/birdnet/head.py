@@ -146,7 +146,7 @@ class HeadPredictor(SinglePart):
     """
 
     def __init__(self, run: str | Path, config: InferConfig, classes: Sequence[str] | None = None,
-                 model: BirdnetModel | None = None, threads: int | None = None):
+                 model=None, threads: int | None = None):
         self.path, self.config = Path(run), config
         paths = Run.open(self.path).checkpoints
         loaded = [load_head(p) for p in paths]
@@ -191,7 +191,7 @@ class HeadPredictor(SinglePart):
         row_len = int(round(ROW_WINDOW_S * self.sample_rate))
         padded = np.zeros(n_rows * row_len, np.float32)
         padded[: min(len(wave), len(padded))] = wave[: len(padded)]
-        chunks = torch.from_numpy(self.inputs.embed(padded.reshape(n_rows, row_len)).astype(np.float32))
+        chunks = torch.from_numpy(self.inputs.embed(padded.reshape(n_rows, row_len), np.float32))
         folds = [torch.sigmoid(pool_logits(head(chunks), self.pool)) for head in self.heads]
         return torch.stack(folds).mean(0).double().numpy()[:, self._order]
 

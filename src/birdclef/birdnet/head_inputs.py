@@ -99,11 +99,12 @@ class HeadInputs:
     def embedding_size(self) -> int:
         return sum(self.sizes)
 
-    def embed(self, rows: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-        """(R, C, D) float16 embeddings of R rows of 5 s at :attr:`sample_rate`."""
+    def embed(self, rows: Sequence[np.ndarray] | np.ndarray, dtype: type = np.float16) -> np.ndarray:
+        """(R, C, D) embeddings of R rows of 5 s at :attr:`sample_rate`: float16 for caches, float32 (`dtype`)
+        where they are used at once (prediction)."""
         rows = [np.asarray(r, np.float32) for r in rows]
         if not rows:
-            return np.zeros((0, self.n_windows, self.embedding_size), np.float16)
+            return np.zeros((0, self.n_windows, self.embedding_size), dtype)
         blocks = []
         for model, offsets in zip(self.models, self.offsets):
             rate = int(getattr(model, "sample_rate", self.sample_rate))
@@ -115,7 +116,7 @@ class HeadInputs:
             emb = np.asarray(model.infer(row_chunks(wave, rate, len(rows), offsets, window_s))[1], np.float32)
             emb = emb.reshape(len(rows), len(offsets), -1)
             blocks.append(emb if self.single else emb.mean(axis=1, keepdims=True))
-        return np.concatenate(blocks, axis=2).astype(np.float16)
+        return np.concatenate(blocks, axis=2).astype(dtype)
 
     def start_rows(self, classes: Sequence[str], names: dict[str, str],
                    init: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
