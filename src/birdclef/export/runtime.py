@@ -158,7 +158,11 @@ class OnnxRuntimeGraph:
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, wave: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: wave})[0]
+        return self.outputs(wave)[0]
+
+    def outputs(self, wave: np.ndarray) -> list[np.ndarray]:
+        """Every output of the graph for one batch, in the graph's order."""
+        return self.session.run(None, {self.input_name: wave})
 
 
 class OpenVinoGraph:
@@ -206,6 +210,10 @@ class OpenVinoGraph:
         # one infer request per stream and stage; a request is used by one thread at a time
         self.requests = [[stage.create_infer_request() for stage in self.stages] for _ in range(self.streams)]
         self.pool = ThreadPoolExecutor(self.streams) if self.streams > 1 else None
+        # pybind11 initialises its numpy bridge on the first array it converts; two stream threads doing that at
+        # once deadlocked (one held the init guard waiting for the GIL, the other the GIL waiting for the guard;
+        # seen with OpenVINO 2026.4 on BirdNET). Converting one array here, on the caller's thread, avoids it.
+        self.ov.Tensor(np.zeros(1, np.float32))
 
     def _read(self, path: Path) -> Any:
         try:
@@ -235,19 +243,24 @@ class OpenVinoGraph:
         rest_model = self.ov.Model(list(rest.get_results()), params)
         return [self._compile(front_model, "f32"), self._compile(rest_model, "bf16")]
 
-    def _run(self, slot: int, wave: np.ndarray) -> np.ndarray:
-        """One chunk through every stage on the infer requests of stream `slot`."""
+    def _run(self, slot: int, wave: np.ndarray) -> list[np.ndarray]:
+        """One chunk through every stage on the infer requests of stream `slot`; the last stage's outputs."""
         inputs: list[np.ndarray] = [wave]
         for request in self.requests[slot]:
             result = request.infer(inputs)
             inputs = [np.array(result[i]) for i in range(len(result))]  # copies: the request reuses its buffers
-        return inputs[0]
+        return inputs
 
     def __call__(self, wave: np.ndarray) -> np.ndarray:
+        return self.outputs(wave)[0]
+
+    def outputs(self, wave: np.ndarray) -> list[np.ndarray]:
+        """Every output of the graph for one batch, in the graph's order (the batch split over the streams)."""
         parts = min(self.streams, len(wave))
         if self.pool is None or parts < 2:
             return self._run(0, wave)
-        return np.concatenate(list(self.pool.map(self._run, range(parts), np.array_split(wave, parts))), axis=0)
+        results = list(self.pool.map(self._run, range(parts), np.array_split(wave, parts)))
+        return [np.concatenate(per_output, axis=0) for per_output in zip(*results)]
 
 
 def _in_frontend(node: Any) -> bool:
