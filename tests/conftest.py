@@ -37,6 +37,15 @@ def write_ogg(path: Path, wave: np.ndarray, sr: int = SR) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory: pytest.TempPathFactory):
+    """BIRDCLEF_CACHE (the fused BirdNET export and its timings) in a temporary folder: tests never write the
+    user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BIRDCLEF_CACHE", str(tmp_path_factory.mktemp("user-cache")))
+        yield
+
+
 @pytest.fixture
 def ogg_clip(tmp_path: Path) -> Path:
     """A 7 s OGG at 32 kHz holding a 2 -> 6 kHz sweep."""
