@@ -16,7 +16,7 @@ Every method is ``BirdnetPredictor.predict_file`` (``predict --birdnet``'s path:
 - OpenVINO int8 (``--no-int8`` skips it): the fused graph quantized by nncf (front end float32), calibrated on
   96 chunks of ``DATA/../train_soundscapes`` (never the scored files), written to a temporary folder.
 
-Each method passes the parity gate of :mod:`birdclef.birdnet.fused` (reported; bf16 and int8 are gated on
+Each method passes the parity gate of :mod:`birdclef.birdnet.fused_gate` (reported; bf16 and int8 are gated on
 ranking). Timing: ``--rounds`` rounds over the first ``--files`` soundscapes, the methods in a rotated order each
 round (the machine is shared: a burst of load hits different methods in different rounds). Reported per method:
 the best and median wall seconds per audio minute, CPU seconds per audio minute (less sensitive to other
@@ -48,8 +48,8 @@ import pandas as pd  # noqa: E402
 from birdclef.audio.io import load_audio  # noqa: E402
 from birdclef.audio.segments import row_ids, soundscape_windows  # noqa: E402
 from birdclef.birdnet.classes import read_scientific_names  # noqa: E402
-from birdclef.birdnet.fused import FusedBirdnetModel, ParityGateError, check_gate, gate_chunks  # noqa: E402
-from birdclef.birdnet.fused import litert_reference  # noqa: E402
+from birdclef.birdnet.fused import FusedBirdnetModel  # noqa: E402
+from birdclef.birdnet.fused_gate import ParityGateError, check_gate, gate_chunks, litert_reference  # noqa: E402
 from birdclef.birdnet.model import CHUNK_SAMPLES, SAMPLE_RATE, BirdnetModel  # noqa: E402
 from birdclef.birdnet.predictor import BirdnetPredictor  # noqa: E402
 from birdclef.eval.metrics import macro_roc_auc  # noqa: E402

@@ -101,7 +101,8 @@ def test_cache_inside_the_source_checkout_is_refused(monkeypatch) -> None:
 
 
 def test_a_failed_gate_falls_back_to_litert_with_a_warning(cache, monkeypatch, caplog) -> None:
-    from birdclef.birdnet.fused import FusedBirdnetModel, ParityGateError
+    from birdclef.birdnet.fused import FusedBirdnetModel
+    from birdclef.birdnet.fused_gate import ParityGateError
     from birdclef.birdnet.model import BirdnetModel
     from birdclef.birdnet.runtimes import load_birdnet_model
 
@@ -117,7 +118,8 @@ def test_a_failed_gate_falls_back_to_litert_with_a_warning(cache, monkeypatch, c
 
 
 def test_bf16_is_gated_on_ranking_and_only_on_openvino(cache) -> None:
-    from birdclef.birdnet.fused import FusedBirdnetModel, TOLERANCES, check_gate
+    from birdclef.birdnet.fused import FusedBirdnetModel
+    from birdclef.birdnet.fused_gate import TOLERANCES, check_gate
 
     with pytest.raises(BirdclefError, match="OpenVINO precision"):
         FusedBirdnetModel(runtime="onnx", precision="bf16")

@@ -16,13 +16,12 @@ and run by the export's runtime wrappers (:class:`~birdclef.export.runtime.OnnxR
 licence, written only to the user's cache (never inside the repository: :func:`cache_root` refuses a folder
 inside a source checkout), with a ``NOTICE.txt`` that says so. Do not share or ship it.
 
-**Parity gate.** Every load scores :data:`GATE_CHUNKS` deterministic synthetic chunks (:func:`gate_chunks`:
-tones, sweeps, clicks and noise) with the fused graph and compares them with LiteRT's scores of the same
-chunks (computed once per ai-edge-litert version and cached beside the graph) by
-:func:`~birdclef.export.parity.compare_scores`. fp32 must keep max |dsigmoid| <= 1e-4 (:data:`TOLERANCES`) and
-the embeddings within :data:`EMBEDDING_TOLERANCE`; bf16 is judged on ranking (see :data:`TOLERANCES`). A
-model that fails raises :class:`ParityGateError`; :func:`~birdclef.birdnet.runtimes.load_birdnet_model` then
-falls back to LiteRT with a warning.
+**Parity gate** (:mod:`~birdclef.birdnet.fused_gate`). Every load scores 12 deterministic synthetic chunks
+(tones, sweeps, clicks and noise) with the fused graph and compares them with LiteRT's scores of the same
+chunks (computed once per ai-edge-litert version and cached beside the graph) by the export's own parity
+verdict. fp32 must keep max |dsigmoid| <= 1e-4 and the embeddings within 1e-4 of their scale; bf16 is judged
+on ranking. A model that fails raises :class:`~birdclef.birdnet.fused_gate.ParityGateError`;
+:func:`~birdclef.birdnet.runtimes.load_birdnet_model` then falls back to LiteRT with a warning.
 
 Example:
     >>> model = FusedBirdnetModel(runtime="openvino", threads=2)      # exports on the first use only
@@ -36,16 +35,14 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.special import expit
 
+from birdclef.birdnet.fused_gate import GateResult, ParityGateError, check_gate, gate_chunks, litert_reference
 from birdclef.birdnet.model import (CHUNK_S, CHUNK_SAMPLES, LICENSE, SAMPLE_RATE, BirdnetModel, bundled_model_path,
                                     labels_path_for, read_labels)
 from birdclef.errors import BirdclefError
-from birdclef.export.parity import TOLERANCES, ParityResult, Tolerance, compare_scores
 from birdclef.export.runtime import OnnxRuntimeGraph, OpenVinoGraph, import_backend
 from birdclef.utils.io import read_json, write_json_atomic, write_text_atomic
 from birdclef.zoo.foundation import file_sha256
@@ -62,36 +59,10 @@ EXPORT_FORMAT = 1
 OUTPUTS = ("logits", "embeddings")
 FUSED_RUNTIMES = ("onnx", "openvino")
 PRECISIONS = ("fp32", "bf16")
-GATE_CHUNKS = 12
-"""Synthetic chunks the parity gate scores on every load (~0.1 s on the fused graph)."""
-TOLERANCES = {"fp32": TOLERANCES["fp32"], "bf16": Tolerance(auc=0.005, prob=5e-2, prob_always=True),
-              "int8": TOLERANCES["int8"]}
-"""fp32: the export's own fp32 rule, max |dsigmoid| <= 1e-4 on the gate chunks (measured 2e-6, ONNX Runtime and
-OpenVINO alike): it catches a wrong graph or runtime, with a 50x margin. On real soundscapes the largest
-differences are bigger and come from the front end's ``(m * m) ** p`` on quiet bands, where float rounding of
-the mel projection is amplified: over the 1,080 rows of multitaxa-dev-v1's test soundscapes max |dprob| was
-4e-5 (ONNX Runtime) and 2.6e-4 (OpenVINO, whose Pow is less exact), torch itself 3e-5 on the worst chunks, and the
-macro ROC-AUC was the same to 4 decimals. bf16 (OpenVINO on a CPU with AMX or AVX512-BF16, front end kept
-float32) moves single probabilities by ~1e-2, so it is judged on ranking: |dAUC| <= 0.005 with pseudo-labels
-(each class's top LiteRT chunk as its positive), the rule ``birdclef export`` applies to int8, and max
-|dsigmoid| <= 0.05 to catch a broken graph. int8 (``benchmarks/bench_birdnet_runtime.py`` only: it needs
-calibration audio) is the export's int8 rule: that |dAUC| alone, as quantization moves single probabilities by
-a few per cent."""
-EMBEDDING_TOLERANCE = 1e-4
-"""fp32: largest max |dembedding| relative to the largest |embedding| of LiteRT (heads read embeddings, not
-sigmoids). Measured 2e-6 on the gate chunks; up to 4.6e-4 on real soundscapes (the front end, as above)."""
 NOTICE = ("This folder holds an ONNX export of BirdNET v2.4, made by birdclef from the .tflite file named in "
           f"{EXPORT_RECORD}. Its weights are BirdNET's, licensed {LICENSE} (non-commercial, share-alike): the "
           "export is Adapted Material under the same licence. It is a local cache for this user only: do not "
           "share, publish or commit it. Delete the folder at any time; birdclef re-exports it when needed.\n")
-
-
-class ParityGateError(BirdclefError):
-    """The fused graph does not score the gate chunks as LiteRT does (``result`` holds the numbers)."""
-
-    def __init__(self, message: str, result: GateResult):
-        super().__init__(message)
-        self.result = result
 
 
 def cache_root() -> Path:
@@ -223,93 +194,6 @@ def _export_record(path: Path, module, opset: int) -> dict:
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
-def gate_chunks(n: int = GATE_CHUNKS, seed: int = 0) -> np.ndarray:
-    """(n, 144000) float32 deterministic synthetic chunks: tones, sweeps, click trains and noise at several levels.
-
-    Varied enough that thousands of BirdNET's classes take different scores on them, so a ranking can be
-    compared; no real audio is needed (the gate must work on any machine).
-    """
-    rng = np.random.default_rng(seed)
-    t = np.arange(CHUNK_SAMPLES) / SAMPLE_RATE
-    chunks = []
-    for i in range(n):
-        f0, f1 = 500.0 * 1.35 ** (i % 12), 500.0 * 1.35 ** ((i * 5 + 3) % 12)
-        sweep = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t * t / (2 * CHUNK_S)))
-        pulses = 0.5 * (1 + np.sign(np.sin(2 * np.pi * (1.5 + i % 5) * t)))  # 1.5-5.5 calls per second
-        level = 10.0 ** (-(i % 4) / 2)
-        chunk = level * 0.3 * sweep * (pulses if i % 3 else 1.0) + rng.normal(0.0, 0.02 * (1 + i % 3), CHUNK_SAMPLES)
-        chunks.append(chunk)
-    return np.stack(chunks).astype(np.float32)
-
-
-def litert_reference(model_path: Path, chunks: np.ndarray, litert: type = BirdnetModel,
-                     threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """LiteRT's (logits, embeddings) of :func:`gate_chunks`; cached beside the export per ai-edge-litert version
-    when `litert` is :class:`BirdnetModel` itself (any other loader is run every time)."""
-    cached = litert is BirdnetModel and len(chunks) == GATE_CHUNKS
-    file = fused_folder(model_path) / f"gate-litert-{_litert_version()}.npz"
-    if cached and file.is_file():
-        with np.load(file) as saved:
-            return saved["logits"], saved["embeddings"]
-    logits, embeddings = litert(model_path, threads, len(chunks)).infer(chunks)
-    if cached:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=file.parent, suffix=".npz", delete=False) as tmp:
-            np.savez(tmp, logits=logits, embeddings=embeddings)
-        os.replace(tmp.name, file)
-    return logits, embeddings
-
-
-def _litert_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("ai-edge-litert")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-@dataclass
-class GateResult:
-    """The parity gate's verdict on one fused runtime."""
-
-    parity: ParityResult
-    """max |dsigmoid|, pseudo-label macro-AUC and rank correlation of the gate chunks, LiteRT vs fused."""
-    embedding_diff: float
-    """max |dembedding| / max |embedding| (LiteRT)."""
-    embedding_tolerance: float | None
-    """Limit of `embedding_diff` (None: not gated, bf16)."""
-
-    def failures(self) -> list[str]:
-        failed = self.parity.failures()
-        if self.embedding_tolerance is not None and self.embedding_diff > self.embedding_tolerance:
-            failed.append(f"max|dembedding| / max|embedding| {self.embedding_diff:.1e} > {self.embedding_tolerance:g}")
-        return failed
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures()
-
-    def summary(self) -> str:
-        p = self.parity
-        verdict = f"FAILED ({', '.join(self.failures())})" if self.failures() else "ok"
-        auc = "" if p.auc_torch is None else f", pseudo-label macro-AUC d {p.auc_diff:+.5f}"
-        return (f"gate on {p.n_rows} synthetic chunks vs LiteRT: max|dsigmoid| {p.max_abs_diff:.1e}, "
-                f"embeddings {self.embedding_diff:.1e} (relative){auc}, rank corr {p.rank_correlation:.6f} "
-                f"-> {verdict}")
-
-
-def check_gate(reference: tuple[np.ndarray, np.ndarray], fused: tuple[np.ndarray, np.ndarray],
-               precision: str = "fp32") -> GateResult:
-    """Compare fused (logits, embeddings) of the gate chunks with LiteRT's (`reference`), by :data:`TOLERANCES`."""
-    ref_probs, fused_probs = expit(reference[0].astype(np.float64)), expit(fused[0].astype(np.float64))
-    parity = compare_scores([f"{len(ref_probs)} synthetic gate chunks"], ref_probs[:, None], fused_probs[:, None],
-                            ref_probs, fused_probs, TOLERANCES[precision])
-    scale = max(float(np.abs(reference[1]).max()), 1e-12)
-    diff = float(np.abs(reference[1].astype(np.float64) - fused[1]).max()) / scale
-    return GateResult(parity, diff, EMBEDDING_TOLERANCE if precision == "fp32" else None)
-
-
 class FusedBirdnetModel:
     """BirdNET v2.4's fused graph on ONNX Runtime or OpenVINO, with :class:`BirdnetModel`'s surface.
 
@@ -369,8 +253,8 @@ class FusedBirdnetModel:
             ParityGateError: it failed.
         """
         chunks = gate_chunks()
-        self.gate = check_gate(litert_reference(self.path, chunks, litert, self.threads), self.infer(chunks),
-                               self.precision)
+        reference = litert_reference(self.path, chunks, self.graph_file.parent, litert, self.threads)
+        self.gate = check_gate(reference, self.infer(chunks), self.precision)
         if not self.gate.passed:
             raise ParityGateError(f"fused BirdNET on {self.describe()} refused: {self.gate.summary()}", self.gate)
         return self.gate

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from birdclef.birdnet.fused import (FUSED_RUNTIMES, FusedBirdnetModel, ParityGateError, fused_folder, gate_chunks,
-                                    resolve_model_path)
+from birdclef.birdnet.fused import FUSED_RUNTIMES, FusedBirdnetModel, fused_folder, resolve_model_path
+from birdclef.birdnet.fused_gate import ParityGateError, gate_chunks
 from birdclef.birdnet.model import CHUNK_SAMPLES, SAMPLE_RATE, BirdnetModel
 from birdclef.errors import BirdclefError
 from birdclef.export.runtime import BackendUnavailableError, import_backend
