@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,16 @@ def write_ogg(path: Path, wave: np.ndarray, sr: int = SR) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, wave, sr, format="OGG", subtype="VORBIS")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_cache():
+    """BIRDCLEF_CACHE (the fused BirdNET export and its runtime timings) in the system's temporary folder, never the
+    user's ~/.cache; kept between sessions, as a user's cache is, so a test that loads BirdNET with
+    ``infer.birdnet_runtime=auto`` pays the one-off export and timing once per machine, not once per session."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BIRDCLEF_CACHE", str(Path(tempfile.gettempdir()) / f"birdclef-test-cache-{os.getuid()}"))
+        yield
 
 
 @pytest.fixture

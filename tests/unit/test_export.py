@@ -420,6 +420,26 @@ def test_openvino_streams_split_a_batch_without_changing_results(openvino_fp32: 
     assert ExportedPredictor(openvino_fp32, threads=8, streams=16).graph.streams == 8  # never more streams than threads
 
 
+def test_openvino_static_shapes_pad_and_trim_to_the_dynamic_result(openvino_fp32: Path, monkeypatch):
+    """``static``: one graph per batch length (5 windows on 2 streams: two of 3 rows, one padded), the dynamic
+    graph past STATIC_SHAPES lengths; the bf16 split (compiled float32 here) reshapes both stages."""
+    windows = stream_windows()
+    dynamic = OpenVinoGraph(openvino_fp32 / "model.xml", threads=2, streams=2)(windows)
+    static = OpenVinoGraph(openvino_fp32 / "model.xml", threads=2, streams=2, static=True)
+    for n in (5, 4, 1, 3, 2):  # lengths 3, 2, 1, 2, 1 per stream: three compiled, the rest reused
+        np.testing.assert_allclose(static(windows[:n]), dynamic[:n], atol=1e-5)
+    assert sorted(static._shaped) == [1, 2, 3]
+    monkeypatch.setattr(runtime_mod, "STATIC_SHAPES", 3)
+    np.testing.assert_allclose(static(np.concatenate([windows] * 2)[:9]), np.concatenate([dynamic] * 2)[:9], atol=1e-5)
+    assert sorted(static._shaped) == [1, 2, 3]  # 5 rows per stream ran on the dynamic graph
+    monkeypatch.setattr(runtime_mod, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(OpenVinoGraph, "_compile", lambda self, model, precision: self.core.compile_model(
+        model, "CPU", {**self.config, "INFERENCE_PRECISION_HINT": "f32"}))
+    split = OpenVinoGraph(openvino_fp32 / "model.xml", threads=2, precision="bf16", streams=1, static=True)
+    np.testing.assert_allclose(split(windows), dynamic, atol=1e-5)
+    assert len(split._shaped[5][0]) == 2
+
+
 def test_bf16_split_graph_composes_to_the_whole_graph(openvino_fp32: Path, monkeypatch):
     """The bf16 path cuts the graph after the front end and runs two stages per stream; compiled in
     float32 (so no CPU's bf16 rounding enters) the stages must give the whole graph's result."""

