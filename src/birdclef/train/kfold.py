@@ -235,6 +235,13 @@ def train_kfold(
 
         return train_embedding_head(config, data_root, out, cache_dir, resume, progress, pseudo=pseudo,
                                     reviews=reviews)
+    if config.train.distill_teacher is not None:  # a CNN that learns a foundation model's embeddings, then labels
+        from birdclef.train.embedding_distill import train_distilled
+
+        if pseudo is not None or reviews is not None:
+            raise ConfigError("train --pseudo / --reviews do not combine with train.distill_teacher yet; train the "
+                              "distilled run first, then its pseudo-label rounds without a teacher")
+        return train_distilled(config, data_root, out, cache_dir, resume, progress, callbacks)
     started = time.perf_counter()
     run = Path(out)
     child = is_launched_rank()  # a DDP rank > 0 re-running the command: rank 0 owns the run folder
