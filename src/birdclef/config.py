@@ -324,6 +324,10 @@ class TrainConfig:
     distill_unlabelled: tuple[str, ...] = ("train_soundscapes",)
     """With ``distill_teacher``: folders of unlabelled audio distilled beside the clips (relative to the dataset
     folder, or absolute; ``train --unlabelled DIR`` adds one). A missing ``train_soundscapes`` is skipped."""
+    distill_center: bool = False
+    """With ``distill_teacher``: subtract the teacher's mean embedding (over every clean row) from the targets, so the
+    cosine compares only what sets rows apart (BirdNET's embeddings are non-negative: their mean alone has cosine
+    0.69 with each row of multitaxa-dev-v1). Off: the raw cosine of the winners' recipe (both scored alike there)."""
     distill_max_file_s: float = 600.0
     """With ``distill_teacher``: seconds decoded from the start of each unlabelled recording (bounds the teacher's
     work on long archive files)."""

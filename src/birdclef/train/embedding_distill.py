@@ -13,7 +13,9 @@ winners' recipe). Not the ``birdclef distill`` verb (:mod:`birdclef.selftrain.di
 
 ``f`` is the CNN's pooled feature map (mean over frequency and time, (B, C)), ``P`` the projection head
 ``Linear(C, D_teacher)`` (1024 for BirdNET, 1536 for Perch v2), ``t(x)`` the teacher's cached embedding of the
-very audio ``x`` the student hears (:mod:`birdclef.train.teacher`; clean or background-mixed). The projection
+very audio ``x`` the student hears (:mod:`birdclef.train.teacher`; clean or background-mixed), centred on the mean
+embedding with ``train.distill_center`` (raw BirdNET embeddings share a large common direction: their mean alone
+has cosine 0.69 with each row, so the raw cosine starts high and much of it is that mean). The projection
 serves training only: ``best.pt`` holds the classifier alone (``RUN/fold{k}/last.ckpt`` keeps the projection for
 ``--resume``), so export, the parity check, ``predict`` and ``plan`` see an ordinary torch run.
 
@@ -63,6 +65,8 @@ from birdclef.train.lifecycle import AtomicCheckpointIO, is_launched_rank
 from birdclef.train.module import BirdModule
 from birdclef.train.run_folder import OOF_NOTE, TrainSummary, background_bank, collect_summary, init_run
 from birdclef.train.teacher import Teacher, prepare_teacher
+from birdclef.train.trainer_setup import (check_names, launched_checkpoint, quiet_lightning, resume_checkpoint,
+                                          trainer_precision)
 from birdclef.utils.device import autocast_for, resolve_device
 from birdclef.utils.io import read_json, write_csv_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
 from birdclef.utils.process import die_with_parent
@@ -176,8 +180,6 @@ def _fit_fold(config: Config, classes: list[str], teacher: Teacher, labels: np.n
               folds: np.ndarray, fold: int, run: Path, bank: BackgroundBank | None, resume: bool, progress: bool,
               callbacks: list[L.Callback] | None, cache: WaveCache) -> bool:
     """Train fold `fold` through both stages; write its OOF table and done.json when finished. True if finished."""
-    from birdclef.train.kfold import _existing, _precision, _quiet_lightning, _resume_checkpoint
-
     fold_dir = run / f"fold{fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.train.seed + fold, verbose=False)
@@ -185,13 +187,14 @@ def _fit_fold(config: Config, classes: list[str], teacher: Teacher, labels: np.n
     data = DistillData(config, teacher, labels, weights, folds, fold, bank)
     last = ModelCheckpoint(dirpath=fold_dir, filename="last", monitor=None, save_top_k=1,
                            save_on_train_epoch_end=True, enable_version_counter=False)
-    ckpt = _resume_checkpoint(fold_dir, resume) if not is_launched_rank() else _existing(fold_dir / "last.ckpt", resume)
+    ckpt = resume_checkpoint(fold_dir, resume) if not is_launched_rank() else launched_checkpoint(fold_dir / "last.ckpt",
+                                                                                                  resume)
     recorder = FoldRecorder(fold_dir, fold, config, classes, scored_from=config.train.distill_epochs,
                             metrics=("train_cos", "val_cos"))
-    with _quiet_lightning():
+    with quiet_lightning():
         trainer = L.Trainer(
             max_epochs=total_epochs(config), accelerator=config.train.accelerator, devices=config.train.devices,
-            strategy="ddp" if config.train.devices > 1 else "auto", precision=_precision(config),
+            strategy="ddp" if config.train.devices > 1 else "auto", precision=trainer_precision(config),
             callbacks=[recorder, last, *(callbacks or [])], logger=False, enable_progress_bar=progress,
             enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False,
             default_root_dir=fold_dir, log_every_n_steps=1, plugins=[AtomicCheckpointIO()],
@@ -270,8 +273,6 @@ def train_distilled(config: Config, data_root: Path, out: Path, cache_dir: Path 
         BirdclefError: the teacher cannot be loaded.
         DatasetError: a broken data set, a missing unlabelled folder.
     """
-    from birdclef.train.kfold import check_names
-
     started, run = time.perf_counter(), Path(out)
     child = is_launched_rank()  # a DDP rank > 0 re-running the command: rank 0 owns the run folder
     check_names(config)

@@ -11,7 +11,8 @@ so the student can be trained on exactly the audio the teacher heard.
 
 **Targets.** The teacher embeds a row as an embedding head's input does (:class:`~birdclef.birdnet.head_inputs.
 HeadInputs`: resampled to the model's rate, its windows at ``infer.birdnet_hop_s``); a row's target is the mean of
-its window embeddings (BirdNET: three 3 s windows; Perch v2: its one 5 s window), shape (D,).
+its window embeddings (BirdNET: three 3 s windows; Perch v2: its one 5 s window), shape (D,), minus the mean target
+of every clean row of every source with ``train.distill_center`` (the cached embeddings stay raw).
 
 **Cache** (the embedding stage of head runs, :func:`~birdclef.birdnet.head_embed.embed_copies`: chunked, resumable,
 on Dask with ``train.embed_engine: dask``)::
@@ -124,16 +125,20 @@ class Teacher:
     provenance: list[dict]
     keys: list[str]
     """The cache folder name of each source's targets."""
+    center: np.ndarray | None = None
+    """(D,) float32 subtracted from every target (``train.distill_center``), or None."""
     embed_wall_s: float = 0.0
     """Wall seconds spent computing embeddings in this call (0 when every target was cached)."""
     embed_cpu_s: float = 0.0
     """CPU seconds of this process (all threads) spent computing them."""
     rows_computed: int = 0
-    """Rows (of all sources and copies) embedded in this call; 0 when everything was cached."""
+    """Rows (of all sources and copies) embedded in this call; 0 when everything was cached. (A part of a copy
+    finished by an earlier, killed call counts too.)"""
 
     def record(self) -> dict:
         """What ``RUN/teacher.json`` says (JSON-able)."""
-        return {"teacher": self.spec, "embedding_size": self.embedding_size, "foundation": self.provenance,
+        return {"teacher": self.spec, "embedding_size": self.embedding_size, "centred": self.center is not None,
+                "foundation": self.provenance,
                 "sources": [{"name": s.name, "rows": len(s), "copies": s.n_copies,
                              "mixed_rows": [int((lk >= 0).sum()) for lk in s.lookup[1:]], "key": key}
                             for s, key in zip(self.sources, self.keys)],
@@ -186,13 +191,17 @@ def prepare_teacher(config: Config, data_root: Path, cache: WaveCache, bank: Bac
     for name, source in named:
         key = teacher_key(teach, source, inputs, bank)
         folder = root / "teacher" / key
-        computed += len(clip_rows(source)[0]) * sum(not (folder / f"copy{c}.npz").is_file()
-                                                     for c in range(config.train.embed_copies + 1))
+        fresh = [c for c in range(config.train.embed_copies + 1) if not (folder / f"copy{c}.npz").is_file()]
         copies = embed_copies(teach, source, inputs, bank, folder, progress)
+        computed += sum(len(copies[c][0]) for c in fresh)  # rows embedded (a copy holds the rows it mixed)
         sources.append(_source(name, source, copies))
         keys.append(key)
     teacher = Teacher(config.train.distill_teacher, inputs.embedding_size, sources, inputs.provenance(), keys,
                       rows_computed=computed)
+    if config.train.distill_center:
+        teacher.center = np.concatenate([s.targets[0].astype(np.float32) for s in sources]).mean(axis=0)
+        for s in sources:
+            s.targets = [(t.astype(np.float32) - teacher.center).astype(np.float16) for t in s.targets]
     if computed:
         teacher.embed_wall_s = time.perf_counter() - started - decoded_s
         teacher.embed_cpu_s = time.process_time() - cpu
