@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reviews", type=Path, default=None,
                    help="RESULTS/reviews.parquet (`birdclef review`): confirmed windows train as positives, rejected "
                         "ones as negatives of their class (other classes masked)")
+    p.add_argument("--unlabelled", type=Path, action="append", default=[], metavar="DIR",
+                   help="with train.distill_teacher: another folder of unlabelled audio to distil (repeatable; "
+                        "DATA/train_soundscapes is one already)")
     add_config_flags(p)
 
     p = sub.add_parser("predict", help="score soundscapes with trained runs, an exported model or BirdNET into a submission CSV (resumable)")
@@ -310,7 +313,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 @verb("train")
 def _train(args: argparse.Namespace) -> int:
-    from birdclef.config import load_config
+    from birdclef.config import load_config, merge_config
 
     overrides = list(args.overrides)
     overrides += [f"train.accelerator={args.device}"] if args.device else []
@@ -319,6 +322,15 @@ def _train(args: argparse.Namespace) -> int:
     saved = args.out / "config.yaml"
     base = args.config if args.config or not (args.resume and saved.is_file()) else saved
     config = load_config(base, overrides)
+    if args.unlabelled and config.train.distill_teacher is None:
+        from birdclef.errors import ConfigError
+
+        raise ConfigError("--unlabelled is the unlabelled audio of embedding distillation: set "
+                          "train.distill_teacher (e.g. -c configs/distill-lite0.yaml)")
+    if args.unlabelled:  # each folder once, absolute (a resume from elsewhere finds it)
+        known = list(config.train.distill_unlabelled)
+        known += [str(d.resolve()) for d in args.unlabelled if str(d.resolve()) not in known]
+        config = merge_config(config, {"train": {"distill_unlabelled": known}})
     from birdclef.train.kfold import OOF_NOTE, train_kfold  # imports torch and Lightning
     from birdclef.train.lifecycle import is_launched_rank
 

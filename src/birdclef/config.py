@@ -33,6 +33,8 @@ STORED_SPAN_STRATEGIES = ("random", "mil")
 """Strategies whose cache keeps the first ``data.max_clip_s`` seconds of each clip (one cache serves both)."""
 MIL_POOLINGS = ("attention", "max", "topk", "mean")
 MIXUP_TARGETS = ("weighted", "blend", "max")
+DISTILL_DECAYS = ("linear", "cosine")
+"""How ``train.distill_weight`` moves to ``train.distill_weight_end`` over the label epochs."""
 BIRDNET_BACKBONE = "birdnet"
 """``model.backbone`` value for BirdNET v2.4, built in torch from the user's TFLite file (:mod:`birdclef.birdnet`)."""
 FOUNDATION_BACKBONE = "foundation"
@@ -258,8 +260,9 @@ class TrainConfig:
     background_max_files: int = 64
     """At most this many train_soundscapes are decoded (first 60 s each) into the background bank."""
     embed_copies: int = 4
-    """With ``model.freeze_backbone``: background-mixed copies of each training row whose BirdNET embeddings
-    are cached besides the clean one (each row mixed with probability ``background_prob``); 0: clean only."""
+    """With ``model.freeze_backbone`` (or ``distill_teacher``): background-mixed copies of each training row whose
+    foundation-model embeddings are cached besides the clean one (each row mixed with probability
+    ``background_prob``); 0: clean only."""
     pseudo_ratio: float = 1.0
     """With ``train --pseudo``: pseudo-labelled soundscape windows drawn per epoch, as a multiple of the
     number of training clips (1.0: as many as clips; capped by the windows available to the fold)."""
@@ -302,6 +305,32 @@ class TrainConfig:
     """With ``embed_engine: dask`` and ``embed_scheduler: local``: worker processes (one model each)."""
     embed_chunk_rows: int = 1024
     """Rows per embedding chunk: one resumable part file (and, with dask, one task) each."""
+    distill_teacher: str | None = None
+    """Embedding distillation (the BirdCLEF+ 2026 recipe; not the ``birdclef distill`` verb, which teaches an
+    ensemble's *labels* to a student): the foundation model (``KIND[:FILE]``: ``birdnet``, ``perch-v2:FILE``,
+    ``onnx:CARD``, ``placeholder``) whose embedding of each 5 s row the CNN learns through a projection head
+    (cosine loss) on the clips and the unlabelled audio, for ``distill_epochs`` epochs, before ``epochs`` label
+    epochs (:mod:`birdclef.train.embedding_distill`). None: no embedding distillation."""
+    distill_epochs: int = 5
+    """With ``distill_teacher``: epochs of distillation alone (cosine loss on every row of the training clips and
+    the unlabelled audio) before the ``epochs`` label epochs; 0: labels (BCE + cosine) from the start."""
+    distill_weight: float = 0.1
+    """With ``distill_teacher``: weight of the cosine term ``(1 - cos)`` beside BCE in the first label epoch."""
+    distill_weight_end: float = 0.0
+    """With ``distill_teacher``: weight of the cosine term in the last label epoch (reached by ``distill_decay``)."""
+    distill_decay: str = "cosine"
+    """With ``distill_teacher``: how the cosine weight moves from ``distill_weight`` to ``distill_weight_end`` over
+    the label epochs: linear or cosine (half a cosine period: slow, fast, slow)."""
+    distill_unlabelled: tuple[str, ...] = ("train_soundscapes",)
+    """With ``distill_teacher``: folders of unlabelled audio distilled beside the clips (relative to the dataset
+    folder, or absolute; ``train --unlabelled DIR`` adds one). A missing ``train_soundscapes`` is skipped."""
+    distill_center: bool = False
+    """With ``distill_teacher``: subtract the teacher's mean embedding (over every clean row) from the targets, so the
+    cosine compares only what sets rows apart (BirdNET's embeddings are non-negative: their mean alone has cosine
+    0.69 with each row of multitaxa-dev-v1). Off: the raw cosine of the winners' recipe (both scored alike there)."""
+    distill_max_file_s: float = 600.0
+    """With ``distill_teacher``: seconds decoded from the start of each unlabelled recording (bounds the teacher's
+    work on long archive files)."""
 
     def __post_init__(self) -> None:
         from birdclef.errors import BirdclefError
@@ -330,6 +359,14 @@ class TrainConfig:
                f"must be one of {MIL_POOLINGS}, got {self.mil_pooling!r}")
         _positive(self, "train", "mil_windows", "mil_topk")
         _positive(self, "train", "mil_hop_s", allow_none=True)
+        _check(self.distill_teacher is None or self.distill_teacher.strip() != "", "train.distill_teacher",
+               "must be KIND[:FILE] (e.g. birdnet) or null, got an empty string")
+        _check(self.distill_epochs >= 0, "train.distill_epochs", f"must be >= 0, got {self.distill_epochs}")
+        for name in ("distill_weight", "distill_weight_end"):
+            _check(getattr(self, name) >= 0, f"train.{name}", f"must be >= 0, got {getattr(self, name)}")
+        _check(self.distill_decay in DISTILL_DECAYS, "train.distill_decay",
+               f"must be one of {DISTILL_DECAYS}, got {self.distill_decay!r}")
+        _positive(self, "train", "distill_max_file_s")
 
 
 @dataclass(frozen=True)
@@ -399,6 +436,9 @@ class Config:
         _check(not (self.data.strategy == "mil" and self.model.freeze_backbone), "data.strategy",
                "mil trains the whole model on bags of windows; it does not apply to model.freeze_backbone "
                "(a head on cached BirdNET embeddings); choose another data.strategy or unfreeze")
+        _check(self.train.distill_teacher is None or not (self.model.freeze_backbone or self.data.strategy == "mil"),
+               "train.distill_teacher", "trains a whole CNN on 5 s rows; it does not apply to model.freeze_backbone "
+               "(a head on frozen embeddings) nor to data.strategy=mil")
         bad = [f for f in self.train.folds if not 0 <= f < self.data.n_folds]
         _check(not bad, "train.folds", f"{bad} outside range(data.n_folds={self.data.n_folds})")
 

@@ -79,6 +79,15 @@ def _mixed_row(wave: np.ndarray, copy: int, clip: int, window: int, config: Conf
     return add_background(wave, bank.excerpt(len(wave), rng), gain)
 
 
+def copy_wave(cache: WaveCache, copy: int, clip: int, window: int, config: Config,
+              bank: BackgroundBank | None) -> np.ndarray | None:
+    """(5 s,) float32 audio of a row in copy `copy` (0: the clean row; else the row with its seeded background,
+    or None when that copy's draw leaves the row clean): exactly what the model embeds, so that a student trained
+    on the cached embeddings (:mod:`birdclef.train.embedding_distill`) hears what the teacher heard."""
+    wave = row_wave(cache, clip, window)
+    return wave if copy == 0 else _mixed_row(wave, copy, clip, window, config, bank)
+
+
 @dataclass
 class ChunkEmbedder:
     """What embeds a chunk of rows: the models, the wave cache and its rows (one per worker with dask)."""
@@ -95,9 +104,7 @@ class ChunkEmbedder:
         else the rows its background draw mixes), in batches of :data:`ROW_BATCH` rows."""
         rows, parts, waves = [], [], []
         for r in range(start, stop):
-            clip, window = int(self.clips[r]), int(self.windows[r])
-            wave = row_wave(self.cache, clip, window)
-            wave = wave if copy == 0 else _mixed_row(wave, copy, clip, window, self.config, bank)
+            wave = copy_wave(self.cache, copy, int(self.clips[r]), int(self.windows[r]), self.config, bank)
             if wave is not None:
                 rows.append(r)
                 waves.append(wave)

@@ -28,6 +28,9 @@ class MixedBatch:
     """(B, K) bool: which targets of the examples are known (None: all)."""
     partner_mask: torch.Tensor | None = None
     """(B, K) bool: which targets of their partners are known (``mask[perm]``)."""
+    perm: torch.Tensor | None = None
+    """(B,) int64: each example's partner (so that other per-example targets, e.g. a teacher's embeddings, can
+    be mixed the same way)."""
 
 
 def max_targets(target: torch.Tensor, mask: torch.Tensor, other: torch.Tensor,
@@ -52,7 +55,7 @@ def mix_batch(wave: torch.Tensor, target: torch.Tensor, alpha: float, rng: np.ra
     lam = float(rng.beta(alpha, alpha))
     perm = torch.from_numpy(rng.permutation(wave.shape[0])).to(wave.device)
     return MixedBatch(lam * wave + (1.0 - lam) * wave[perm], target, target[perm], lam,
-                      mask, None if mask is None else mask[perm])
+                      mask, None if mask is None else mask[perm], perm)
 
 
 def mixup_loss(loss_fn, logits: torch.Tensor, mixed: MixedBatch, mode: str = "weighted",
@@ -109,10 +112,13 @@ class BackgroundBank:
     def __init__(self, paths: Sequence[Path], sample_rate: int = 32_000, max_files: int = 64, max_s: float = 60.0):
         self.sample_rate = sample_rate
         self.waves: list[np.ndarray] = []
+        self.files: list[str] = []
+        """The decoded files, in the order of `waves`."""
         self.skipped: list[tuple[str, str]] = []
         for path in sorted(paths)[:max_files]:
             try:
                 self.waves.append(load_audio(path, sample_rate, duration_s=max_s).astype(np.float16))
+                self.files.append(str(path))
             except AudioError as exc:
                 self.skipped.append((str(path), exc.reason))
 

@@ -172,6 +172,45 @@ def prepare_cache(
                         time.perf_counter() - started)
 
 
+def prepare_audio_store(folder: Path, root: Path, sample_rate: int = 32_000, max_s: float = 600.0,
+                        num_workers: int = 2, shard_size: int = 64, progress: bool = True) -> CacheSummary:
+    """Decode the first `max_s` seconds of every recording under `folder` (unlabelled audio: no train.csv) once into
+    ``root/<key>/``, a folder :class:`WaveCache` reads as it reads a clip cache (``filename``: the path relative to
+    `folder`). The key covers the folder, each file's name, size and mtime, the rate and `max_s`, so a changed
+    folder gets a new store; resumable shard by shard, as :func:`prepare_cache`; broken files are skipped and listed
+    in ``skipped.csv``.
+
+    Returns:
+        The summary; its ``out`` is the store.
+
+    Raises:
+        BirdclefError: `folder` is missing or holds no recording.
+        DatasetError: no recording could be decoded.
+    """
+    from birdclef.audio.discover import discover_audio
+
+    started, folder = time.perf_counter(), Path(folder)
+    found = discover_audio(folder, what="unlabelled audio folder", items="recordings").warn()
+    table = pd.DataFrame({"filename": [r.rel for r in found.recordings]})
+    identity = json.dumps([[r.rel, r.size, r.mtime_ns] for r in found.recordings]).encode()
+    config = {"format": CACHE_FORMAT, "strategy": "random", "window_s": 5.0, "sample_rate": int(sample_rate),
+              "max_clip_s": float(max_s), "max_files": None, "shard_size": int(shard_size),
+              "window_table_sha256": None, "source": str(folder.resolve()),
+              "files_sha256": hashlib.sha256(identity).hexdigest()}
+    out = Path(root) / hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    _claim(out, config)
+    _remove_stale_temporaries(out / "shards")
+    jobs = _plan_shards(table, folder, out / "shards", config, shard_size)
+    _run_jobs([job for job in jobs if not _shard_done(job)], len(table), num_workers, progress)
+    index, skipped = _collect(jobs, table)
+    write_csv_atomic(skipped, out / "skipped.csv")
+    if index.empty:
+        raise DatasetError(f"{folder}: none of its {len(table)} recordings could be decoded; see {out / 'skipped.csv'}")
+    write_parquet_atomic(index, out / "index.parquet")
+    return CacheSummary(len(index), len(skipped), float(index["length"].sum()) / sample_rate,
+                        sum(p.stat().st_size for p in out.rglob("*") if p.is_file()), out, time.perf_counter() - started)
+
+
 def _check_args(strategy: str, window_s: float, sample_rate: int, max_clip_s: float, shard_size: int,
                 max_files: int | None) -> None:
     if strategy not in DATA_STRATEGIES:

@@ -66,6 +66,8 @@ class BirdClassifier(nn.Module):
         if self.uses_last_stage:
             _prune_to_last_stage(self.backbone, cfg.backbone)
         in_features = self.backbone.feature_info[-1]["num_chs"] if self.uses_last_stage else self.backbone.num_features
+        self.num_features = int(in_features)
+        """C: channels of the (B, C, F', T') feature map the head reads (what a distillation projection reads)."""
         self.head = create_head(cfg.head, in_features, num_classes, drop_rate=cfg.drop_rate)
 
     def forward_mel(self, wave: torch.Tensor) -> torch.Tensor:

@@ -25,10 +25,17 @@ class FoldRecorder(L.Callback):
     The score is the validation macro ROC-AUC, or minus the validation loss when the fold's
     validation set has no scoreable class. `best_score` travels in last.ckpt, so a resumed fold
     keeps comparing against the best epoch before the interruption.
+
+    Args:
+        scored_from: epochs before it get their metrics row but never become best.pt (embedding distillation's
+            epochs without labels, whose classifier is untrained).
+        metrics: more logged metrics to put in each row (e.g. ``val_cos``), NaN when not logged.
     """
 
-    def __init__(self, fold_dir: Path, fold: int, config: Config, classes: list[str]):
+    def __init__(self, fold_dir: Path, fold: int, config: Config, classes: list[str], scored_from: int = 0,
+                 metrics: tuple[str, ...] = ()):
         self.fold_dir, self.fold, self.config, self.classes = Path(fold_dir), fold, config, classes
+        self.scored_from, self.metrics = scored_from, tuple(metrics)
         self.best_score = -math.inf
         self.best_epoch = -1
         self._epoch_lr = math.nan
@@ -52,10 +59,11 @@ class FoldRecorder(L.Callback):
             "train_loss": _metric(trainer, "train_loss_epoch"),
             "val_loss": _metric(trainer, "val_loss"),
             "val_auc": _metric(trainer, "val_auc"),
+            **{name: _metric(trainer, name) for name in self.metrics},
         }
         self._append_row(row)
         score = row["val_auc"] if not math.isnan(row["val_auc"]) else -row["val_loss"]
-        if score > self.best_score:
+        if epoch >= self.scored_from and score > self.best_score:
             self.best_score, self.best_epoch = score, epoch
             mil = getattr(pl_module, "mil", None)  # a MIL run's pooling travels beside the (unchanged) model
             extra = {"fold": self.fold, **({"mil_pooling": mil.checkpoint_entry()} if mil is not None else {})}

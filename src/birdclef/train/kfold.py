@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -45,71 +43,26 @@ from birdclef.data.metadata import DatasetLayout, load_classes
 from birdclef.data.pseudo import RUN_RECORD, PseudoLabels, check_resumed_table, read_pseudo, write_run_pseudo
 from birdclef.data.reviewed import merge_labels, read_reviewed, record_reviewed
 from birdclef.errors import ConfigError
-from birdclef.models import list_heads, load_checkpoint
-from birdclef.models.classifier import check_backbone_name
+from birdclef.models import load_checkpoint
 from birdclef.train.callbacks import FoldRecorder
 from birdclef.train.fold_data import FoldData
-from birdclef.train.lifecycle import AtomicCheckpointIO, is_launched_rank, readable_checkpoint
-from birdclef.train.losses import loss_from_config
+from birdclef.train.lifecycle import AtomicCheckpointIO, is_launched_rank
 from birdclef.train.mil import CHECKPOINT_KEY as MIL_CHECKPOINT_KEY
 from birdclef.train.mil import MilPooling, bag_forward
 from birdclef.train.mil_windows import write_fold_windows, write_run_windows
 from birdclef.train.run_folder import OOF_NOTE, TrainSummary, background_bank, collect_summary, init_run
 from birdclef.train.module import BirdModule
+from birdclef.train.trainer_setup import check_names
+from birdclef.train.trainer_setup import launched_checkpoint as _existing
+from birdclef.train.trainer_setup import quiet_lightning as _quiet_lightning
+from birdclef.train.trainer_setup import resume_checkpoint as _resume_checkpoint
+from birdclef.train.trainer_setup import trainer_precision as _precision
 from birdclef.utils.device import autocast_for, resolve_device
 from birdclef.utils.io import write_csv_atomic, write_json_atomic, write_parquet_atomic
-from birdclef.utils.state import set_aside
 from birdclef.utils.process import die_with_parent
 from birdclef.zoo.runs import TORCH_RUN
 
 log = logging.getLogger(__name__)
-
-@contextmanager
-def _quiet_lightning():
-    """Hide Lightning's start-up chatter (device lines, adverts) and warnings that are expected here."""
-    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    level = log.level
-    log.setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own use of a torch API
-        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")  # resume
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # num_workers is the user's choice
-        try:
-            yield
-        finally:
-            log.setLevel(level)
-
-
-def _precision(config: Config) -> str:
-    if config.train.precision != "auto":
-        return config.train.precision
-    on_gpu = config.train.accelerator != "cpu" and resolve_device("auto").type != "cpu"
-    return "bf16-mixed" if on_gpu else "32-true"
-
-
-def check_names(config: Config) -> None:
-    """ConfigError on a misspelt loss, head or backbone before the (slow) cache step, not after it."""
-    try:
-        loss_from_config(config.train)
-    except ConfigError as exc:
-        raise ConfigError(f"train.loss: {exc}") from None
-    if config.model.head not in list_heads():
-        raise ConfigError(f"model.head {config.model.head!r} is not a registered head; choose from {list_heads()}")
-    check_backbone_name(config.model.backbone, config.model.birdnet_path)
-
-
-def _resume_checkpoint(fold_dir: Path, resume: bool) -> Path | None:
-    """The fold's last.ckpt to resume from; an unreadable one is moved aside and the fold restarts."""
-    ckpt = fold_dir / "last.ckpt"
-    if not resume or not ckpt.is_file():
-        return None
-    reason = readable_checkpoint(ckpt)
-    if reason is None:
-        return ckpt
-    set_aside(ckpt, reason, f"fold {fold_dir.name.removeprefix('fold')} restarts from epoch 0 (finished folds "
-              "are kept)")
-    return None
-
 
 def _fit_fold(config, classes, examples: Examples, fold, run, background, resume, progress, callbacks, taxonomy=None):
     fold_dir = run / f"fold{fold}"
@@ -136,11 +89,6 @@ def _fit_fold(config, classes, examples: Examples, fold, run, background, resume
     if finished and trainer.is_global_zero:
         _write_oof(fold_dir, fold, data.val_dataloader(), examples, classes, config)
     return finished
-
-
-def _existing(path: Path, resume: bool) -> Path | None:
-    """A launched DDP rank resumes from what rank 0 chose (rank 0 has moved an unreadable file aside)."""
-    return path if resume and path.is_file() else None
 
 
 @torch.no_grad()
@@ -235,6 +183,13 @@ def train_kfold(
 
         return train_embedding_head(config, data_root, out, cache_dir, resume, progress, pseudo=pseudo,
                                     reviews=reviews)
+    if config.train.distill_teacher is not None:  # a CNN that learns a foundation model's embeddings, then labels
+        from birdclef.train.embedding_distill import train_distilled
+
+        if pseudo is not None or reviews is not None:
+            raise ConfigError("train --pseudo / --reviews do not combine with train.distill_teacher yet; train the "
+                              "distilled run first, then its pseudo-label rounds without a teacher")
+        return train_distilled(config, data_root, out, cache_dir, resume, progress, callbacks)
     started = time.perf_counter()
     run = Path(out)
     child = is_launched_rank()  # a DDP rank > 0 re-running the command: rank 0 owns the run folder
