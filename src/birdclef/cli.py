@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reviews", type=Path, default=None,
                    help="RESULTS/reviews.parquet (`birdclef review`): confirmed windows train as positives, rejected "
                         "ones as negatives of their class (other classes masked)")
+    p.add_argument("--classes", default=None, metavar="NAMES",
+                   help="train a taxon specialist: comma-separated taxon groups (taxonomy.csv class_name, e.g. "
+                        "Insecta) and/or primary labels; sets data.classes (default: every class)")
     p.add_argument("--unlabelled", type=Path, action="append", default=[], metavar="DIR",
                    help="with train.distill_teacher: another folder of unlabelled audio to distil (repeatable; "
                         "DATA/train_soundscapes is one already)")
@@ -125,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="score an archive of long recordings (nested folders) into Parquet tables: "
                        "streamed, sharded, resumable")
     p.add_argument("archive", type=Path, help="folder tree of recordings (any format, length and sample rate)")
-    add_predictor_flags(p, fill_help="with --birdnet alone: write this for classes BirdNET does not know "
-                                     "(default NaN)")
+    add_predictor_flags(p, fill_help="write this for classes no model scores (BirdNET's unknown classes, --data "
+                                     "classes no taxon-specialist --run scores; default NaN)")
     p.add_argument("--out", type=Path, required=True, help="results folder (re-running resumes)")
     p.add_argument("--hop", type=T.hop, default=5.0, help="seconds between 5 s window starts (default 5)")
     p.add_argument("--block-s", type=T.number(low=1.0, high=86_400.0), default=60.0,
@@ -322,6 +325,8 @@ def _train(args: argparse.Namespace) -> int:
     saved = args.out / "config.yaml"
     base = args.config if args.config or not (args.resume and saved.is_file()) else saved
     config = load_config(base, overrides)
+    if args.classes is not None:  # after -c and --set: the flag names the subset
+        config = merge_config(config, {"data": {"classes": [n.strip() for n in args.classes.split(",") if n.strip()]}})
     if args.unlabelled and config.train.distill_teacher is None:
         from birdclef.errors import ConfigError
 

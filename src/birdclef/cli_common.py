@@ -40,8 +40,8 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
 def add_predictor_flags(p: argparse.ArgumentParser, runs_flag: str = "--run", exported: bool = True,
                         run_help: str = "run folder (its finished folds are soft-voted) or a best.pt; repeat to "
                                         "blend runs (torch and BirdNET-head runs alike)",
-                        fill_help: str = "with --birdnet alone: write this for classes BirdNET does not know "
-                                         "(else refuse)") -> None:
+                        fill_help: str = "write this for classes no model scores: BirdNET's unknown classes, --data "
+                                         "classes no taxon-specialist --run scores (else refuse)") -> None:
     """The flags of every verb that takes models (predict, analyze, pseudo; selftrain and distill take teachers).
 
     Args:
@@ -66,7 +66,8 @@ def add_predictor_flags(p: argparse.ArgumentParser, runs_flag: str = "--run", ex
                         "of the zoo (`placeholder`: a tiny stand-in, to try the verbs without weights)")
     add_foundation_flag(p, f"alone or blended with {runs_flag}")
     p.add_argument("--data", type=Path, default=None,
-                   help="with --birdnet: dataset folder giving the classes and taxonomy.csv")
+                   help="dataset folder giving the classes (sample_submission order): with --birdnet, and its "
+                        "taxonomy.csv; with taxon-specialist runs, the columns they are blended into")
     p.add_argument("--taxonomy", type=Path, default=None,
                    help="with --birdnet: taxonomy.csv (scientific_name) to match classes to BirdNET's labels")
     p.add_argument("--unknown-fill", type=T.probability, default=None, help=fill_help)

@@ -102,6 +102,13 @@ class DataConfig:
     """StratifiedKFold splits on primary_label."""
     fold_seed: int = 42
     """Shuffle seed of the fold split."""
+    classes: tuple[str, ...] = ()
+    """A taxon specialist's classes (``train --classes``): taxon groups (taxonomy.csv ``class_name``, any case, e.g.
+    ``[Insecta]``), primary labels, or both; empty: every class. Folds stay those of the full run
+    (:mod:`birdclef.data.subset`)."""
+    class_negatives: bool = True
+    """With ``classes``: clips without a positive of the subset train as negatives of every class of it (True),
+    or are left out (False)."""
 
     def __post_init__(self) -> None:
         _check(self.strategy in DATA_STRATEGIES, "data.strategy", f"must be one of {DATA_STRATEGIES}, got {self.strategy!r}")
@@ -112,6 +119,8 @@ class DataConfig:
         _positive(self, "data", "max_files", allow_none=True)
         _unit(self, "data", "secondary_label_weight")
         _check(self.n_folds >= 2, "data.n_folds", f"must be at least 2, got {self.n_folds}")
+        _check(all(str(c).strip() for c in self.classes), "data.classes",
+               f"must name taxon groups or primary labels, got a blank one in {list(self.classes)}")
 
 
 @dataclass(frozen=True)
@@ -439,6 +448,9 @@ class Config:
         _check(self.train.distill_teacher is None or not (self.model.freeze_backbone or self.data.strategy == "mil"),
                "train.distill_teacher", "trains a whole CNN on 5 s rows; it does not apply to model.freeze_backbone "
                "(a head on frozen embeddings) nor to data.strategy=mil")
+        _check(self.train.distill_teacher is None or self.data.class_negatives or not self.data.classes,
+               "data.class_negatives", "must stay true with train.distill_teacher: a distilled specialist learns the "
+               "foundation model's view of every clip, and its labels of them (other classes' clips as negatives)")
         bad = [f for f in self.train.folds if not 0 <= f < self.data.n_folds]
         _check(not bad, "train.folds", f"{bad} outside range(data.n_folds={self.data.n_folds})")
 

@@ -187,8 +187,10 @@ def test_a_blend_cuts_each_part_its_own_span_and_follows_the_given_order() -> No
 def test_spec_checks_refuse_what_no_predictor_can_be_built_from(tmp_path: Path) -> None:
     with pytest.raises(BirdclefError, match="give either --run"):
         check_spec(PredictorSpec())
-    with pytest.raises(BirdclefError, match="--data: only used with --birdnet"):
-        check_spec(PredictorSpec(runs=(tmp_path,), data=tmp_path))
+    with pytest.raises(BirdclefError, match="--taxonomy: only used with --birdnet"):
+        check_spec(PredictorSpec(runs=(tmp_path,), taxonomy=tmp_path))
+    with pytest.raises(BirdclefError, match="--data: only used with --birdnet or --run"):
+        check_spec(PredictorSpec(model=tmp_path, data=tmp_path))
     with pytest.raises(BirdclefError, match="blends with --run, not with --model"):
         check_spec(PredictorSpec(model=tmp_path, birdnet=True))
     with pytest.raises(BirdclefError, match="a zero-shot model needs the classes"):

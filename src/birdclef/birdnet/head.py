@@ -34,7 +34,8 @@ from birdclef.birdnet.head_inputs import UNKNOWN_BIAS, HeadInputs, run_foundatio
 from birdclef.birdnet.model import LICENSE, model_name
 from birdclef.config import Config, InferConfig, config_from_dict, config_to_dict
 from birdclef.errors import BirdclefError
-from birdclef.infer.base import ROW_WINDOW_S, SinglePart, span
+from birdclef.infer.base import (ROW_WINDOW_S, SinglePart, class_positions, scatter_columns, span,
+                                 unscored_classes)
 from birdclef.zoo.runs import HEAD_RUN, Run
 
 KIND = HEAD_RUN
@@ -131,7 +132,8 @@ class HeadPredictor(SinglePart):
     """The finished folds of one embedding-head run as a predictor: foundation-model embeddings -> heads -> soft
     vote.
 
-    Every class is scored (no NaN). Rows are cut into the models' windows as in training
+    Every class of the run is scored; `classes` may add others it leaves NaN (a taxon specialist blended with
+    full runs, :mod:`birdclef.data.subset`). Rows are cut into the models' windows as in training
     (:class:`~birdclef.birdnet.head_inputs.HeadInputs`: the hop and pooling the head was trained with, the run's
     ``infer.birdnet_hop_s`` / ``birdnet_pool``, whatever a blend's settings say: other windows are not what the
     head learned from), at the run's ``data.sample_rate``.
@@ -139,7 +141,7 @@ class HeadPredictor(SinglePart):
     Args:
         run: run folder (its finished folds) or one ``foldK/best.pt``.
         config: infer settings (post-processing, batch size).
-        classes: output column order (default the run's); must be the run's classes in any order.
+        classes: output column order (default the run's); must hold every class of the run.
         model: the run's foundation model(s), loaded (a list, in the run's order, or one model); None loads them
             (the run's ``model.foundation``, else its ``model.birdnet_path``).
         threads: runtime threads when loading.
@@ -157,10 +159,8 @@ class HeadPredictor(SinglePart):
                 raise BirdclefError(f"{path}: its class list differs from {paths[0]}'s")
         self.checkpoints = [str(p.resolve()) for p in paths]
         self.classes = list(classes) if classes is not None else run_classes
-        if sorted(self.classes) != sorted(run_classes):
-            raise BirdclefError(f"{self.path}: its classes differ from the other runs'; "
-                                "blended runs must share classes")
-        self._order = [run_classes.index(c) for c in self.classes]
+        self._positions = class_positions(run_classes, self.classes, str(self.path))
+        self.unscored = unscored_classes(self.classes, self._positions)
         self.run_config = config_from_dict(loaded[0][1]["config"])
         self.pool = self.run_config.infer.birdnet_pool
         specs = run_foundations(self.run_config.model)
@@ -193,7 +193,7 @@ class HeadPredictor(SinglePart):
         padded[: min(len(wave), len(padded))] = wave[: len(padded)]
         chunks = torch.from_numpy(self.inputs.embed(padded.reshape(n_rows, row_len), np.float32))
         folds = [torch.sigmoid(pool_logits(head(chunks), self.pool)) for head in self.heads]
-        return torch.stack(folds).mean(0).double().numpy()[:, self._order]
+        return scatter_columns(torch.stack(folds).mean(0).double().numpy(), self._positions)
 
     def score(self, spans: np.ndarray) -> list[np.ndarray]:
         """[(N, K)] of (N, 5 s) spans: rows laid end to end are a wave whose rows they are."""
@@ -206,6 +206,7 @@ class HeadPredictor(SinglePart):
     def settings(self) -> dict:
         models = self.inputs.provenance()
         info = {"backend": KIND, "checkpoints": list(self.checkpoints),
+                **({"unscored": self.unscored} if self.unscored else {}),  # a specialist's NaN classes
                 "model": self.model_file, "licence": LICENSE if len(models) == 1 and models[0]["kind"] == "birdnet"
                 else "; ".join(f"{m['spec']}: {m['licence']}" for m in models),
                 "chunk_offsets_s": self.offsets, "pool": self.pool, "infer": config_to_dict(self.config)}

@@ -39,6 +39,18 @@ class HeadData:
         self.mask: torch.Tensor | None = None
         """(N, K) bool, True where the target is known; None without pseudo rows (all known)."""
 
+    def keep(self, examples: np.ndarray) -> None:
+        """Keep only the examples where `examples` (N,) bool is True (a specialist's dropped clips go); before
+        :meth:`add_pseudo`."""
+        if examples.all():
+            return
+        where = np.flatnonzero(examples)
+        self.rows, self.emb, self.weight = self.rows[where], self.emb[where], self.weight[where]
+        self.target, self.fold, self.clean = self.target[where], self.fold[where], self.clean[where]
+        self.pseudo = self.pseudo[where]
+        if self.mask is not None:
+            self.mask = self.mask[where]
+
     def add_pseudo(self, emb: np.ndarray, targets: np.ndarray, mask: np.ndarray, folds: np.ndarray,
                    weight: float) -> None:
         """Append pseudo-labelled windows (row -1): soft `targets`, `mask` (False: unknown), soundscape `folds`."""

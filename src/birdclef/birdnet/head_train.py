@@ -55,6 +55,7 @@ from birdclef.birdnet.head_inputs import HeadInputs
 from birdclef.config import Config
 from birdclef.data.augment import BackgroundBank
 from birdclef.data.cache import WaveCache
+from birdclef.data.subset import ClassSubset, cut_labels, record_subset, subset_of, subset_summary
 from birdclef.errors import ConfigError
 from birdclef.train.losses import loss_from_config
 from birdclef.train.module import validation_auc
@@ -173,19 +174,22 @@ class _Prepared:
     folds: np.ndarray
     bank: BackgroundBank | None
     skipped: int
+    kept: np.ndarray
+    """(clips,) bool: the clips that train (a specialist without data.class_negatives drops the others)."""
 
 
-def _prepare(config: Config, data_root: Path, run: Path, cache_dir: Path | None, progress: bool) -> _Prepared:
-    """Classes, the wave cache, targets, folds (folds.csv, data.json) and the background bank, as torch runs have."""
+def _prepare(config: Config, data_root: Path, run: Path, cache_dir: Path | None, progress: bool,
+             subset: ClassSubset) -> _Prepared:
+    """Classes, the wave cache, targets, folds (folds.csv, data.json) and the background bank, as torch runs have;
+    a specialist's `subset` (:mod:`birdclef.data.subset`) keeps its columns and the full run's folds."""
     from birdclef.birdnet.classes import read_scientific_names
     from birdclef.data.cache import prepare_cache
     from birdclef.data.folds import assign_folds
-    from birdclef.data.metadata import DatasetLayout, load_classes
+    from birdclef.data.metadata import DatasetLayout
     from birdclef.data.examples import build_targets
     from birdclef.train.run_folder import background_bank
 
     data, layout = config.data, DatasetLayout.from_root(data_root)
-    classes = load_classes(layout)
     names = read_scientific_names(layout.taxonomy_csv)
     cache_path = Path(cache_dir) if cache_dir is not None else run / "cache"
     skipped = prepare_cache(layout.root, cache_path, strategy=data.strategy, window_s=data.window_s,
@@ -194,11 +198,17 @@ def _prepare(config: Config, data_root: Path, run: Path, cache_dir: Path | None,
                             window_table=data.window_table).n_skipped
     cache = WaveCache(cache_path)
     write_json_atomic({"data_root": str(layout.root.resolve()), "cache": str(cache.path.resolve())}, run / "data.json")
-    targets, weights = build_targets(cache.index, classes, data.secondary_label_weight, data.rating_weight)
+    targets, weights = build_targets(cache.index, list(subset.all_classes), data.secondary_label_weight,
+                                     data.rating_weight)
     folds = assign_folds(cache.index["primary_label"].astype(str).tolist(), data.n_folds, data.fold_seed)
+    targets = subset.select(targets)  # a specialist: after the folds of every clip (the full run's split)
+    subset.check_clips(targets, cache.path)
+    kept = subset.kept_clips(targets)
     write_csv_atomic(pd.DataFrame({"filename": cache.index["filename"], "primary_label": cache.index["primary_label"],
                                    "fold": folds}), run / "folds.csv")
-    return _Prepared(classes, names, cache, targets, weights, folds, background_bank(config, layout), skipped)
+    record_subset(run, subset, len(kept), int(kept.sum()))
+    return _Prepared(list(subset.classes), names, cache, targets, weights, folds, background_bank(config, layout),
+                     skipped, kept)
 
 
 def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: Path | None = None,
@@ -238,25 +248,27 @@ def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: 
         from birdclef.utils.cluster import probe_scheduler
 
         probe_scheduler(config.train.embed_scheduler)
+    from birdclef.data.metadata import DatasetLayout, load_classes
+
+    layout = DatasetLayout.from_root(data_root)
+    subset = subset_of(config.data, load_classes(layout), layout.taxonomy_csv)  # a misspelt name fails first
     inputs = HeadInputs.from_config(config)
     labels = None if pseudo is None else open_pseudo(config, data_root, Path(pseudo))
-    reviewed = None
-    if reviews is not None:
-        from birdclef.data.metadata import DatasetLayout, load_classes
-
-        reviewed = read_reviewed(reviews, load_classes(DatasetLayout.from_root(data_root)))
+    reviewed = None if reviews is None else read_reviewed(reviews, list(subset.all_classes))
     init_run(run, config, resume)
     record_pseudo(run, labels)
     record_reviewed(run, reviewed, resume)
     write_text_atomic(licence_note(inputs.provenance()), run / "LICENSE-NOTE.txt")
     write_json_atomic({"foundation": inputs.provenance()}, run / "foundation.json")
-    prep = _prepare(config, data_root, run, cache_dir, progress)
+    prep = _prepare(config, data_root, run, cache_dir, progress, subset)
     # Beside a shared wave cache, the embeddings are shared too (selftrain rounds, runs of one dataset).
     root = Path(cache_dir) / EMBEDDINGS_IN_CACHE if cache_dir is not None else run / "embeddings"
     folder = root / embedding_key(config, prep.cache, inputs)
     copies = embed_copies(config, prep.cache, inputs, prep.bank, folder, progress)
     clips, windows = clip_rows(prep.cache)
     head_data = HeadData(copies, clips, prep.targets, prep.weights, prep.folds)
+    head_data.keep(prep.kept[clips[head_data.rows]])  # a specialist's dropped clips (all kept by default)
+    labels, reviewed = cut_labels(labels, subset), cut_labels(reviewed, subset)
     skipped_pseudo = [] if labels is None else add_pseudo_rows(head_data, config, labels, inputs, folder.parent,
                                                                 progress)
     if reviewed is not None:
@@ -278,7 +290,8 @@ def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: 
                        "n_clips": summary.n_clips, "n_rows": len(clips), "n_examples": len(head_data.rows),
                        "n_pseudo_windows": int(head_data.pseudo.sum()), "skipped_pseudo": skipped_pseudo,
                        "n_reviewed_windows": 0 if reviewed is None else len(reviewed),
-                       "classes": len(prep.classes), "elapsed_s": round(summary.elapsed_s, 1),
+                       "classes": len(prep.classes), **subset_summary(subset, int(prep.kept.sum())),
+                       "elapsed_s": round(summary.elapsed_s, 1),
                        "prepare_and_embed_s": round(embed_s, 1),
                        "head_s": round(time.perf_counter() - head_started, 1)}, run / "summary.json")
     return summary

@@ -18,6 +18,10 @@ with ``targets`` (N, K) float32 and ``mask`` (N, K) bool (False: nobody knows th
 Clips come first, so a clip's example index is its cache position and clip-only runs draw what they always drew;
 then reviewed windows, then pseudo windows. Reviewed and pseudo windows share one decoded store.
 
+A taxon specialist (``data.classes``: :mod:`birdclef.data.subset`) has the subset's target columns; with
+``data.class_negatives: false`` its clips without a positive of the subset stay in the table (positions keep
+matching the cache) but are inactive: :meth:`Examples.rows` never returns them, for training or validation.
+
 Pseudo windows are cut from soundscapes decoded once (:func:`prepare_pseudo_audio`) into
 ``RUN/pseudo_cache/<sha256[:16]>-<rate>hz-<window>s/``: one float16 ``.npy`` per recording, written
 atomically (an interrupted decode keeps the finished files), and ``store.json`` written last.
@@ -38,6 +42,7 @@ from birdclef.data.cache import WaveCache
 from birdclef.data.folds import assign_folds
 from birdclef.data.metadata import label_matrix, parse_secondary_labels
 from birdclef.data.pseudo import PseudoLabels
+from birdclef.data.subset import ClassSubset
 from birdclef.errors import AudioError, DatasetError
 from birdclef.utils.io import read_json, write_atomic, write_json_atomic
 
@@ -156,10 +161,14 @@ class Examples:
     """(N, K) bool: True where the target is known."""
     cache: WaveCache
     audio: PseudoAudio | None = None
+    active: np.ndarray | None = None
+    """(N,) bool: False for examples left out (a specialist's dropped clips); None: all take part."""
     weights: np.ndarray = field(init=False)
     """(N,) float32 loss weights (the table's ``weight``)."""
 
     def __post_init__(self) -> None:
+        if self.active is None:
+            self.active = np.ones(len(self.table), bool)
         self.weights = self.table["weight"].to_numpy(np.float32)
         self._source = self.table["source"].to_numpy()
         self._fold = self.table["fold"].to_numpy(np.int64)
@@ -174,9 +183,9 @@ class Examples:
         return int((self._source == "clip").sum())
 
     def rows(self, source: str, fold: int, held_out: bool) -> np.ndarray:
-        """Example indices of `source` in fold `fold` (`held_out`) or in every other fold."""
+        """Active example indices of `source` in fold `fold` (`held_out`) or in every other fold."""
         in_fold = self._fold == fold
-        return np.flatnonzero((self._source == source) & (in_fold if held_out else ~in_fold))
+        return np.flatnonzero((self._source == source) & (in_fold if held_out else ~in_fold) & self.active)
 
     def is_clip(self, i: int) -> bool:
         return self._source[i] == "clip"
@@ -207,17 +216,29 @@ def pseudo_table(labels: PseudoLabels, audio: PseudoAudio, weight: float, source
 
 
 def build_examples(cache: WaveCache, classes: list[str], config: Config, pseudo: PseudoLabels | None = None,
-                   audio: PseudoAudio | None = None, reviewed: PseudoLabels | None = None) -> Examples:
+                   audio: PseudoAudio | None = None, reviewed: PseudoLabels | None = None,
+                   subset: ClassSubset | None = None) -> Examples:
     """The training examples of a run: every cache clip (stratified folds), every reviewed window, then every
     window of `pseudo`.
 
     `pseudo`'s folds must already follow the run's split (``read_pseudo(..., data.n_folds, data.fold_seed)``);
     `reviewed` comes from :func:`birdclef.data.reviewed.read_reviewed`; `audio` is the decoded store of both
     (:func:`prepare_pseudo_audio`, of :func:`~birdclef.data.reviewed.merge_labels` when both are given).
+    `classes` is the data's class list; a specialist's `subset` (:mod:`birdclef.data.subset`) keeps its columns
+    (`pseudo` and `reviewed` already cut to them: :func:`~birdclef.data.subset.cut_labels`), the folds of every
+    clip, and marks the clips it drops inactive.
+
+    Raises:
+        DatasetError: a primary label outside `classes`; a subset none of whose classes has a clip.
     """
     data = config.data
     targets, weights = build_targets(cache.index, classes, data.secondary_label_weight, data.rating_weight)
     folds = assign_folds(cache.index["primary_label"].astype(str).tolist(), data.n_folds, data.fold_seed)
+    active = None
+    if subset is not None:  # folds above come from every clip: a specialist's split is the full run's
+        targets = subset.select(targets)
+        subset.check_clips(targets, cache.path)
+        active = subset.kept_clips(targets)
     tables, all_targets, masks = [clip_table(cache, weights, folds)], [targets], [np.ones(targets.shape, bool)]
     if (pseudo is not None or reviewed is not None) and audio is None:
         raise ValueError("pseudo and reviewed windows need their decoded audio (prepare_pseudo_audio)")
@@ -232,4 +253,6 @@ def build_examples(cache: WaveCache, classes: list[str], config: Config, pseudo:
         all_targets.append(pseudo.targets.astype(np.float32))
         masks.append(pseudo.mask.astype(bool))
     table = pd.concat(tables, ignore_index=True)
-    return Examples(table, np.concatenate(all_targets), np.concatenate(masks), cache, audio)
+    if active is not None:
+        active = np.concatenate([active, np.ones(len(table) - len(active), bool)])
+    return Examples(table, np.concatenate(all_targets), np.concatenate(masks), cache, audio, active)

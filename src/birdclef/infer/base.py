@@ -122,6 +122,39 @@ class Predictor(Protocol):
         """JSON-able identity (models, weights, post-processing) that partial results are keyed by."""
 
 
+def class_positions(own: Sequence[str], classes: Sequence[str], who: str) -> np.ndarray | None:
+    """Where each of the predictor's `classes` is among a model's `own` outputs (-1: the model does not score it,
+    a taxon specialist's other classes); None when the two lists are the same in the same order.
+
+    Raises:
+        BirdclefError: `own` scores classes that `classes` lacks (naming a few).
+    """
+    own, classes = [str(c) for c in own], [str(c) for c in classes]
+    if own == classes:
+        return None
+    extra = sorted(set(own) - set(classes))
+    if extra:
+        raise BirdclefError(f"{who}: scores {len(extra)} classes the prediction does not have "
+                            f"({', '.join(extra[:3])}); blended models must score a subset of its classes")
+    where = {c: k for k, c in enumerate(own)}
+    return np.asarray([where.get(c, -1) for c in classes], np.int64)
+
+
+def scatter_columns(probs: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
+    """(N, K_own) scores -> (N, K) in the predictor's order (:func:`class_positions`), NaN where unscored."""
+    if positions is None:
+        return probs
+    out = np.full((len(probs), len(positions)), np.nan, dtype=np.float64)
+    scored = positions >= 0
+    out[:, scored] = np.asarray(probs)[:, positions[scored]]
+    return out
+
+
+def unscored_classes(classes: Sequence[str], positions: np.ndarray | None) -> list[str]:
+    """The `classes` a model of :func:`class_positions` `positions` leaves NaN."""
+    return [] if positions is None else [c for c, k in zip(classes, positions) if k < 0]
+
+
 def span(sample_rate: int, window_s: float) -> tuple[int, int]:
     """(lead, length) of a model hearing `window_s` seconds centred on each 5 s row (as :func:`context_windows`)."""
     row_len, win_len = int(round(ROW_WINDOW_S * sample_rate)), int(round(window_s * sample_rate))

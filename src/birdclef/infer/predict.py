@@ -17,7 +17,8 @@ import torch
 
 from birdclef.config import Config, InferConfig, config_to_dict
 from birdclef.errors import BirdclefError
-from birdclef.infer.base import PartsPredictor, iter_predictions, span
+from birdclef.infer.base import (PartsPredictor, class_positions, iter_predictions, scatter_columns, span,
+                                unscored_classes)
 from birdclef.infer.ensemble import average_folds, normalise_weights
 from birdclef.infer.settings import stored_run_infer
 from birdclef.models import BirdClassifier, load_checkpoint
@@ -76,52 +77,58 @@ def score_windows(ensemble: RunEnsemble, windows: np.ndarray, batch_size: int, d
 
 class RunPart:
     """One run's folds as a :class:`~birdclef.infer.base.Part`: spans of its ``data.window_s`` around each row,
-    scored by every fold and soft-voted, columns in `classes` order."""
+    scored by every fold and soft-voted, columns in `classes` order (NaN for classes the run does not score: a
+    taxon specialist's, :mod:`birdclef.data.subset`)."""
 
     n_runs = 1
     can_embed = False
-    unscored: tuple[str, ...] = ()
     model_file = None
 
     def __init__(self, ensemble: RunEnsemble, classes: Sequence[str], config: InferConfig, device: torch.device):
         self.ensemble, self.config, self.device = ensemble, config, device
         self.classes = list(classes)
-        self.order = None if ensemble.classes == self.classes else [ensemble.classes.index(c) for c in self.classes]
+        self.positions = class_positions(ensemble.classes, self.classes, str(ensemble.path))
+        self.unscored = unscored_classes(self.classes, self.positions)
         self.sample_rate = ensemble.sample_rate
         self.lead, self.length = span(ensemble.sample_rate, ensemble.window_s)
         self.checkpoints = [str(p.resolve()) for p in ensemble.checkpoints]
 
     def score(self, spans: np.ndarray) -> list[np.ndarray]:
         probs = score_windows(self.ensemble, spans, self.config.batch_size, self.device)
-        return [probs if self.order is None else probs[:, self.order]]
+        return [scatter_columns(probs, self.positions)]
 
     def embed(self, spans: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         raise BirdclefError(f"{self.ensemble.path}: a trained run gives no embeddings")
 
     def settings(self) -> dict:
-        return {"backend": "torch", "checkpoints": self.checkpoints}
+        # A specialist names the classes it leaves NaN (a full run's identity stays what it always was).
+        return {"backend": "torch", "checkpoints": self.checkpoints,
+                **({"unscored": self.unscored} if self.unscored else {})}
 
 
 class TorchPredictor(PartsPredictor):
     """:class:`~birdclef.infer.base.Predictor` over training runs: folds soft-voted, runs blended by weight.
 
-    Blended runs must score the same classes (any order; outputs follow the first run's order) at the
-    same sample rate. `config` None uses the first run's stored infer settings
-    (:func:`birdclef.infer.settings.stored_run_infer`), as ``birdclef predict --run`` does. Each run is
-    one part (:class:`RunPart`), hearing its own window.
+    Without `classes`, blended runs must score the same classes (any order; outputs follow the first run's
+    order); with `classes` (the model zoo's blends: :func:`birdclef.zoo.build.build_predictor`) each run scores a
+    subset of them (a taxon specialist) and is NaN on the others. All runs share one sample rate. `config` None
+    uses the first run's stored infer settings (:func:`birdclef.infer.settings.stored_run_infer`), as ``birdclef
+    predict --run`` does. Each run is one part (:class:`RunPart`), hearing its own window.
     """
 
     def __init__(self, runs: Sequence[str | Path], weights: Sequence[float] | None = None,
-                 config: InferConfig | None = None, device: str = "auto"):
+                 config: InferConfig | None = None, device: str = "auto", classes: Sequence[str] | None = None):
         self.device = resolve_device(device)
         self.ensembles = [load_run(Path(r), self.device) for r in runs]
         self.weights = normalise_weights(weights, len(self.ensembles))
         first = self.ensembles[0]
         self.config = config if config is not None else stored_run_infer(runs[0], first.config.infer)[0]
-        self.classes, self.sample_rate = list(first.classes), first.sample_rate
+        self.classes = list(first.classes) if classes is None else list(classes)
+        self.sample_rate = first.sample_rate
         for ens in self.ensembles[1:]:
-            if set(ens.classes) != set(first.classes):
-                raise BirdclefError(f"{ens.path}: its classes differ from {first.path}'s; blended runs must share classes")
+            if classes is None and set(ens.classes) != set(first.classes):
+                raise BirdclefError(f"{ens.path}: its classes differ from {first.path}'s; blended runs must share "
+                                    "classes (`birdclef predict` blends a taxon specialist into a full run)")
             if ens.sample_rate != first.sample_rate:
                 raise BirdclefError(f"{ens.path}: sample rate {ens.sample_rate} differs from {first.path}'s")
         self._parts = [RunPart(ens, self.classes, self.config, self.device) for ens in self.ensembles]

@@ -32,7 +32,8 @@ and the mean cosine to the teacher (``val_cos`` in metrics.csv); ``best.pt`` is 
 
 Run folder: as :mod:`birdclef.train.kfold` (config.yaml, folds.csv, fold{k}/best.pt + last.ckpt + metrics.csv +
 oof.parquet + done.json, oof.parquet, summary.json) plus ``teacher.json`` (the teacher, its rows and what it cost)
-and ``LICENSE-NOTE.txt``; the teacher's cache and the unlabelled audio under ``RUN/distill`` (``CACHE/distill``
+and ``LICENSE-NOTE.txt`` (and ``classes.json`` for a taxon specialist, ``data.classes``, whose other classes' clips
+stay as negatives: :mod:`birdclef.data.subset`); the teacher's cache and the unlabelled audio under ``RUN/distill`` (``CACHE/distill``
 with ``--cache``).
 """
 
@@ -56,6 +57,7 @@ from birdclef.data.cache import WaveCache, prepare_cache
 from birdclef.data.examples import build_targets
 from birdclef.data.folds import assign_folds
 from birdclef.data.metadata import DatasetLayout, load_classes
+from birdclef.data.subset import record_subset, subset_of, subset_summary
 from birdclef.errors import ConfigError
 from birdclef.infer.base import ROW_WINDOW_S
 from birdclef.models import load_checkpoint
@@ -282,7 +284,8 @@ def train_distilled(config: Config, data_root: Path, out: Path, cache_dir: Path 
     else:
         init_run(run, config, resume)
     layout, data = DatasetLayout.from_root(data_root), config.data
-    classes = load_classes(layout)
+    subset = subset_of(data, load_classes(layout), layout.taxonomy_csv)  # a specialist: its columns, every clip
+    classes = list(subset.classes)
     skipped = 0
     if not child:
         skipped = prepare_cache(layout.root, cache_dir or run / "cache", strategy=data.strategy, window_s=data.window_s,
@@ -292,9 +295,12 @@ def train_distilled(config: Config, data_root: Path, out: Path, cache_dir: Path 
     cache = WaveCache(cache_dir or run / "cache")
     bank = background_bank(config, layout)
     root = (Path(cache_dir) if cache_dir is not None else run) / DISTILL_FOLDER
-    teacher = prepare_teacher(config, layout.root, cache, bank, root, progress and not child)
-    labels, weights = build_targets(cache.index, classes, data.secondary_label_weight, data.rating_weight)
+    labels, weights = build_targets(cache.index, list(subset.all_classes), data.secondary_label_weight,
+                                    data.rating_weight)
     folds = assign_folds(cache.index["primary_label"].astype(str).tolist(), data.n_folds, data.fold_seed)
+    labels = subset.select(labels)
+    subset.check_clips(labels, cache.path)  # before the teacher embeds every row
+    teacher = prepare_teacher(config, layout.root, cache, bank, root, progress and not child)
     if not child:
         write_json_atomic({"data_root": str(layout.root.resolve()), "cache": str(cache.path.resolve())},
                           run / "data.json")
@@ -302,6 +308,7 @@ def train_distilled(config: Config, data_root: Path, out: Path, cache_dir: Path 
                                        "primary_label": cache.index["primary_label"], "fold": folds}), run / "folds.csv")
         write_json_atomic(_teacher_record(teacher, run / "teacher.json"), run / "teacher.json")
         write_text_atomic(licence_note(teacher), run / "LICENSE-NOTE.txt")
+        record_subset(run, subset, len(labels), len(labels))
     for fold in config.train.folds:
         if (run / f"fold{fold}" / "done.json").is_file():
             continue
@@ -315,6 +322,7 @@ def train_distilled(config: Config, data_root: Path, out: Path, cache_dir: Path 
     summary.skipped_clips, summary.cache_dir = skipped, cache.path
     summary.skipped_background = [] if bank is None else list(bank.skipped)
     write_json_atomic({"fold_scores": summary.fold_scores, "oof_auc": summary.oof_auc, "oof_note": OOF_NOTE,
-                       "n_clips": summary.n_clips, "classes": len(classes), "teacher": read_json(run / "teacher.json"),
+                       "n_clips": summary.n_clips, "classes": len(classes), **subset_summary(subset, len(labels)),
+                       "teacher": read_json(run / "teacher.json"),
                        "elapsed_s": round(summary.elapsed_s, 1)}, run / "summary.json")
     return summary

@@ -6,6 +6,7 @@ Run folder (STYLE §3.5)::
     RUN/pseudo_folds.csv  pseudo.json  pseudo_cache/           (with --pseudo)
     RUN/fold{k}/best.pt  last.ckpt  metrics.csv  oof.parquet  done.json
     RUN/mil_windows.csv  fold{k}/mil_windows.parquet           (data.strategy=mil: birdclef.train.mil_windows)
+    RUN/classes.json                                           (a taxon specialist, data.classes: birdclef.data.subset)
 
 ``best.pt`` is the self-describing checkpoint inference loads; ``last.ckpt`` is Lightning's full
 state (optimizer, scheduler, callbacks) for ``--resume``, written atomically (an unreadable one is
@@ -42,6 +43,7 @@ from birdclef.data.examples import build_targets  # noqa: F401  (re-exported for
 from birdclef.data.metadata import DatasetLayout, load_classes
 from birdclef.data.pseudo import RUN_RECORD, PseudoLabels, check_resumed_table, read_pseudo, write_run_pseudo
 from birdclef.data.reviewed import merge_labels, read_reviewed, record_reviewed
+from birdclef.data.subset import cut_labels, record_subset, subset_of, subset_summary
 from birdclef.errors import ConfigError
 from birdclef.models import load_checkpoint
 from birdclef.train.callbacks import FoldRecorder
@@ -194,15 +196,17 @@ def train_kfold(
     run = Path(out)
     child = is_launched_rank()  # a DDP rank > 0 re-running the command: rank 0 owns the run folder
     check_names(config)
+    layout = DatasetLayout.from_root(data_root)
+    all_classes = load_classes(layout)
+    subset = subset_of(config.data, all_classes, layout.taxonomy_csv)  # a misspelt name fails before the run folder
+    classes = list(subset.classes)
     existed = resume and (run / "config.yaml").is_file()
     if child:
         die_with_parent()
     else:
         init_run(run, config, resume)
-    layout = DatasetLayout.from_root(data_root)
-    classes = load_classes(layout)
-    labels = _open_pseudo(run, pseudo, classes, config, child, existed)
-    reviewed = None if reviews is None else read_reviewed(reviews, classes)
+    labels = cut_labels(_open_pseudo(run, pseudo, all_classes, config, child, existed), subset)
+    reviewed = None if reviews is None else cut_labels(read_reviewed(reviews, all_classes), subset)
     if not child:
         record_reviewed(run, reviewed, existed)
     data = config.data
@@ -219,12 +223,14 @@ def train_kfold(
     if not child:
         write_json_atomic({"data_root": str(layout.root.resolve()), "cache": str(cache.path.resolve())},
                           run / "data.json")
-    examples = build_examples(cache, classes, config, labels, audio, reviewed)
+    examples = build_examples(cache, all_classes, config, labels, audio, reviewed, subset)
     clips = examples.table.iloc[: examples.n_clips]
+    n_train_clips = int(examples.active[: examples.n_clips].sum())
     if not child:
         write_csv_atomic(pd.DataFrame({"filename": cache.index["filename"],
                                        "primary_label": cache.index["primary_label"], "fold": clips["fold"]}),
                          run / "folds.csv")
+        record_subset(run, subset, examples.n_clips, n_train_clips)
     background = background_bank(config, layout)
     for fold in config.train.folds:
         if (run / f"fold{fold}" / "done.json").is_file():
@@ -243,5 +249,6 @@ def train_kfold(
     summary.n_pseudo = 0 if labels is None else len(labels)
     write_json_atomic({"fold_scores": summary.fold_scores, "oof_auc": summary.oof_auc, "oof_note": OOF_NOTE,
                        "n_clips": summary.n_clips, "n_pseudo": summary.n_pseudo, "classes": len(classes),
+                       **subset_summary(subset, n_train_clips),
                        "elapsed_s": round(summary.elapsed_s, 1)}, run / "summary.json")
     return summary

@@ -4,12 +4,19 @@ shared predictor flags: ``--run``, ``--model``, ``--birdnet``, ``--weights``, ..
 - ``--run`` (repeatable): each run's kind is read from the run (:class:`~birdclef.zoo.runs.Run`); torch runs and
   head runs blend with one weight per run, in the order given. ``--model DIR``: an exported model. Their infer
   settings are the stored ones, then ``-c``, then ``--set`` (:func:`~birdclef.infer.settings.resolve_infer`).
+- **Taxon specialists** (runs on a subset of the classes, :mod:`birdclef.data.subset`) blend with full runs: the
+  prediction's classes are ``--data``'s (its sample_submission.csv order) when given, else the union of the runs'
+  (the first run with the most classes, in its order, then any others); each run is NaN where it does not score,
+  and the blend is a NaN-aware weighted mean (:func:`~birdclef.infer.ensemble.blend_ignoring_nan`). So a full run
+  and an Insecta specialist give the insects their weighted mean and every other class the full run's scores;
+  ``--weights 0 1`` makes the full run a fallback: the specialist *replaces* it on its classes.
 - ``--birdnet`` / ``--foundation KIND[:FILE]``: a zero-shot foundation model (BirdNET v2.4; Perch v2, an ONNX
   card model, the ``placeholder``: :mod:`birdclef.zoo.foundation`), alone (its own defaults, :data:`ZERO_SHOT_DEFAULTS`) or blended after the runs (one more weight).
   Classes come from ``--sample-submission``, ``--data`` or ``--taxonomy`` (alone) or from the runs (blended);
   scientific names from ``--taxonomy``, ``DATA/taxonomy.csv``, or the taxonomy of the first run's dataset.
 - Classes the zero-shot model does not know are written to `unknown_report` and stay NaN; where no part scores
-  a class, ``--unknown-fill P`` writes P there, and without it a CSV prediction (``nan_ok=False``) refuses.
+  a class (zero-shot unknowns, ``--data`` classes no specialist run scores), ``--unknown-fill P`` writes P there,
+  and without it a CSV prediction (``nan_ok=False``) refuses.
 
 The spec is a frozen, picklable dataclass: Dask workers rebuild the same predictor from it.
 
@@ -87,11 +94,15 @@ def check_spec(spec: PredictorSpec) -> None:
     """
     if (spec.runs and spec.model is not None) or (not spec.runs and spec.model is None and not spec.birdnet):
         raise BirdclefError("give either --run (trained runs), --model (an exported model folder) or --birdnet")
-    zero_shot_only = [flag for flag, value in (("--data", spec.data), ("--taxonomy", spec.taxonomy),
-                      ("--unknown-fill", spec.unknown_fill), ("--birdnet-model", spec.birdnet_model))
+    zero_shot_only = [flag for flag, value in (("--taxonomy", spec.taxonomy), ("--birdnet-model", spec.birdnet_model))
                       if value is not None]
     if zero_shot_only and not spec.birdnet:
         raise BirdclefError(f"{', '.join(zero_shot_only)}: only used with --birdnet")
+    class_flags = [flag for flag, value in (("--data", spec.data), ("--unknown-fill", spec.unknown_fill))
+                   if value is not None]
+    if class_flags and not (spec.birdnet or spec.runs):
+        raise BirdclefError(f"{', '.join(class_flags)}: only used with --birdnet or --run (the classes of a blend "
+                            "with taxon specialists)")
     if spec.birdnet and spec.model is not None:
         raise BirdclefError("--birdnet blends with --run, not with --model")
     if spec.unknown_fill is not None and not 0.0 <= spec.unknown_fill <= 1.0:
@@ -196,12 +207,36 @@ def _build(spec: PredictorSpec, unknown_report: Path | None, nan_ok: bool) -> Bu
                                 "was exported with")
         members.append(get_kind("exported").build([spec.model], ctx))
     elif spec.runs:
-        members, order = _build_runs(spec.runs, ctx)
+        reference = None if spec.data is None else load_classes(DatasetLayout.from_root(spec.data))
+        members, order = _build_runs(spec.runs, ctx, reference, notes, spec.data)
     if spec.birdnet:
         return _with_zero_shot(spec, ctx, members, order, notes, unknown_report, nan_ok)
     if len(members) == 1 and spec.blend == "mean":  # an exported model, or torch runs alone (weighted by their kind)
-        return Built(members[0], notes)
-    return Built(_blend(members, weights, config, order, spec.blend), notes)
+        predictor = members[0]
+    else:
+        predictor = _blend(members, weights, config, order, spec.blend)
+    hint = "; the runs are taxon specialists that do not score them"
+    return Built(_filled(predictor, spec, nan_ok, notes, hint, "or add a --run that scores them"), notes)
+
+
+def _filled(predictor: Predictor, spec: PredictorSpec, nan_ok: bool, notes: list[str], why: str,
+            instead: str) -> Predictor:
+    """`predictor`, with ``--unknown-fill`` in the classes no part scores (see :func:`build_predictor`).
+
+    Raises:
+        BirdclefError: such classes in a CSV prediction (`nan_ok` False) without ``--unknown-fill``.
+    """
+    from birdclef.infer.blend import FilledPredictor
+
+    unscored = predictor.unscored
+    if unscored and spec.unknown_fill is None and not nan_ok:
+        raise BirdclefError(f"{len(unscored)} classes would be NaN in the CSV (no model scores them{why}); pass "
+                            "--unknown-fill P to write P there (any constant is neutral for their ROC-AUC, e.g. "
+                            f"0.5), {instead}")
+    if unscored and spec.unknown_fill is not None:
+        notes.append(f"{len(unscored)} classes no model scores are written as {spec.unknown_fill}")
+        return FilledPredictor(predictor, spec.unknown_fill)
+    return predictor
 
 
 def rebuild_predictor(spec: PredictorSpec, nan_ok: bool = True) -> Predictor:
@@ -216,10 +251,20 @@ def _blend(members: list[Predictor], weights: list[float] | None, config: InferC
     return BlendPredictor(members, weights, config, order, blend)
 
 
-def _build_runs(runs: tuple[Path, ...], ctx: BuildContext) -> tuple[list[Predictor], list[int] | None]:
-    """The runs' predictors: all torch runs in one TorchPredictor (first), then one per other run; and the order
-    that puts their parts back as the runs were given (None when that is already so)."""
-    kinds = [Run.open(r).kind for r in runs]
+def _build_runs(runs: tuple[Path, ...], ctx: BuildContext, reference: list[str] | None = None,
+                notes: list[str] | None = None, data: Path | None = None) -> tuple[list[Predictor], list[int] | None]:
+    """The runs' predictors: all torch runs in one TorchPredictor (first), then one per other run, all with the
+    blend's classes (:func:`blend_classes`; `reference`: ``--data``'s); and the order that puts their parts back as
+    the runs were given (None when that is already so). A note for each taxon specialist goes to `notes`."""
+    opened = [Run.open(r) for r in runs]
+    kinds = [r.kind for r in opened]
+    if len(runs) > 1 or reference is not None:
+        owns = [r.classes for r in opened]
+        ctx.classes = blend_classes(owns, reference, f"--data {data}")
+        for run, own in zip(runs, owns):
+            if len(own) < len(ctx.classes) and notes is not None:
+                notes.append(f"{run} scores {len(own)} of the {len(ctx.classes)} classes (a taxon specialist): "
+                             "it blends in on those only")
     torch_runs = [r for r, k in zip(runs, kinds) if k == TORCH_RUN]
     members: list[Predictor] = []
     if len(torch_runs) < len(runs):
@@ -240,6 +285,26 @@ def _build_runs(runs: tuple[Path, ...], ctx: BuildContext) -> tuple[list[Predict
             order.append(n_torch + seen_other)
             seen_other += 1
     return members, None if order == list(range(len(order))) else order
+
+
+def blend_classes(owns: list[list[str]], reference: list[str] | None, source: str = "--data") -> list[str]:
+    """The classes of a blend of runs that score `owns`: `reference` (``--data``'s), else the first run with the most
+    classes, in its order, then the others' remaining classes in the order given. Runs of one class list give the
+    first run's order (as before specialists).
+
+    Raises:
+        BirdclefError: a run scores classes `reference` lacks (the message names a few of each side).
+    """
+    union = list(dict.fromkeys(c for own in [max(owns, key=len), *owns] for c in own))
+    if reference is None:
+        return union
+    only_runs, only_given = sorted(set(union) - set(reference)), sorted(set(reference) - set(union))
+    if only_runs:
+        raise BirdclefError(f"{source} lists {len(reference)} classes, the runs were trained on {len(union)}: "
+                            f"{len(only_given)} only in {source.split()[0]} ({', '.join(only_given[:3]) or '-'}), "
+                            f"{len(only_runs)} only in the runs ({', '.join(only_runs[:3]) or '-'}); give the "
+                            "dataset the runs were trained on")
+    return list(reference)
 
 
 def _class_source(spec: PredictorSpec, members: list[Predictor], notes: list[str]) -> tuple[list[str], Path]:
@@ -271,7 +336,6 @@ def check_same_classes(runs: list[str], given: list[str], source: str) -> None:
 def _with_zero_shot(spec: PredictorSpec, ctx: BuildContext, members: list[Predictor], order: list[int] | None,
                     notes: list[str], unknown_report: Path | None, nan_ok: bool) -> Built:
     from birdclef.birdnet.classes import read_scientific_names
-    from birdclef.infer.blend import FilledPredictor
 
     n_runs = sum(len(m.weights) for m in members)
     if spec.weights is not None and len(spec.weights) != n_runs + 1:  # before the zero-shot model loads
@@ -292,15 +356,8 @@ def _with_zero_shot(spec: PredictorSpec, ctx: BuildContext, members: list[Predic
     who = "BirdNET" if kind == "birdnet" else kind
     notes += [f"{who} does not know {len(unknown)} of {len(ctx.classes)} classes (e.g. {unknown[:3]}): "
               f"see {unknown_report}"] if unknown and unknown_report is not None else []
-    unscored = predictor.unscored
-    if unscored and spec.unknown_fill is None and not nan_ok:
-        raise BirdclefError(f"{len(unscored)} classes would be NaN in the CSV (no model scores them; see "
-                            f"{unknown_report}); pass --unknown-fill P to write P there (any constant is neutral "
-                            "for their ROC-AUC, e.g. 0.5), or blend with --run")
-    if unscored and spec.unknown_fill is not None:
-        notes.append(f"{len(unscored)} classes no model scores are written as {spec.unknown_fill}")
-        predictor = FilledPredictor(predictor, spec.unknown_fill)
-    return Built(predictor, notes, unknown)
+    return Built(_filled(predictor, spec, nan_ok, notes, f"; see {unknown_report}", "or blend with --run"), notes,
+                 unknown)
 
 
 def _zero_shot_kind(birdnet_model: Path | str | None) -> tuple[str, str | None]:

@@ -8,6 +8,7 @@ What every verb asks of a run is here, read lazily (no torch, no weights loaded)
     run.kind                             # "torch" | "birdnet_head" (zoo kinds of runs)
     run.config                           # the stored config.yaml as a dict (None when there is none)
     run.data_root, run.taxonomy          # the dataset the run trained on (RUN/data.json)
+    run.classes, run.subset              # the classes it scores; a taxon specialist's RUN/classes.json (else None)
 
 **The kind.** Trainers write it into every ``foldK/done.json`` and checkpoint. A run trained before that is read
 as it always was: a frozen-BirdNET ``config.yaml`` (``model.backbone: birdnet``, ``freeze_backbone``) is an
@@ -146,13 +147,21 @@ class Run:
 
         path = self.checkpoints[0]
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = _load_lazily(path)
         except Exception as exc:  # noqa: BLE001 - truncated zip, foreign pickle: the file is unusable either way
             raise BirdclefError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
         classes = state.get("classes") if isinstance(state, dict) else None
         if not isinstance(classes, list) or not classes:
             raise BirdclefError(f"{path}: not a birdclef checkpoint (no class list)")
         return [str(c) for c in classes]
+
+    @cached_property
+    def subset(self) -> dict | None:
+        """A taxon specialist's ``RUN/classes.json`` (its classes, the groups and labels it was asked for, the data's
+        full class list: :mod:`birdclef.data.subset`); None for a run on every class."""
+        if self.root is None or not (self.root / "classes.json").is_file():
+            return None
+        return _read_json(self.root / "classes.json") or None
 
     @property
     def foundation_model(self) -> str | None:
@@ -191,6 +200,16 @@ class Run:
         """The ``data`` section of the stored config (n_folds, fold_seed, ...), {} when there is none."""
         data = self._config_or_empty().get("data")
         return data if isinstance(data, dict) else {}
+
+
+def _load_lazily(path: Path):
+    """The checkpoint dict, memory-mapped where the format allows (the class list is read, the weights are not)."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a file torch cannot map (the legacy format): read it whole
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _checkpoint_kind(path: Path) -> str:

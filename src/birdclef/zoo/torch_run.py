@@ -12,10 +12,11 @@ from birdclef.zoo.runs import TORCH_RUN
 
 
 def build(sources: Sequence[Path | str | None], ctx: BuildContext) -> Predictor:
-    """One :class:`~birdclef.infer.predict.TorchPredictor` over the runs (one part each, ``ctx.weights``)."""
+    """One :class:`~birdclef.infer.predict.TorchPredictor` over the runs (one part each, ``ctx.weights``; columns
+    ``ctx.classes`` when a blend fixed them, NaN where a specialist does not score)."""
     from birdclef.infer.predict import TorchPredictor  # torch only when a torch run is built
 
-    return TorchPredictor([Path(s) for s in sources], ctx.weights, ctx.config, ctx.device)
+    return TorchPredictor([Path(s) for s in sources], ctx.weights, ctx.config, ctx.device, ctx.classes)
 
 
 KIND = register_kind(Kind(
