@@ -228,3 +228,17 @@ def test_distillation_keeps_other_classes_as_negatives() -> None:
                            "data.class_negatives=false"])
     assert load_config(None, ["train.distill_teacher=placeholder", "data.classes=[Insecta]"]).data.classes == ("Insecta",)
 
+
+
+def test_a_specialist_exports_on_its_own_and_not_fused_with_a_full_run(data: Path, runs: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    from birdclef.export.export import export_model
+    from birdclef.export.runtime import ExportedPredictor
+
+    with pytest.raises(BirdclefError, match="export: the runs score different classes"):
+        export_model([runs["full"], runs["insecta"]], format="onnx", out=tmp_path / "both",
+                     parity_audio=data / "test_soundscapes", parity_count=1)
+    assert not (tmp_path / "both").exists()
+    export_model([runs["insecta"]], format="onnx", out=tmp_path / "insecta", parity_audio=data / "test_soundscapes",
+                 parity_count=1)
+    assert ExportedPredictor(tmp_path / "insecta").classes == ["syn03"]

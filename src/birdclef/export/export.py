@@ -341,6 +341,10 @@ def export_model(runs: Sequence[str | Path], weights: Sequence[float] | None = N
     _check_out(out)
     audio, scored, calibration, notes = _choose_audio(runs, parity_audio, parity_count, precision)
     predictor = TorchPredictor(runs, weights, config, device="cpu")
+    if any(part.unscored for part in predictor.parts()):  # one graph has one class list for every run
+        raise BirdclefError("export: the runs score different classes (a taxon specialist and a full run?); export "
+                            "each run on its own, and blend a specialist at prediction time (`birdclef predict --run "
+                            "FULL --run SPECIALIST`)")
     predictor.config = config or predictor.ensembles[0].config.infer
     stage = out.with_name(f".{out.name}.partial")
     shutil.rmtree(stage, ignore_errors=True)

@@ -155,6 +155,52 @@ def unscored_classes(classes: Sequence[str], positions: np.ndarray | None) -> li
     return [] if positions is None else [c for c, k in zip(classes, positions) if k < 0]
 
 
+def union_classes(lists: Sequence[Sequence[str]]) -> list[str]:
+    """The classes of a blend of models scoring `lists`: the first list with the most classes, in its order, then
+    the others' remaining classes in the order given (one shared list: the first one's order)."""
+    return list(dict.fromkeys(str(c) for own in [max(lists, key=len), *lists] for c in own))
+
+
+class ScatteredPart:
+    """A :class:`Part` whose scores are placed into a blend's `classes`: reordered, and NaN for the classes it does
+    not score (a taxon specialist among full runs). Everything else is the wrapped part's.
+
+    Raises:
+        BirdclefError: the part scores classes `classes` lacks.
+    """
+
+    def __init__(self, part: Part, classes: Sequence[str]):
+        self.part, self.classes = part, list(classes)
+        self.positions = class_positions(part.classes, self.classes, type(part).__name__)
+        missing = set(unscored_classes(self.classes, self.positions)) | set(part.unscored)
+        self.unscored = [c for c in self.classes if c in missing]
+        self.sample_rate, self.lead, self.length, self.n_runs = part.sample_rate, part.lead, part.length, part.n_runs
+        self.can_embed, self.checkpoints, self.model_file = part.can_embed, part.checkpoints, part.model_file
+
+    def __getattr__(self, name: str):
+        # What is not a Part member (a head's `inputs`, a zero-shot model's `model`, which provenance reads) is
+        # the wrapped part's. `part` itself missing (while unpickling) must not recurse.
+        if name == "part":
+            raise AttributeError(name)
+        return getattr(self.part, name)
+
+    def score(self, spans: np.ndarray) -> list[np.ndarray]:
+        return [scatter_columns(probs, self.positions) for probs in self.part.score(spans)]
+
+    def embed(self, spans: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        scores, embeddings = self.part.embed(spans)
+        return [scatter_columns(probs, self.positions) for probs in scores], embeddings
+
+    def settings(self) -> dict:
+        extra = sorted(set(self.unscored) - set(self.part.unscored))
+        return {**self.part.settings(), **({"unscored": extra} if extra else {})}
+
+
+def place_parts(parts: Sequence[Part], classes: Sequence[str]) -> list[Part]:
+    """`parts`, each scoring `classes` in that order: a part of other columns is wrapped (:class:`ScatteredPart`)."""
+    return [part if list(part.classes) == list(classes) else ScatteredPart(part, classes) for part in parts]
+
+
 def span(sample_rate: int, window_s: float) -> tuple[int, int]:
     """(lead, length) of a model hearing `window_s` seconds centred on each 5 s row (as :func:`context_windows`)."""
     row_len, win_len = int(round(ROW_WINDOW_S * sample_rate)), int(round(window_s * sample_rate))

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 from birdclef.config import InferConfig, config_to_dict
 from birdclef.errors import BirdclefError
-from birdclef.infer.base import Part, PartsPredictor, Predictor
+from birdclef.infer.base import Part, PartsPredictor, Predictor, place_parts, union_classes
 from birdclef.infer.ensemble import normalise_weights
 from birdclef.infer.rank import MEAN, check_blend
 
@@ -39,21 +39,24 @@ class BlendPredictor(PartsPredictor):
     """Predictors blended run by run: their parts, in order, with one weight per run.
 
     Args:
-        members: e.g. a TorchPredictor (its runs) and a BirdnetPredictor; all must share the class list.
+        members: e.g. a TorchPredictor (its runs) and a BirdnetPredictor.
         weights: one per run over all members, in order (``--run A --run B --birdnet``: 3); None equal.
         config: post-processing (``infer.postprocess_stage`` per_model or blend), as for torch blends.
         order: the members' parts in this order (indices into all their parts; default as given), e.g. the
             runs of one TorchPredictor and head runs back in the order the user named them.
         blend: ``mean`` (per file), ``rank`` or ``quantile`` (over all rows; module docstring).
+        classes: the output columns; default the members' union (:func:`~birdclef.infer.base.union_classes`).
+            A part that scores other columns (a taxon specialist: fewer; another order) is placed into them, NaN
+            where it does not score (:class:`~birdclef.infer.base.ScatteredPart`).
 
     Raises:
-        BirdclefError: no members, members whose class lists differ, an unknown `blend`, or a rank or
+        BirdclefError: no members, a part scoring classes `classes` lacks, an unknown `blend`, or a rank or
             quantile blend of fewer than two runs.
         SubmissionError: the wrong number of weights, or invalid ones.
     """
 
     def __init__(self, members: Sequence[Predictor], weights: Sequence[float] | None, config: InferConfig,
-                 order: Sequence[int] | None = None, blend: str = MEAN):
+                 order: Sequence[int] | None = None, blend: str = MEAN, classes: Sequence[str] | None = None):
         if not members:
             raise BirdclefError("nothing to blend")
         self.blend = check_blend(blend)
@@ -61,12 +64,9 @@ class BlendPredictor(PartsPredictor):
         parts = [part for member in members for part in member.parts()]
         if order is not None and sorted(order) != list(range(len(parts))):
             raise BirdclefError(f"blend order {list(order)} is not a permutation of {len(parts)} parts")
-        self._parts = parts if order is None else [parts[k] for k in order]
-        self.classes = list(self._parts[0].classes)
-        for part in self._parts[1:]:
-            if list(part.classes) != self.classes:
-                raise BirdclefError(f"blended predictors must score the same classes in one order; "
-                                    f"{type(part).__name__} differs from {type(self._parts[0]).__name__}")
+        parts = parts if order is None else [parts[k] for k in order]
+        self.classes = union_classes([p.classes for p in parts]) if classes is None else list(classes)
+        self._parts = place_parts(parts, self.classes)
         n_runs = sum(p.n_runs for p in self._parts)
         if blend != MEAN and n_runs < 2:
             raise BirdclefError(f"a {blend} blend needs two or more runs to blend (here {n_runs}): give several "

@@ -18,7 +18,7 @@ import torch
 from birdclef.config import Config, InferConfig, config_to_dict
 from birdclef.errors import BirdclefError
 from birdclef.infer.base import (PartsPredictor, class_positions, iter_predictions, scatter_columns, span,
-                                unscored_classes)
+                                union_classes, unscored_classes)
 from birdclef.infer.ensemble import average_folds, normalise_weights
 from birdclef.infer.settings import stored_run_infer
 from birdclef.models import BirdClassifier, load_checkpoint
@@ -109,11 +109,12 @@ class RunPart:
 class TorchPredictor(PartsPredictor):
     """:class:`~birdclef.infer.base.Predictor` over training runs: folds soft-voted, runs blended by weight.
 
-    Without `classes`, blended runs must score the same classes (any order; outputs follow the first run's
-    order); with `classes` (the model zoo's blends: :func:`birdclef.zoo.build.build_predictor`) each run scores a
-    subset of them (a taxon specialist) and is NaN on the others. All runs share one sample rate. `config` None
-    uses the first run's stored infer settings (:func:`birdclef.infer.settings.stored_run_infer`), as ``birdclef
-    predict --run`` does. Each run is one part (:class:`RunPart`), hearing its own window.
+    The output columns are `classes`, by default the runs' union (:func:`union_classes`: runs of one class list
+    give the first run's order); a run that scores only some of them (a taxon specialist, :mod:`birdclef.data.subset`)
+    is NaN on the others, and the blend is the weighted mean of the runs that score each class. All runs share one
+    sample rate. `config` None uses the first run's stored infer settings
+    (:func:`birdclef.infer.settings.stored_run_infer`), as ``birdclef predict --run`` does. Each run is one part
+    (:class:`RunPart`), hearing its own window.
     """
 
     def __init__(self, runs: Sequence[str | Path], weights: Sequence[float] | None = None,
@@ -123,12 +124,9 @@ class TorchPredictor(PartsPredictor):
         self.weights = normalise_weights(weights, len(self.ensembles))
         first = self.ensembles[0]
         self.config = config if config is not None else stored_run_infer(runs[0], first.config.infer)[0]
-        self.classes = list(first.classes) if classes is None else list(classes)
+        self.classes = union_classes([e.classes for e in self.ensembles]) if classes is None else list(classes)
         self.sample_rate = first.sample_rate
         for ens in self.ensembles[1:]:
-            if classes is None and set(ens.classes) != set(first.classes):
-                raise BirdclefError(f"{ens.path}: its classes differ from {first.path}'s; blended runs must share "
-                                    "classes (`birdclef predict` blends a taxon specialist into a full run)")
             if ens.sample_rate != first.sample_rate:
                 raise BirdclefError(f"{ens.path}: sample rate {ens.sample_rate} differs from {first.path}'s")
         self._parts = [RunPart(ens, self.classes, self.config, self.device) for ens in self.ensembles]

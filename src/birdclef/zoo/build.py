@@ -206,15 +206,18 @@ def _build(spec: PredictorSpec, unknown_report: Path | None, nan_ok: bool) -> Bu
             raise BirdclefError("--weights blends --run's (and --birdnet); an exported model keeps the weights it "
                                 "was exported with")
         members.append(get_kind("exported").build([spec.model], ctx))
-    elif spec.runs:
+    classes = None
+    if spec.runs:
+        members, order = _build_runs(spec.runs, ctx)
+        notes += _specialist_notes(spec.runs)
         reference = None if spec.data is None else load_classes(DatasetLayout.from_root(spec.data))
-        members, order = _build_runs(spec.runs, ctx, reference, notes, spec.data)
+        classes = blend_classes([list(m.classes) for m in members], reference, f"--data {spec.data}")
     if spec.birdnet:
-        return _with_zero_shot(spec, ctx, members, order, notes, unknown_report, nan_ok)
-    if len(members) == 1 and spec.blend == "mean":  # an exported model, or torch runs alone (weighted by their kind)
-        predictor = members[0]
+        return _with_zero_shot(spec, ctx, members, order, notes, unknown_report, nan_ok, classes)
+    if len(members) == 1 and spec.blend == "mean" and classes in (None, list(members[0].classes)):
+        predictor = members[0]  # an exported model, or torch runs alone (weighted by their kind)
     else:
-        predictor = _blend(members, weights, config, order, spec.blend)
+        predictor = _blend(members, weights, config, order, spec.blend, classes)
     hint = "; the runs are taxon specialists that do not score them"
     return Built(_filled(predictor, spec, nan_ok, notes, hint, "or add a --run that scores them"), notes)
 
@@ -245,37 +248,26 @@ def rebuild_predictor(spec: PredictorSpec, nan_ok: bool = True) -> Predictor:
 
 
 def _blend(members: list[Predictor], weights: list[float] | None, config: InferConfig,
-           order: list[int] | None, blend: str = "mean") -> Predictor:
+           order: list[int] | None, blend: str = "mean", classes: list[str] | None = None) -> Predictor:
     from birdclef.infer.blend import BlendPredictor
 
-    return BlendPredictor(members, weights, config, order, blend)
+    return BlendPredictor(members, weights, config, order, blend, classes)
 
 
-def _build_runs(runs: tuple[Path, ...], ctx: BuildContext, reference: list[str] | None = None,
-                notes: list[str] | None = None, data: Path | None = None) -> tuple[list[Predictor], list[int] | None]:
-    """The runs' predictors: all torch runs in one TorchPredictor (first), then one per other run, all with the
-    blend's classes (:func:`blend_classes`; `reference`: ``--data``'s); and the order that puts their parts back as
-    the runs were given (None when that is already so). A note for each taxon specialist goes to `notes`."""
-    opened = [Run.open(r) for r in runs]
-    kinds = [r.kind for r in opened]
-    if len(runs) > 1 or reference is not None:
-        owns = [r.classes for r in opened]
-        ctx.classes = blend_classes(owns, reference, f"--data {data}")
-        for run, own in zip(runs, owns):
-            if len(own) < len(ctx.classes) and notes is not None:
-                notes.append(f"{run} scores {len(own)} of the {len(ctx.classes)} classes (a taxon specialist): "
-                             "it blends in on those only")
+def _build_runs(runs: tuple[Path, ...], ctx: BuildContext) -> tuple[list[Predictor], list[int] | None]:
+    """The runs' predictors, each with its own classes (the blend places them: :func:`blend_classes`): all torch
+    runs in one TorchPredictor (first), then one per other run; and the order that puts their parts back as the
+    runs were given (None when that is already so)."""
+    kinds = [Run.open(r).kind for r in runs]
     torch_runs = [r for r, k in zip(runs, kinds) if k == TORCH_RUN]
     members: list[Predictor] = []
     if len(torch_runs) < len(runs):
         ctx.weights = None  # the blend of the kinds weighs the runs, not the torch predictor
     if torch_runs:
         members.append(get_kind(TORCH_RUN).build(torch_runs, ctx))
-        ctx.classes = list(members[0].classes)
     for run, kind in zip(runs, kinds):
         if kind != TORCH_RUN:
             members.append(get_kind(kind).build([run], ctx))
-            ctx.classes = list(members[-1].classes)
     n_torch, seen_torch, seen_other, order = len(torch_runs), 0, 0, []
     for kind in kinds:
         if kind == TORCH_RUN:
@@ -287,15 +279,29 @@ def _build_runs(runs: tuple[Path, ...], ctx: BuildContext, reference: list[str] 
     return members, None if order == list(range(len(order))) else order
 
 
+def _specialist_notes(runs: tuple[Path, ...]) -> list[str]:
+    """One note per taxon specialist among `runs` (its ``RUN/classes.json``)."""
+    notes = []
+    for run in runs:
+        record = Run.open(run).subset
+        if record:
+            named = ", ".join([*record.get("groups", []), *record.get("labels", [])])
+            notes.append(f"{run} is a taxon specialist ({named}: {len(record.get('classes', []))} classes); it "
+                         "blends in on its classes only")
+    return notes
+
+
 def blend_classes(owns: list[list[str]], reference: list[str] | None, source: str = "--data") -> list[str]:
-    """The classes of a blend of runs that score `owns`: `reference` (``--data``'s), else the first run with the most
-    classes, in its order, then the others' remaining classes in the order given. Runs of one class list give the
-    first run's order (as before specialists).
+    """The classes of a blend of models that score `owns`: `reference` (``--data``'s) when given, else their union
+    (:func:`~birdclef.infer.base.union_classes`: models of one class list give the first one's order, as before
+    taxon specialists).
 
     Raises:
-        BirdclefError: a run scores classes `reference` lacks (the message names a few of each side).
+        BirdclefError: a model scores classes `reference` lacks (the message names a few of each side).
     """
-    union = list(dict.fromkeys(c for own in [max(owns, key=len), *owns] for c in own))
+    from birdclef.infer.base import union_classes
+
+    union = union_classes(owns)
     if reference is None:
         return union
     only_runs, only_given = sorted(set(union) - set(reference)), sorted(set(reference) - set(union))
@@ -307,48 +313,34 @@ def blend_classes(owns: list[list[str]], reference: list[str] | None, source: st
     return list(reference)
 
 
-def _class_source(spec: PredictorSpec, members: list[Predictor], notes: list[str]) -> tuple[list[str], Path]:
-    """(classes, taxonomy.csv with their scientific names) of the zero-shot model."""
+def _class_source(spec: PredictorSpec, members: list[Predictor], notes: list[str],
+                  classes: list[str] | None) -> tuple[list[str], Path]:
+    """(classes, taxonomy.csv with their scientific names) of the zero-shot model: the runs' blend `classes`
+    (:func:`blend_classes`, already checked against ``--data``) when there are runs."""
     taxonomy = spec.taxonomy
     if spec.runs and spec.data is None and taxonomy is None:
         taxonomy = Run.open(spec.runs[0]).taxonomy
         notes += [f"BirdNET matches classes with {taxonomy}, the taxonomy of the first run's data"] if taxonomy else []
-    classes, names = resolve_classes(spec.data, taxonomy, spec.sample_submission if not members else None)
-    if members and spec.data is not None:
-        check_same_classes(list(members[0].classes), classes, f"--data {spec.data}")
-    return (list(members[0].classes) if members else classes), names
-
-
-def check_same_classes(runs: list[str], given: list[str], source: str) -> None:
-    """Refuse a class list (of `source`) that is not the trained runs' one.
-
-    Raises:
-        BirdclefError: the two lists hold different classes (naming a few of each side).
-    """
-    only_runs, only_given = sorted(set(runs) - set(given)), sorted(set(given) - set(runs))
-    if only_runs or only_given:
-        raise BirdclefError(f"{source} lists {len(given)} classes, the runs were trained on {len(runs)}: "
-                            f"{len(only_given)} only in {source.split()[0]} ({', '.join(only_given[:3]) or '-'}), "
-                            f"{len(only_runs)} only in the runs ({', '.join(only_runs[:3]) or '-'}); give the "
-                            "dataset the runs were trained on")
+    given, names = resolve_classes(spec.data, taxonomy, spec.sample_submission if not members else None)
+    return (list(classes) if members and classes is not None else given), names
 
 
 def _with_zero_shot(spec: PredictorSpec, ctx: BuildContext, members: list[Predictor], order: list[int] | None,
-                    notes: list[str], unknown_report: Path | None, nan_ok: bool) -> Built:
+                    notes: list[str], unknown_report: Path | None, nan_ok: bool, classes: list[str] | None) -> Built:
     from birdclef.birdnet.classes import read_scientific_names
 
     n_runs = sum(len(m.weights) for m in members)
     if spec.weights is not None and len(spec.weights) != n_runs + 1:  # before the zero-shot model loads
         raise BirdclefError(f"--weights: got {len(spec.weights)} for {n_runs} run(s) and BirdNET; give one per "
                             "--run, then one for --birdnet")
-    ctx.classes, names = _class_source(spec, members, notes)
+    ctx.classes, names = _class_source(spec, members, notes, classes)
     ctx.scientific_names = read_scientific_names(names)
     kind, source = _zero_shot_kind(spec.birdnet_model)
     zero_shot = get_kind(kind).build([source], ctx)
     if members:
         parts_order = None if order is None else order + [len(order)]
         predictor = _blend(members + [zero_shot], None if spec.weights is None else list(spec.weights), ctx.config,
-                           parts_order, spec.blend)
+                           parts_order, spec.blend, ctx.classes)
     else:
         predictor = zero_shot
     unknown = list(zero_shot.unscored)

@@ -17,7 +17,8 @@ from birdclef.zoo.runs import HEAD_RUN, Run
 
 
 def build(sources: Sequence[Path | str | None], ctx: BuildContext) -> Predictor:
-    """One :class:`~birdclef.birdnet.head.HeadPredictor` for the one run in `sources` (columns ``ctx.classes``)."""
+    """One :class:`~birdclef.birdnet.head.HeadPredictor` for the one run in `sources` (columns ``ctx.classes`` when
+    given, else the run's own: a blend places them)."""
     from birdclef.birdnet.head import HeadPredictor
     from birdclef.zoo.foundation import load_foundation
 

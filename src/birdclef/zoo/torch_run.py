@@ -12,11 +12,10 @@ from birdclef.zoo.runs import TORCH_RUN
 
 
 def build(sources: Sequence[Path | str | None], ctx: BuildContext) -> Predictor:
-    """One :class:`~birdclef.infer.predict.TorchPredictor` over the runs (one part each, ``ctx.weights``; columns
-    ``ctx.classes`` when a blend fixed them, NaN where a specialist does not score)."""
+    """One :class:`~birdclef.infer.predict.TorchPredictor` over the runs (one part each, ``ctx.weights``)."""
     from birdclef.infer.predict import TorchPredictor  # torch only when a torch run is built
 
-    return TorchPredictor([Path(s) for s in sources], ctx.weights, ctx.config, ctx.device, ctx.classes)
+    return TorchPredictor([Path(s) for s in sources], ctx.weights, ctx.config, ctx.device)
 
 
 KIND = register_kind(Kind(
