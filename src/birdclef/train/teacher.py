@@ -168,9 +168,29 @@ def _source(name: str, cache: WaveCache, copies: list[tuple[np.ndarray, np.ndarr
     return TeacherSource(name, cache, clips, windows, lookup, targets)
 
 
+def source_stores(config: Config, data_root: Path, cache: WaveCache, root: Path,
+                  progress: bool = True) -> list[tuple[str, WaveCache]]:
+    """(name, audio) of each source: the clips (`cache`), then each unlabelled folder's store (decoded once under
+    ``root/audio``).
+
+    Raises:
+        DatasetError: an unlabelled folder is missing, or none of its recordings decodes.
+    """
+    named = [("clips", cache)]
+    for folder in unlabelled_folders(config, data_root):
+        store = prepare_audio_store(folder, root / "audio", config.data.sample_rate, config.train.distill_max_file_s,
+                                    config.train.num_workers, progress=progress)
+        named.append((str(folder), WaveCache(store.out)))
+    return named
+
+
 def prepare_teacher(config: Config, data_root: Path, cache: WaveCache, bank: BackgroundBank | None, root: Path,
-                    progress: bool = True) -> Teacher:
+                    progress: bool = True, stores: list[tuple[str, WaveCache]] | None = None) -> Teacher:
     """The targets of the clips (`cache`) and of every unlabelled folder, computed where not cached (module docstring).
+
+    Args:
+        stores: the sources to embed when the caller has prepared them (:func:`source_stores`, perhaps with more
+            appended: a pseudo table's windows, :mod:`birdclef.train.distill_pseudo`); None: :func:`source_stores`.
 
     Raises:
         BirdclefError: the teacher cannot be loaded (unknown kind, missing file, missing runtime).
@@ -181,11 +201,7 @@ def prepare_teacher(config: Config, data_root: Path, cache: WaveCache, bank: Bac
     inputs = HeadInputs.from_config(teach)
     if not inputs.single:
         raise BirdclefError(f"train.distill_teacher {config.train.distill_teacher!r}: one foundation model, please")
-    named = [("clips", cache)]
-    for folder in unlabelled_folders(config, data_root):
-        store = prepare_audio_store(folder, root / "audio", config.data.sample_rate, config.train.distill_max_file_s,
-                                    config.train.num_workers, progress=progress)
-        named.append((str(folder), WaveCache(store.out)))
+    named = source_stores(config, data_root, cache, root, progress) if stores is None else stores
     decoded_s, cpu = time.perf_counter() - started, time.process_time()
     sources, keys, computed = [], [], 0
     for name, source in named:
