@@ -25,6 +25,8 @@ from birdclef.data.folds import assign_folds
 from birdclef.data.metadata import DatasetLayout, load_classes
 from birdclef.data.pseudo import (MASS_RECORD, RUN_FOLDS, RUN_RECORD, mass_record, pseudo_mass_factors, read_pseudo,
                                   write_pseudo)
+from birdclef.data.reviewed import read_reviewed
+from birdclef.review.reviews import Answer, save_answer
 from birdclef.train.distill_data import DistillData, DistillRows
 from birdclef.train.distill_pseudo import labelled_windows
 from birdclef.train.embedding_distill import DistillModule, cosine_distance, cosine_weight
@@ -77,7 +79,7 @@ class _Count:
         monkeypatch.setattr(PlaceholderModel, "infer", counting)
 
 
-def _setup(data: Path, root: Path, table: Path | None, overrides: list[str]) -> SimpleNamespace:
+def _setup(data: Path, root: Path, table: Path | None, overrides: list[str], reviews: Path | None = None) -> SimpleNamespace:
     config = load_config(None, TINY + QUIET + ["train.embed_copies=0", *overrides])
     layout = DatasetLayout.from_root(data)
     prepare_cache(data, root / "cache", num_workers=0, progress=False)
@@ -85,7 +87,8 @@ def _setup(data: Path, root: Path, table: Path | None, overrides: list[str]) -> 
     classes = load_classes(layout)
     labels = None if table is None else read_pseudo(table, classes, config.data.n_folds, config.data.fold_seed)
     stores = source_stores(config, data, cache, root / "distill", progress=False)
-    stores, windows = labelled_windows(config, stores, labels, None, root / "distill", progress=False)
+    reviewed = None if reviews is None else read_reviewed(reviews, classes)
+    stores, windows = labelled_windows(config, stores, labels, reviewed, root / "distill", progress=False)
     teacher = prepare_teacher(config, data, cache, bank, root / "distill", progress=False, stores=stores)
     targets, weights = build_targets(cache.index, classes, 1.0, False)
     folds = assign_folds(cache.index["primary_label"].astype(str).tolist(), 3, config.data.fold_seed)
@@ -147,6 +150,29 @@ def test_windows_no_source_holds_become_a_source_of_their_own(soundscapes, tmp_p
         full = load_audio(table["audio"].iloc[w], s.config.data.sample_rate)
         start = int(2.5 * s.config.data.sample_rate)
         assert np.allclose(wave, full[start : start + len(wave)], atol=1e-3)  # the table's window (float16 store)
+
+
+def test_reviewed_windows_are_in_every_label_epoch_of_every_fold(soundscapes, tmp_path: Path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "archive.json").write_text(json.dumps({"archive": str(soundscapes.data / "train_soundscapes")}))
+    for cls, file, start, answer in (("syn00", soundscapes.files[0], 0.0, "yes"),
+                                     ("syn02", soundscapes.files[1], 5.0, "no")):
+        save_answer(results, Answer(cls, file, start, start + 5.0, answer, "sim"))
+    s = _setup(soundscapes.data, tmp_path, soundscapes.rows, ["train.review_weight=2.5"],
+               reviews=results / "reviews.parquet")
+    assert len(s.windows) == 8 and s.windows.matched == 8 and int((~s.windows.drawn).sum()) == 2
+    for fold in range(3):
+        data = DistillData(s.config, s.teacher, s.targets, s.weights, s.folds, fold, s.bank, s.windows)
+        items = data.stage_items(s.config.train.distill_epochs)
+        reviewed = items[(items[:, 2] >= 0) & ~s.windows.drawn[np.maximum(items[:, 2], 0)]]
+        assert sorted(reviewed[:, 2].tolist()) == [6, 7]  # both, whatever their soundscape's fold
+        rows = DistillRows(s.teacher, reviewed, s.targets, s.weights, s.config, s.bank, False, 0, s.windows)
+        target, mask, weight = (torch.stack([rows[i][j] for i in range(2)]) for j in (1, 2, 3))
+        by_window = dict(zip(reviewed[:, 2].tolist(), range(2)))
+        assert target[by_window[6]].tolist() == [1, 0, 0] and mask[by_window[6]].tolist() == [1, 0, 0]
+        assert target[by_window[7]].tolist() == [0, 0, 0] and mask[by_window[7]].tolist() == [0, 0, 1]
+        assert weight.tolist() == [2.5, 2.5]
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a training step called by hand

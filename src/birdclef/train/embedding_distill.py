@@ -9,7 +9,10 @@ winners' recipe). Not the ``birdclef distill`` verb (:mod:`birdclef.selftrain.di
                             the unlabelled audio (D = train.distill_epochs)
     epochs D .. D+E-1       labels: loss = BCE(head(f(x)), y) + w_e * (1 - cos(P(f(x)), t(x))) on the training clips'
                             rows (E = train.epochs); w_e moves from train.distill_weight to train.distill_weight_end
-                            (train.distill_decay: linear or cosine over the label epochs)
+                            (train.distill_decay: linear or cosine over the label epochs); with --pseudo / --reviews
+                            also on the fold's draw of pseudo windows and every reviewed window, and with
+                            train.distill_label_unlabelled on a draw of unlabelled rows (their labels masked: the
+                            cosine term only) (birdclef.train.distill_data, birdclef.train.distill_pseudo)
 
 ``f`` is the CNN's pooled feature map (mean over frequency and time, (B, C)), ``P`` the projection head
 ``Linear(C, D_teacher)`` (1024 for BirdNET, 1536 for Perch v2), ``t(x)`` the teacher's cached embedding of the
@@ -33,7 +36,9 @@ and the mean cosine to the teacher (``val_cos`` in metrics.csv); ``best.pt`` is 
 Run folder: as :mod:`birdclef.train.kfold` (config.yaml, folds.csv, fold{k}/best.pt + last.ckpt + metrics.csv +
 oof.parquet + done.json, oof.parquet, summary.json) plus ``teacher.json`` (the teacher, its rows and what it cost)
 and ``LICENSE-NOTE.txt``; the teacher's cache and the unlabelled audio under ``RUN/distill`` (``CACHE/distill``
-with ``--cache``).
+with ``--cache``). With ``--pseudo``: ``pseudo.json`` and ``pseudo_folds.csv`` (the fold rule's record,
+:func:`~birdclef.data.pseudo.write_run_pseudo`) and, with ``train.pseudo_mass_cap``, ``fold{k}/pseudo_mass.json``;
+with ``--reviews``: ``reviews.json``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ background-mixed copies, through a frozen foundation model, computed once and ca
 
 **Sources.** The run's wave cache (the labelled clips) and one store per unlabelled folder
 (``train.distill_unlabelled``, :func:`~birdclef.data.cache.prepare_audio_store`: its recordings decoded once, read
-like a clip cache). **Rows** are :func:`~birdclef.birdnet.head_embed.clip_rows` of each source: every full 5 s
+like a clip cache); with a pseudo table, perhaps one more: the table's windows no other source holds
+(:mod:`birdclef.train.distill_pseudo`). **Rows** are :func:`~birdclef.birdnet.head_embed.clip_rows` of each source: every full 5 s
 window of the stored audio, plus a last partial one holding at least one 3 s chunk (zero padded).
 **Copies**: copy 0 is the clean row; copies ``1..train.embed_copies`` mix the row, with probability
 ``train.background_prob``, with a seeded train_soundscapes excerpt (:func:`~birdclef.birdnet.head_embed.copy_wave`),
