@@ -79,7 +79,8 @@ class _Count:
         monkeypatch.setattr(PlaceholderModel, "infer", counting)
 
 
-def _setup(data: Path, root: Path, table: Path | None, overrides: list[str], reviews: Path | None = None) -> SimpleNamespace:
+def _setup(data: Path, root: Path, table: Path | None, overrides: list[str],
+           reviews: Path | None = None) -> SimpleNamespace:
     config = load_config(None, TINY + QUIET + ["train.embed_copies=0", *overrides])
     layout = DatasetLayout.from_root(data)
     prepare_cache(data, root / "cache", num_workers=0, progress=False)
@@ -125,7 +126,8 @@ def test_pseudo_windows_are_teacher_rows_and_label_epochs_follow_the_fold_rule(s
     for i in np.flatnonzero(items[:, 2] >= 0):
         w = int(items[i, 2])
         wave, target, mask, weight, emb = rows[len(items) + i]
-        assert np.array_equal(target.numpy(), s.labels.targets[w]) and np.array_equal(mask.numpy() > 0, s.labels.mask[w])
+        assert np.array_equal(target.numpy(), s.labels.targets[w])
+        assert np.array_equal(mask.numpy() > 0, s.labels.mask[w])
         assert weight.item() == pytest.approx(0.3)
         source = s.teacher.sources[1]
         clip, window = int(source.clips[items[i, 1]]), int(source.windows[items[i, 1]])
@@ -228,9 +230,23 @@ def test_the_loss_of_scaled_masks_equals_a_hand_computation():
     assert create_loss("bce")(logits, target, weight, mask).item() == pytest.approx((m * bce).sum() / m.sum(), rel=1e-6)
 
 
+def test_mixing_scaled_masks_keeps_the_bool_rule_with_min_and_max():
+    from birdclef.data.augment import MixedBatch, max_targets, mixed_mask
+
+    target, other = torch.tensor([1.0, 0.3, 0.0, 0.2]), torch.tensor([0.0, 1.0, 0.4, 0.1])
+    mask, other_mask = torch.tensor([1.0, 0.5, 0.25, 0.0]), torch.tensor([0.5, 1.0, 1.0, 1.0])
+    merged, known = max_targets(target, mask, other, other_mask)
+    # and = min, or = max: (1) a known positive of the first, (2) of the second, (3) both known, (4) one unknown
+    assert merged.tolist() == pytest.approx([1.0, 1.0, 0.4, 0.2]) and known.tolist() == [1.0, 1.0, 0.25, 0.0]
+    assert torch.equal(max_targets(target, mask > 0, other, other_mask > 0)[1], torch.tensor([True, True, True, False]))
+    batch = MixedBatch(torch.zeros(1, 4), target[None], other[None], 0.5, mask[None], other_mask[None])
+    assert mixed_mask(batch, "blend").tolist() == [[0.5, 0.5, 0.25, 0.0]]
+
+
 def _pseudo_examples(soundscapes, tmp_path: Path, cap: str):
     config = load_config(None, ["model.backbone=test_efficientnet", "model.pretrained=false", "train.num_workers=0",
-                                "data.n_folds=3", "train.folds=[0]", "train.pseudo_ratio=2.0", f"train.pseudo_mass_cap={cap}",
+                                "data.n_folds=3", "train.folds=[0]", "train.pseudo_ratio=2.0",
+                                f"train.pseudo_mass_cap={cap}",
                                 "train.pseudo_weight=2.0"])
     d = config.data
     prepare_cache(soundscapes.data, tmp_path / "cache", num_workers=0, progress=False)

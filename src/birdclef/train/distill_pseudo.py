@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from birdclef.audio.io import load_audio
@@ -71,7 +72,7 @@ class LabelledWindows:
                 "matched_to_unlabelled_rows": self.matched, "embedded_as_own_source": len(self) - self.matched}
 
 
-def match_rows(stores: list[tuple[str, WaveCache]], table) -> tuple[np.ndarray, np.ndarray]:
+def match_rows(stores: list[tuple[str, WaveCache]], table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """((M,) source, (M,) row) of each window of `table` (``audio``, ``start_s``, ``end_s``) that an unlabelled
     source (``stores[1:]``) holds as a row; -1 where none does."""
     where: dict[tuple[str, int], tuple[int, int]] = {}
@@ -88,7 +89,8 @@ def match_rows(stores: list[tuple[str, WaveCache]], table) -> tuple[np.ndarray, 
     starts, ends = table["start_s"].to_numpy(np.float64), table["end_s"].to_numpy(np.float64)
     for i, audio in enumerate(table["audio"].astype(str)):
         window = int(round(starts[i] / ROW_WINDOW_S))
-        if abs(starts[i] - window * ROW_WINDOW_S) > _TOLERANCE_S or abs(ends[i] - starts[i] - ROW_WINDOW_S) > _TOLERANCE_S:
+        off_grid = abs(starts[i] - window * ROW_WINDOW_S) > _TOLERANCE_S
+        if off_grid or abs(ends[i] - starts[i] - ROW_WINDOW_S) > _TOLERANCE_S:
             continue
         hit = where.get((resolved[audio], window))
         if hit is not None:
@@ -96,7 +98,7 @@ def match_rows(stores: list[tuple[str, WaveCache]], table) -> tuple[np.ndarray, 
     return source, row
 
 
-def _window_store(labels: list[PseudoLabels], table, todo: np.ndarray, root: Path, sample_rate: int,
+def _window_store(labels: list[PseudoLabels], table: pd.DataFrame, todo: np.ndarray, root: Path, sample_rate: int,
                   progress: bool) -> WaveCache:
     """The store of the windows `todo` (positions in `table`): each recording decoded once, each window cut as the
     plain CNN cuts a pseudo window."""
@@ -136,8 +138,6 @@ def labelled_windows(config: Config, stores: list[tuple[str, WaveCache]], pseudo
                                         (reviewed, config.train.review_weight, False)) if t is not None]
     if not parts:
         return stores, None
-    import pandas as pd
-
     table = pd.concat([t.table for t, _, _ in parts], ignore_index=True)
     source, row = match_rows(stores, table)
     matched = int((source >= 0).sum())
