@@ -352,3 +352,15 @@ def test_a_distilled_run_trains_on_pseudo_labels_and_records_them(distilled_runs
     assert mass["cap"] == 0.5 and 0 < mass["min_factor"] <= 1.0
     assert json.loads((run / "summary.json").read_text())["n_pseudo"] == 6
     assert distilled_runs.refused == 2  # another table on resume: a one-line error, exit 2
+
+
+@pytest.mark.parametrize("setting, key", [("train.pseudo_mass_cap=0", "train.pseudo_mass_cap"),
+                                          ("train.pseudo_mass_cap=inf", "train.pseudo_mass_cap"),
+                                          ("train.distill_label_unlabelled=-0.5", "train.distill_label_unlabelled"),
+                                          ("train.distill_label_unlabelled=nan", "train.distill_label_unlabelled")])
+def test_config_refuses_a_bad_cap_or_unlabelled_share(setting: str, key: str):
+    from birdclef.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, [setting])
+    assert load_config(None, ["train.pseudo_mass_cap=null"]).train.pseudo_mass_cap is None
