@@ -277,6 +277,11 @@ class TrainConfig:
     folds: tuple[int, ...] = (0, 1, 2, 3, 4)
     """Which folds to train (any subset of range(data.n_folds))."""
     seed: int = 42
+    init_from: str | None = None
+    """Start each fold from a trained torch run instead of the backbone's pretrained weights: a run folder (fold
+    ``k`` starts from its ``fold{k}/best.pt``, the model that never saw fold ``k``'s clips, so validation stays
+    honest) or one ``best.pt`` (every fold from it). Its backbone, head and classes must be this config's. The
+    noisy-student rounds of ``birdclef selftrain --student-init`` set it (:mod:`birdclef.train.init_from`)."""
     num_workers: int = 2
     """DataLoader worker processes."""
     accelerator: str = "auto"
@@ -367,6 +372,8 @@ class TrainConfig:
         _check(self.distill_decay in DISTILL_DECAYS, "train.distill_decay",
                f"must be one of {DISTILL_DECAYS}, got {self.distill_decay!r}")
         _positive(self, "train", "distill_max_file_s")
+        _check(self.init_from is None or str(self.init_from).strip() != "", "train.init_from",
+               "must be a run folder, a best.pt or null, got an empty string")
 
 
 @dataclass(frozen=True)
