@@ -116,3 +116,13 @@ def test_student_init_needs_a_cnn_and_a_start_of_every_fold(distilled: Path, tin
         run_selftrain(three, tiny_dataset, tmp_path / "b", SelfTrainSettings(start=str(distilled),
                                                                              student_init="start"),
                       progress=False, log=lambda *_: None)
+
+
+def test_each_epoch_records_its_stage_and_cost(distilled: Path):
+    import pandas as pd
+
+    times = pd.read_csv(distilled / "fold0" / "times.csv")
+    assert times["epoch"].tolist() == [0, 1] and times["stage"].tolist() == ["distill", "labels"]
+    assert (times["wall_s"] > 0).all() and (times["cpu_s"] > 0).all()
+    metrics = pd.read_csv(distilled / "fold0" / "metrics.csv")
+    assert "wall_s" not in metrics.columns  # metrics stay equal between a resumed and an uninterrupted run

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ import pandas as pd
 
 from birdclef.config import Config, config_from_dict, config_to_dict
 from birdclef.errors import BirdclefError, ConfigError, DatasetError
+from birdclef.utils.process import cpu_seconds
 from birdclef.utils.io import exclusive_lock, read_json, write_csv_atomic, write_json_atomic
 from birdclef.utils.state import read_settings, set_aside
 
@@ -121,12 +121,6 @@ class SelfTrainSummary:
     @property
     def best(self) -> RoundResult:
         return next(r for r in self.rounds if r.round == self.best_round)
-
-
-def _cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its finished children (DataLoader workers)."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def validation_set(validate: Path) -> tuple[Path, Path]:
@@ -304,7 +298,7 @@ class _Rounds:
         done = where / "scores.json"
         if (result := _finished_round(done)) is not None:
             return result
-        started, cpu = time.perf_counter(), _cpu_seconds()
+        started, cpu = time.perf_counter(), cpu_seconds()
         where.mkdir(parents=True, exist_ok=True)
         if self.settings.start:
             student = Path(self.settings.start).resolve()
@@ -315,7 +309,7 @@ class _Rounds:
             self.train(student, None)
         score, kind, groups = self.score(where, student)
         result = RoundResult(0, score, kind, groups, student=str(student), wall_s=time.perf_counter() - started,
-                             cpu_s=_cpu_seconds() - cpu)
+                             cpu_s=cpu_seconds() - cpu)
         write_json_atomic(asdict(result), done)
         return result
 
@@ -324,7 +318,7 @@ class _Rounds:
         done = where / "scores.json"
         if (result := _finished_round(done)) is not None:
             return result
-        started, cpu = time.perf_counter(), _cpu_seconds()
+        started, cpu = time.perf_counter(), cpu_seconds()
         where.mkdir(parents=True, exist_ok=True)
         shown = teachers + (["birdnet"] if self.settings.birdnet else [])
         self.log(f"round {r}: pseudo-labelling {self.soundscapes} with {shown}")
@@ -336,7 +330,7 @@ class _Rounds:
         self.train(student, where / "pseudo.parquet", init)
         score, kind, groups = self.score(where, student)
         result = RoundResult(r, score, kind, groups, teachers=shown, student=str(student), pseudo=pseudo,
-                             wall_s=time.perf_counter() - started, cpu_s=_cpu_seconds() - cpu)
+                             wall_s=time.perf_counter() - started, cpu_s=cpu_seconds() - cpu)
         write_json_atomic(asdict(result), done)
         return result
 
