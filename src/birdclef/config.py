@@ -283,6 +283,11 @@ class TrainConfig:
     folds: tuple[int, ...] = (0, 1, 2, 3, 4)
     """Which folds to train (any subset of range(data.n_folds))."""
     seed: int = 42
+    init_from: str | None = None
+    """Start each fold from a trained torch run instead of the backbone's pretrained weights: a run folder (fold
+    ``k`` starts from its ``fold{k}/best.pt``, the model that never saw fold ``k``'s clips, so validation stays
+    honest) or one ``best.pt`` (every fold from it). Its backbone, head and classes must be this config's. The
+    noisy-student rounds of ``birdclef selftrain --student-init`` set it (:mod:`birdclef.train.init_from`)."""
     num_workers: int = 2
     """DataLoader worker processes."""
     accelerator: str = "auto"
@@ -381,6 +386,8 @@ class TrainConfig:
                "train.distill_label_unlabelled", f"must be a finite number >= 0, got {self.distill_label_unlabelled}")
         _check(self.pseudo_mass_cap is None or (math.isfinite(self.pseudo_mass_cap) and self.pseudo_mass_cap > 0),
                "train.pseudo_mass_cap", f"must be a finite number > 0 or null, got {self.pseudo_mass_cap}")
+        _check(self.init_from is None or str(self.init_from).strip() != "", "train.init_from",
+               "must be a run folder, a best.pt or null, got an empty string")
 
 
 @dataclass(frozen=True)

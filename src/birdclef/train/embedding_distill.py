@@ -69,6 +69,7 @@ from birdclef.models import load_checkpoint
 from birdclef.train.callbacks import FoldRecorder
 from birdclef.train.distill_data import DistillData
 from birdclef.train.distill_pseudo import LabelledWindows, labelled_windows
+from birdclef.train.init_from import load_init
 from birdclef.train.lifecycle import AtomicCheckpointIO, is_launched_rank
 from birdclef.train.module import BirdModule
 from birdclef.train.run_folder import OOF_NOTE, TrainSummary, background_bank, collect_summary, init_run
@@ -192,6 +193,7 @@ def _fit_fold(config: Config, classes: list[str], teacher: Teacher, labels: np.n
     fold_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.train.seed + fold, verbose=False)
     module = DistillModule(config, classes, fold, teacher.embedding_size)
+    load_init(module.model, config, classes, fold)  # train.init_from; the projection starts fresh
     data = DistillData(config, teacher, labels, weights, folds, fold, bank, windows)
     if data.pseudo_factors is not None and not is_launched_rank():
         write_json_atomic(mass_record(data.pseudo_factors, classes, config.train.pseudo_mass_cap),

@@ -46,6 +46,7 @@ from birdclef.data.reviewed import merge_labels, read_reviewed, record_reviewed
 from birdclef.models import load_checkpoint
 from birdclef.train.callbacks import FoldRecorder
 from birdclef.train.fold_data import FoldData
+from birdclef.train.init_from import check_init_from, load_init
 from birdclef.train.lifecycle import AtomicCheckpointIO, is_launched_rank
 from birdclef.train.mil import CHECKPOINT_KEY as MIL_CHECKPOINT_KEY
 from birdclef.train.mil import MilPooling, bag_forward
@@ -71,6 +72,7 @@ def _fit_fold(config, classes, examples: Examples, fold, run, background, resume
     module = BirdModule(config, classes, fold)
     if config.model.backbone == BIRDNET_BACKBONE and config.model.init_from_birdnet:
         init_head_from_birdnet(module.model, classes, taxonomy)  # a resumed fold then loads last.ckpt over it
+    load_init(module.model, config, classes, fold)  # train.init_from (a resumed fold loads last.ckpt over it)
     data = FoldData(config, examples, fold, background)
     if data.pseudo_factors is not None and not is_launched_rank():
         write_json_atomic(mass_record(data.pseudo_factors, classes, config.train.pseudo_mass_cap),
@@ -174,6 +176,11 @@ def train_kfold(
         ConfigError: a resumed run with a different config or pseudo table.
         DatasetError: a broken data set or pseudo table (named).
     """
+    if config.train.init_from is not None:
+        if config.model.freeze_backbone:
+            raise ConfigError("train.init_from starts a CNN from a trained run's weights; a head on frozen "
+                              "embeddings (model.freeze_backbone) has none to start from")
+        check_init_from(config)
     if config.model.freeze_backbone:  # a head on frozen BirdNET embeddings: no Lightning, no torch backbone
         from birdclef.birdnet.head_train import train_embedding_head
 
