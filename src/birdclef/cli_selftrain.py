@@ -73,6 +73,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-gain", type=T.number(low=0.0, high=1.0), default=0.0,
                    help="a round must beat the best by more than this")
     p.add_argument("--keep-teachers", action="store_true", help="the given teachers label every round too")
+    p.add_argument("--start", type=Path, default=None,
+                   help="a finished run that is round 0 (scored, not retrained), e.g. an embedding-distilled CNN")
+    p.add_argument("--student-init", choices=["scratch", "start", "best"], default="scratch",
+                   help="where each student's fold starts: the config's pretrained backbone (scratch), round 0's same "
+                        "fold (start) or the best round's (best)")
     _teacher_flags(p)
     p.add_argument("--device", default="auto", help="where prediction runs: auto | cpu | cuda")
     p.add_argument("--no-progress", action="store_true")
@@ -101,7 +106,9 @@ def _settings(args: argparse.Namespace, rounds: int = 1):
         soundscapes=str(args.soundscapes) if args.soundscapes else None, power=args.power,
         thresholds=str(args.thresholds) if args.thresholds else None, hop_s=args.hop,
         validate=str(args.validate) if args.validate else None,
-        patience=getattr(args, "patience", 1), min_gain=getattr(args, "min_gain", 0.0))
+        patience=getattr(args, "patience", 1), min_gain=getattr(args, "min_gain", 0.0),
+        start=str(Path(args.start).resolve()) if getattr(args, "start", None) else None,
+        student_init=getattr(args, "student_init", "scratch"))
 
 
 def _groups(groups: dict[str, float]) -> str:

@@ -280,12 +280,23 @@ class TrainConfig:
     pseudo_mix_prob: float = 0.0
     """With ``train --pseudo``: probability that a training clip gets a random pseudo-labelled soundscape
     window added to its audio, the targets combined by max (the BirdCLEF 2025 winners' soundscape mixup)."""
+    pseudo_mass_cap: float | None = None
+    """With ``train --pseudo``: per class, the loss mass of the pseudo windows drawn in an epoch (pool mean of
+    target x weight, times the windows drawn) may be at most this multiple of the class's labelled mass (sum over the
+    fold's training clips of target x weight); a class above it has its pseudo rows' loss scaled down to the cap
+    through the mask (:func:`birdclef.data.pseudo.pseudo_mass_factors`). A class with no labelled mass is not
+    scaled. None: no cap."""
     review_weight: float = 1.0
     """With ``train --reviews``: loss weight of a reviewed window (a confirmed positive or rejected negative of
     its class, every other class masked) relative to a labelled clip; every fold trains on every reviewed window."""
     folds: tuple[int, ...] = (0, 1, 2, 3, 4)
     """Which folds to train (any subset of range(data.n_folds))."""
     seed: int = 42
+    init_from: str | None = None
+    """Start each fold from a trained torch run instead of the backbone's pretrained weights: a run folder (fold
+    ``k`` starts from its ``fold{k}/best.pt``, the model that never saw fold ``k``'s clips, so validation stays
+    honest) or one ``best.pt`` (every fold from it). Its backbone, head and classes must be this config's. The
+    noisy-student rounds of ``birdclef selftrain --student-init`` set it (:mod:`birdclef.train.init_from`)."""
     num_workers: int = 2
     """DataLoader worker processes."""
     accelerator: str = "auto"
@@ -340,6 +351,10 @@ class TrainConfig:
     distill_max_file_s: float = 600.0
     """With ``distill_teacher``: seconds decoded from the start of each unlabelled recording (bounds the teacher's
     work on long archive files)."""
+    distill_label_unlabelled: float = 0.0
+    """With ``distill_teacher``: unlabelled rows drawn into each label epoch, as a multiple of the fold's labelled
+    rows (seeded per epoch), trained on the cosine term alone (every label masked), so that BatchNorm keeps seeing
+    soundscape audio while the labels are learnt. 0: label epochs hear the labelled rows only."""
 
     def __post_init__(self) -> None:
         from birdclef.errors import BirdclefError
@@ -376,6 +391,12 @@ class TrainConfig:
         _check(self.distill_decay in DISTILL_DECAYS, "train.distill_decay",
                f"must be one of {DISTILL_DECAYS}, got {self.distill_decay!r}")
         _positive(self, "train", "distill_max_file_s")
+        _check(math.isfinite(self.distill_label_unlabelled) and self.distill_label_unlabelled >= 0,
+               "train.distill_label_unlabelled", f"must be a finite number >= 0, got {self.distill_label_unlabelled}")
+        _check(self.pseudo_mass_cap is None or (math.isfinite(self.pseudo_mass_cap) and self.pseudo_mass_cap > 0),
+               "train.pseudo_mass_cap", f"must be a finite number > 0 or null, got {self.pseudo_mass_cap}")
+        _check(self.init_from is None or str(self.init_from).strip() != "", "train.init_from",
+               "must be a run folder, a best.pt or null, got an empty string")
 
 
 @dataclass(frozen=True)

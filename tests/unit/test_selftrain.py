@@ -129,7 +129,7 @@ def test_rounds_stop_when_the_score_stops_improving(tmp_path: Path, monkeypatch:
     def round_zero(self):
         return RoundResult(0, scores[0], "oof_clips", student="r0")
 
-    def student_round(self, r, teachers):
+    def student_round(self, r, teachers, init=None):
         taught.append(teachers)
         return RoundResult(r, scores[r], "oof_clips", teachers=teachers, student=f"r{r}")
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from birdclef.birdnet.head_inputs import HeadInputs
+from birdclef.data.pseudo import pseudo_mass_factors
 
 ROW_BATCH = 64
 """Rows embedded per call (bounds memory: 64 x 5 s at 48 kHz)."""
@@ -63,6 +64,22 @@ class HeadData:
         self.fold = np.concatenate([self.fold, np.asarray(folds, self.fold.dtype)])
         self.clean = np.concatenate([self.clean, np.zeros(n, bool)])
         self.pseudo = np.concatenate([self.pseudo, np.ones(n, bool)])
+
+    def fold_mask(self, fold: int, ratio: float, cap: float | None) -> tuple[torch.Tensor | None, np.ndarray | None]:
+        """(mask of every example for fold `fold`, (K,) factors) under ``train.pseudo_mass_cap`` `cap`
+        (:func:`~birdclef.data.pseudo.pseudo_mass_factors`: the pseudo rows' masks scaled per class, float 0-1);
+        (the bool mask, None) without a cap or pseudo rows."""
+        pool = np.flatnonzero(self.pseudo & (self.fold != fold))
+        if cap is None or self.mask is None or len(pool) == 0:
+            return self.mask, None
+        fit = self.split(fold)[0]
+        n = min(len(pool), int(round(ratio * np.count_nonzero(self.clean[fit]))))
+        mask = self.mask.numpy()
+        factors = pseudo_mass_factors(self.target.numpy()[fit] * mask[fit], self.weight.numpy()[fit],
+                                      self.target.numpy()[pool], mask[pool], self.weight.numpy()[pool], n, cap)
+        scaled = self.mask.float()
+        scaled[torch.from_numpy(self.pseudo)] *= torch.from_numpy(factors)
+        return scaled, factors
 
     def split(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
         """(training clip example positions, validation example positions: the fold's clean rows)."""

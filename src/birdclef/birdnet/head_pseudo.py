@@ -15,7 +15,10 @@
 - per epoch fold ``k`` draws ``train.pseudo_ratio`` x its clean clip rows of those windows (without
   repetition, capped by the windows it may use; seeded by (``train.seed``, fold, epoch)), each weighing
   ``train.pseudo_weight`` x (1 + ``train.embed_copies``): a clip row appears once per copy, so this is
-  ``pseudo_weight`` times a clip row's weight per epoch. Validation and OOF stay clip rows only.
+  ``pseudo_weight`` times a clip row's weight per epoch. Validation and OOF stay clip rows only;
+- with ``train.pseudo_mass_cap`` a class whose pseudo mass per epoch exceeds that multiple of its labelled mass has
+  its pseudo rows' masks scaled down to it (:meth:`~birdclef.birdnet.head_data.HeadData.fold_mask`,
+  ``RUN/fold{k}/pseudo_mass.json``).
 
 ``train.pseudo_mix_prob`` (mixing a pseudo window into a clip's audio) applies to the CNN path only: the
 head trains on cached embeddings, so its pseudo windows are extra examples and nothing is mixed.

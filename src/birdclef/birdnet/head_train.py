@@ -55,6 +55,7 @@ from birdclef.birdnet.head_inputs import HeadInputs
 from birdclef.config import Config
 from birdclef.data.augment import BackgroundBank
 from birdclef.data.cache import WaveCache
+from birdclef.data.pseudo import MASS_RECORD, mass_record
 from birdclef.data.subset import ClassSubset, cut_labels, record_subset, subset_of, subset_summary
 from birdclef.errors import ConfigError
 from birdclef.train.losses import loss_from_config
@@ -98,11 +99,13 @@ def _validate(head: EmbeddingHead, emb: torch.Tensor, target: torch.Tensor, loss
 
 
 def fit_head(head: EmbeddingHead, data: HeadData, fold: int, config: Config) -> tuple[dict, list[dict], np.ndarray]:
-    """Train `head` on all folds but `fold`; (best state, metrics rows, best validation probabilities)."""
+    """Train `head` on all folds but `fold`; (best state (``factors``: the (K,) pseudo mass factors of
+    ``train.pseudo_mass_cap``, or None), metrics rows, best validation probabilities)."""
     train, pool = config.train, config.infer.birdnet_pool
     torch.manual_seed(train.seed + fold)
     val = data.split(fold)[1]
     fit = data.epoch_examples(fold, 1, train.seed, train.pseudo_ratio)  # every epoch draws as many
+    masks, factors = data.fold_mask(fold, train.pseudo_ratio, train.pseudo_mass_cap)
     loss_fn = loss_from_config(train)
     opt = torch.optim.AdamW(head.parameters(), lr=train.lr, weight_decay=0.0)
     steps = train.epochs * max(1, math.ceil(len(fit) / train.batch_size))
@@ -117,7 +120,7 @@ def fit_head(head: EmbeddingHead, data: HeadData, fold: int, config: Config) -> 
         fit = data.epoch_examples(fold, epoch, train.seed, train.pseudo_ratio)
         for batch in torch.randperm(len(fit), generator=generator).split(train.batch_size):
             idx = fit[batch.numpy()]
-            mask = None if data.mask is None else data.mask[idx]
+            mask = None if masks is None else masks[idx]
             loss = loss_fn(pool_logits(head(data.emb[idx]), pool), data.target[idx], data.weight[idx], mask)
             opt.zero_grad()
             loss.backward()
@@ -130,7 +133,7 @@ def fit_head(head: EmbeddingHead, data: HeadData, fold: int, config: Config) -> 
                         "val_loss": val_loss, "val_auc": auc})
         if math.isnan(best[0]) or auc > best[0]:
             best = (auc, epoch, {k: v.clone() for k, v in head.state_dict().items()}, probs)
-    return {"score": best[0], "epoch": best[1], "state": best[2]}, metrics, best[3]
+    return {"score": best[0], "epoch": best[1], "state": best[2], "factors": factors}, metrics, best[3]
 
 
 def check_head_config(config: Config) -> None:
@@ -151,6 +154,9 @@ def _train_fold(config: Config, classes: list[str], head: EmbeddingHead, data: H
     best, metrics, probs = fit_head(head, data, fold, config)
     head.load_state_dict(best["state"])
     save_head(fold_dir / "best.pt", head, config, classes, best["epoch"], best["score"])
+    if best["factors"] is not None:
+        write_json_atomic(mass_record(best["factors"], classes, config.train.pseudo_mass_cap),
+                          fold_dir / MASS_RECORD)
     write_csv_atomic(pd.DataFrame(metrics), fold_dir / "metrics.csv")
     rows = data.rows[data.split(fold)[1]]
     oof = pd.DataFrame(probs, columns=classes)

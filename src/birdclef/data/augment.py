@@ -36,9 +36,20 @@ class MixedBatch:
 def max_targets(target: torch.Tensor, mask: torch.Tensor, other: torch.Tensor,
                 other_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(target, mask) of two sounds mixed together: the element-wise max, known where both are known or
-    where either is a known positive (1): a call heard in one half is present whatever the other holds."""
-    known = (mask & other_mask) | (mask & (target >= 1)) | (other_mask & (other >= 1))
+    where either is a known positive (1): a call heard in one half is present whatever the other holds.
+    Masks are bool, or 0-1 floats (a scaled pseudo row's): then "and" is the minimum and "or" the maximum."""
+    known = _or(_or(_and(mask, other_mask), _and(mask, target >= 1)), _and(other_mask, other >= 1))
     return torch.maximum(target, other), known
+
+
+def _and(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`a` and `b` for bool masks; their minimum for 0-1 float masks (a mask scaled by ``train.pseudo_mass_cap``)."""
+    return a & b if a.dtype == torch.bool and b.dtype == torch.bool else torch.minimum(a.float(), b.float())
+
+
+def _or(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`a` or `b` for bool masks; their maximum for 0-1 float masks."""
+    return a | b if a.dtype == torch.bool and b.dtype == torch.bool else torch.maximum(a.float(), b.float())
 
 
 def mix_batch(wave: torch.Tensor, target: torch.Tensor, alpha: float, rng: np.random.Generator,
@@ -98,7 +109,7 @@ def mixed_mask(mixed: MixedBatch, mode: str = "blend") -> torch.Tensor | None:
     if mode == "max":
         return max_targets(mixed.target, mixed.mask, mixed.partner, mixed.partner_mask)[1]
     if mode == "blend":
-        return mixed.mask & mixed.partner_mask
+        return _and(mixed.mask, mixed.partner_mask)
     raise ValueError(f"mixup target mode must be 'weighted', 'blend' or 'max', got {mode!r}")
 
 

@@ -60,7 +60,7 @@ class BagDataset(WindowDataset):
         train: random window subsets, background and soundscape mixing; False: evenly spaced windows.
         k: windows per bag (``train.mil_windows``).
         hop_s: step between a clip's windows in seconds.
-        seed, background, background_prob, background_gain, mix_rows, mix_prob: as
+        seed, background, background_prob, background_gain, mix_rows, mix_prob, pseudo_scale: as
             :class:`~birdclef.data.dataset.WindowDataset`; background is drawn for each window, a mixed
             pseudo window is added to every window of the bag (the targets combine by max).
     """
@@ -68,9 +68,9 @@ class BagDataset(WindowDataset):
     def __init__(self, examples: Examples, rows: np.ndarray, train: bool, k: int, hop_s: float, seed: int = 42,
                  background: BackgroundBank | None = None, background_prob: float = 0.0,
                  background_gain: tuple[float, float] = (0.1, 0.5), mix_rows: np.ndarray | None = None,
-                 mix_prob: float = 0.0):
+                 mix_prob: float = 0.0, pseudo_scale: np.ndarray | None = None):
         super().__init__(examples, rows, train, seed, background, background_prob, background_gain, mix_rows,
-                         mix_prob)
+                         mix_prob, pseudo_scale)
         self.k = int(k)
         self.length = examples.cache.window_length
         self.hop = max(1, int(round(hop_s * examples.cache.sample_rate)))
@@ -94,13 +94,12 @@ class BagDataset(WindowDataset):
                 if rng.random() < self.background_prob:
                     excerpt = self.background.excerpt(self.length, rng)
                     wins[j] = add_background(wins[j], excerpt, float(rng.uniform(*self.background_gain)))
-        target, mask = torch.from_numpy(ex.targets[row]), torch.from_numpy(ex.mask[row])
+        target, mask = torch.from_numpy(ex.targets[row]), self.mask(row)
         if rng is not None and self.mix_prob > 0 and ex.is_clip(row) and rng.random() < self.mix_prob:
             other = int(self.mix_rows[rng.integers(len(self.mix_rows))])
             gain, extra = float(rng.uniform(*self.background_gain)), ex.wave(other)
             wins = np.stack([add_background(w, extra, gain) for w in wins])
-            target, mask = max_targets(target, mask, torch.from_numpy(ex.targets[other]),
-                                       torch.from_numpy(ex.mask[other]))
+            target, mask = max_targets(target, mask, torch.from_numpy(ex.targets[other]), self.mask(other))
         bag = np.zeros((self.k, self.length), dtype=np.float32)
         bag[: len(wins)] = wins
         valid = torch.zeros(self.k, dtype=torch.bool)

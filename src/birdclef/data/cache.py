@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,6 +209,42 @@ def prepare_audio_store(folder: Path, root: Path, sample_rate: int = 32_000, max
     write_parquet_atomic(index, out / "index.parquet")
     return CacheSummary(len(index), len(skipped), float(index["length"].sum()) / sample_rate,
                         sum(p.stat().st_size for p in out.rglob("*") if p.is_file()), out, time.perf_counter() - started)
+
+
+def write_window_store(out: Path, filenames: list[str], windows: Iterable[np.ndarray], length: int, sample_rate: int,
+                       source: str) -> WaveCache:
+    """Write equal windows as a folder :class:`WaveCache` reads (each window one "recording" of `length` samples,
+    named by `filenames`), unless it is complete already (its index.parquet, written last, is there).
+
+    The windows of a pseudo table that no teacher source holds become a source of their own this way
+    (:mod:`birdclef.train.distill_pseudo`): one row each, embedded and read as any other source.
+
+    Raises:
+        ValueError: a window is not `length` samples long.
+    """
+    out = Path(out)
+    if (out / "index.parquet").is_file():
+        return WaveCache(out)
+    config = {"format": CACHE_FORMAT, "strategy": "random", "window_s": length / sample_rate,
+              "sample_rate": int(sample_rate), "max_clip_s": length / sample_rate, "max_files": None,
+              "shard_size": len(filenames), "window_table_sha256": None, "source": source}
+    _claim(out, config)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+
+    def checked() -> Iterable[np.ndarray]:
+        for name, wave in zip(filenames, windows, strict=True):
+            if len(wave) != length:
+                raise ValueError(f"{out}: window {name} has {len(wave)} samples, not {length}")
+            yield wave
+
+    npy_path, _ = _shard_paths(out / "shards", 0)
+    write_atomic(npy_path, lambda tmp: _write_npy(tmp, checked(), len(filenames) * length))
+    seconds = length / sample_rate
+    index = pd.DataFrame({"row": np.arange(len(filenames)), "filename": list(filenames), "shard": 0,
+                          "offset": np.arange(len(filenames), dtype=np.int64) * length, "length": length,
+                          "start_s": 0.0, "end_s": seconds, "duration_s": seconds})
+    write_parquet_atomic(index, out / "index.parquet")
+    return WaveCache(out)
 
 
 def _check_args(strategy: str, window_s: float, sample_rate: int, max_clip_s: float, shard_size: int,

@@ -29,6 +29,9 @@ class WindowDataset(Dataset):
         background_gain: range of the background (and mixed pseudo window) RMS relative to the clip RMS.
         mix_rows: pseudo windows that may be added to a training clip ("soundscape mixup"), with
             probability `mix_prob`; the targets combine by max (:func:`~birdclef.data.augment.max_targets`).
+        pseudo_scale: (K,) factor per class on the mask of pseudo windows (``train.pseudo_mass_cap``,
+            :func:`~birdclef.data.pseudo.pseudo_mass_factors`); masks are then float32 0-1 for every example
+            (1 where a clip's target is known). None: bool masks as the examples hold them.
     """
 
     def __init__(
@@ -42,8 +45,10 @@ class WindowDataset(Dataset):
         background_gain: tuple[float, float] = (0.1, 0.5),
         mix_rows: np.ndarray | None = None,
         mix_prob: float = 0.0,
+        pseudo_scale: np.ndarray | None = None,
     ):
         self.examples, self.rows = examples, np.asarray(rows, dtype=np.int64)
+        self.pseudo_scale = None if pseudo_scale is None else np.asarray(pseudo_scale, np.float32)
         self.train, self.seed = train, seed
         self.background = background if background is not None and len(background) else None
         self.background_prob, self.background_gain = background_prob, background_gain
@@ -52,6 +57,14 @@ class WindowDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def mask(self, row: int) -> torch.Tensor:
+        """(K,) mask of example `row`: bool, or float32 scaled by `pseudo_scale` for a pseudo window."""
+        known = self.examples.mask[row]
+        if self.pseudo_scale is None:
+            return torch.from_numpy(known)
+        scale = self.pseudo_scale if self.examples.is_pseudo(row) else np.float32(1.0)
+        return torch.from_numpy(known.astype(np.float32) * scale)
 
     def __getitem__(self, key: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         epoch, i = divmod(int(key), len(self.rows))
@@ -62,12 +75,11 @@ class WindowDataset(Dataset):
         if rng is not None and self.background is not None and rng.random() < self.background_prob:
             excerpt = self.background.excerpt(len(wave), rng)
             wave = add_background(wave, excerpt, float(rng.uniform(*self.background_gain)))
-        target, mask = torch.from_numpy(ex.targets[row]), torch.from_numpy(ex.mask[row])
+        target, mask = torch.from_numpy(ex.targets[row]), self.mask(row)
         if rng is not None and self.mix_prob > 0 and ex.is_clip(row) and rng.random() < self.mix_prob:
             other = int(self.mix_rows[rng.integers(len(self.mix_rows))])
             wave = add_background(wave, ex.wave(other), float(rng.uniform(*self.background_gain)))
-            target, mask = max_targets(target, mask, torch.from_numpy(ex.targets[other]),
-                                       torch.from_numpy(ex.mask[other]))
+            target, mask = max_targets(target, mask, torch.from_numpy(ex.targets[other]), self.mask(other))
         return torch.from_numpy(wave), target, mask, torch.tensor(ex.weights[row])
 
 

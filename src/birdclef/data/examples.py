@@ -190,6 +190,9 @@ class Examples:
     def is_clip(self, i: int) -> bool:
         return self._source[i] == "clip"
 
+    def is_pseudo(self, i: int) -> bool:
+        return self._source[i] == "pseudo"
+
     def wave(self, i: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """(T,) float32 window of example `i`: a clip's crop (random with `rng`) or a pseudo window's fixed span."""
         cache_row, file = (int(v) for v in self._where[i])

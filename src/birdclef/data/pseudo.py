@@ -261,3 +261,69 @@ def check_resumed_table(run: Path, record: Path, table: Path | None, sha256: str
         raise ConfigError(f"cannot resume {run} with {flag} {table}: its finished folds ({', '.join(trained)}) "
                           f"trained without {without}; choose another --out")
 
+
+
+def open_run_pseudo(run: Path, pseudo: Path | None, classes: list[str], n_folds: int, fold_seed: int,
+                    record: bool, existed: bool) -> PseudoLabels | None:
+    """Read `pseudo` (folds following the run's ``n_folds`` / ``fold_seed`` split) for a run that trains on it: a
+    resumed run (`existed`) keeps the table it trained on (:func:`check_resumed_table`), and with `record` the
+    table and the soundscapes' folds are written to `run` (:func:`write_run_pseudo`; False in a DDP rank > 0).
+
+    Raises:
+        ConfigError: a resumed run given another table, or a table it did not train on.
+        DatasetError: a broken table (named).
+    """
+    labels = None if pseudo is None else read_pseudo(pseudo, classes, n_folds, fold_seed)
+    if existed and record:
+        check_resumed_table(run, Path(run) / RUN_RECORD, None if labels is None else labels.source,
+                            None if labels is None else labels.sha256, "pseudo-label table", "--pseudo",
+                            "pseudo-labels")
+    if labels is not None and record:
+        write_run_pseudo(run, labels)
+    return labels
+
+
+MASS_RECORD = "pseudo_mass.json"
+"""Per fold trained with ``train.pseudo_mass_cap``: the cap, how many classes it scaled and their factors."""
+
+
+def pseudo_mass_factors(labelled_target: np.ndarray, labelled_weight: np.ndarray, pool_target: np.ndarray,
+                        pool_mask: np.ndarray, pool_weight: np.ndarray | float, n_drawn: int,
+                        cap: float) -> np.ndarray:
+    """(K,) float32 factor per class on the loss of the pseudo rows, so that no class learns more from pseudo-labels
+    than `cap` times what it learns from labels in an epoch (``train.pseudo_mass_cap``).
+
+    Labelled mass ``M_k = sum_i target_ik w_i`` over the rows every epoch trains on (the fold's training clips, and
+    reviewed windows: masked targets are 0); pseudo mass ``P_k = n_drawn * mean_j(target_jk mask_jk w_j)`` over the
+    fold's pool of pseudo windows (the expected mass of an epoch's draw of `n_drawn` of them). The factor is
+    ``cap M_k / P_k`` where ``P_k > cap M_k``, else 1. A class with no labelled mass (``M_k = 0``) keeps 1: there is
+    no label to protect from the teacher's view, and a 0 would silence the only evidence of a class that has no clip.
+
+    Args:
+        labelled_target: (N, K) targets in [0, 1]; labelled_weight: (N,) their loss weights.
+        pool_target: (M, K) pseudo targets (0 where masked); pool_mask: (M, K) bool or 0-1; pool_weight: (M,) or one
+            weight for all.
+        n_drawn: pseudo windows drawn per epoch.
+        cap: the multiple (> 0).
+    """
+    if not cap > 0:
+        raise ValueError(f"the pseudo mass cap must be positive, got {cap}")
+    n_classes = labelled_target.shape[1]
+    labelled = (np.asarray(labelled_target, np.float64) * np.asarray(labelled_weight, np.float64)[:, None]).sum(0)
+    if len(pool_target) == 0 or n_drawn == 0:
+        return np.ones(n_classes, np.float32)
+    weight = np.broadcast_to(np.asarray(pool_weight, np.float64), (len(pool_target),))
+    pseudo = n_drawn * (np.asarray(pool_target, np.float64) * np.asarray(pool_mask, np.float64)
+                        * weight[:, None]).mean(0)
+    over = (labelled > 0) & (pseudo > cap * labelled)
+    factors = np.ones(n_classes, np.float64)
+    factors[over] = cap * labelled[over] / pseudo[over]
+    return factors.astype(np.float32)
+
+
+def mass_record(factors: np.ndarray, classes: list[str], cap: float) -> dict:
+    """What :data:`MASS_RECORD` holds: the cap, the number of classes scaled, the smallest factor and each scaled
+    class's factor."""
+    capped = np.flatnonzero(factors < 1.0)
+    return {"cap": cap, "classes_capped": int(len(capped)), "min_factor": float(factors.min()) if len(factors) else 1.0,
+            "factors": {classes[k]: round(float(factors[k]), 6) for k in capped}}

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from birdclef.config import Config
 from birdclef.errors import BirdclefError
-from birdclef.selftrain.rounds import SelfTrainSettings, _cpu_seconds, _Rounds, check_inputs
+from birdclef.selftrain.rounds import SelfTrainSettings, _Rounds, check_inputs
 from birdclef.utils.io import exclusive_lock, read_json, write_json_atomic
+from birdclef.utils.process import cpu_seconds
 from birdclef.utils.state import set_aside
 
 
@@ -65,7 +66,7 @@ def distill(config: Config, data: Path, out: Path, settings: SelfTrainSettings, 
         if done is not None:  # finished before: report it
             return DistillSummary(**{**done, "out": out, "run": out / "run",
                                      "model": Path(done["model"]) if done["model"] else None})
-        started, cpu = time.perf_counter(), _cpu_seconds()
+        started, cpu = time.perf_counter(), cpu_seconds()
         job = _Rounds(config, data, out, settings, device, progress, log)
         log(f"distill: labelling {job.soundscapes} with {list(settings.teachers) + (['birdnet'] if settings.birdnet else [])}")
         pseudo = job.label(out / "pseudo.parquet", list(settings.teachers))
@@ -82,7 +83,7 @@ def distill(config: Config, data: Path, out: Path, settings: SelfTrainSettings, 
         else:
             score, kind, groups = job.score(out, out / "run")
         summary = DistillSummary(out, out / "run", model, score, kind, groups, pseudo,
-                                 time.perf_counter() - started, _cpu_seconds() - cpu)
+                                 time.perf_counter() - started, cpu_seconds() - cpu)
         write_json_atomic({**asdict(summary), "out": str(out), "run": str(summary.run),
                            "model": str(model) if model else None}, record)
     return summary

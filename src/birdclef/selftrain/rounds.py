@@ -4,7 +4,7 @@ Folder (every step resumable; a killed job continues where it stopped and gives 
 
     OUT/selftrain.json          the settings (a re-run with other settings is refused; ``rounds`` may grow)
     OUT/cache/                  the clip cache every round shares
-    OUT/round0/run/             the supervised start (clips only)
+    OUT/round0/run/             the supervised start (clips only), unless ``start`` names a trained run
     OUT/round0/scores.json      its score
     OUT/roundR/pseudo.parquet   pseudo-labels of the soundscapes from round R's teachers
     OUT/roundR/run/             the student: the same config, trained on clips + those pseudo-labels
@@ -13,7 +13,11 @@ Folder (every step resumable; a killed job continues where it stopped and gives 
     OUT/rounds.csv              one row per finished round
     OUT/summary.json            the best round and why the rounds stopped
 
-Round 0 trains the config on the clips alone: the supervised start every round is measured against. Round 1's
+Round 0 trains the config on the clips alone: the supervised start every round is measured against; with
+``start`` it is that finished run instead (e.g. an embedding-distilled CNN, ``train.distill_teacher``), scored and
+never retrained. **Students** train the config from its pretrained backbone (``student_init: scratch``), or each fold
+from the same fold of round 0 (``start``) or of the best run so far (``best``): ``train.init_from``
+(:mod:`birdclef.train.init_from`), the winners' "distil, then noisy-student rounds from the distilled start". Round 1's
 teachers are the given ``teachers`` (e.g. a BirdNET head run), or the supervised start when none are given;
 later rounds' teachers are the best student so far (the student becomes the teacher), plus the given teachers
 when ``keep_teachers``; BirdNET zero-shot joins every round when asked (it never trains on anything here). The fold rule (:mod:`birdclef.data.pseudo`) applies to every run teacher: a
@@ -28,8 +32,8 @@ set is given (``validate``: a folder with ``solution.csv`` and the audio, or a B
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,11 +42,13 @@ import pandas as pd
 
 from birdclef.config import Config, config_from_dict, config_to_dict
 from birdclef.errors import BirdclefError, ConfigError, DatasetError
+from birdclef.utils.process import cpu_seconds
 from birdclef.utils.io import exclusive_lock, read_json, write_csv_atomic, write_json_atomic
 from birdclef.utils.state import read_settings, set_aside
 
 GROWABLE = ("rounds",)
 """Settings a resumed selftrain may change."""
+STUDENT_INITS = ("scratch", "start", "best")
 
 
 class TrainingStopped(BirdclefError):
@@ -74,6 +80,11 @@ class SelfTrainSettings:
     """Labelled soundscapes to score each round on (see the module docstring)."""
     patience: int = 1
     min_gain: float = 0.0
+    start: str | None = None
+    """A finished run that is round 0 (scored, not trained); None: round 0 trains the config on the clips."""
+    student_init: str = "scratch"
+    """Where each student's fold starts: scratch (the config's pretrained backbone), start (round 0's same fold) or
+    best (the best round so far's same fold)."""
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.patience < 1:
@@ -82,6 +93,8 @@ class SelfTrainSettings:
             raise ConfigError(f"--power and --hop must be positive, got {self.power} and {self.hop_s}")
         if self.keep_teachers and not self.teachers:
             raise ConfigError("--keep-teachers needs --teacher runs")
+        if self.student_init not in STUDENT_INITS:
+            raise ConfigError(f"--student-init must be one of {', '.join(STUDENT_INITS)}, got {self.student_init!r}")
 
 
 @dataclass
@@ -108,12 +121,6 @@ class SelfTrainSummary:
     @property
     def best(self) -> RoundResult:
         return next(r for r in self.rounds if r.round == self.best_round)
-
-
-def _cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its finished children (DataLoader workers)."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def validation_set(validate: Path) -> tuple[Path, Path]:
@@ -148,6 +155,8 @@ def check_inputs(data: Path, settings: SelfTrainSettings) -> None:
         raise BirdclefError(f"{flag}: {exc}") from None
     for teacher in settings.teachers:
         _check_teacher(Path(teacher), classes, data)
+    if settings.start:
+        _check_teacher(Path(settings.start), classes, data, flag="--start")
     if settings.thresholds:
         from birdclef.eval.thresholds import read_thresholds
 
@@ -156,24 +165,46 @@ def check_inputs(data: Path, settings: SelfTrainSettings) -> None:
         validation_set(Path(settings.validate))
 
 
-def _check_teacher(teacher: Path, classes: list[str], data: Path) -> None:
-    """A teacher must be a trained run (or checkpoint) of `classes` (its class list read from its checkpoint)."""
+def _check_teacher(teacher: Path, classes: list[str], data: Path, flag: str = "--teacher") -> None:
+    """A teacher (or the ``--start`` run) must be a trained run (or checkpoint) of `classes` (its class list read
+    from its checkpoint)."""
     from birdclef.zoo.runs import Run
 
     if teacher.is_dir() and not any(teacher.iterdir()):
-        raise BirdclefError(f"--teacher {teacher}: an empty folder, not a trained run (train one with `birdclef "
+        raise BirdclefError(f"{flag} {teacher}: an empty folder, not a trained run (train one with `birdclef "
                             "train`, or give its foldK/best.pt)")
     try:
         taught = Run.open(teacher).classes
     except BirdclefError as exc:
-        raise BirdclefError(f"--teacher {teacher}: {exc}") from None
+        raise BirdclefError(f"{flag} {teacher}: {exc}") from None
     only_teacher = sorted(set(taught) - set(classes))
     only_data = sorted(set(classes) - set(taught))
     if only_teacher or only_data:
-        raise BirdclefError(f"--teacher {teacher} was trained on {len(taught)} classes, --data {data} lists "
+        raise BirdclefError(f"{flag} {teacher} was trained on {len(taught)} classes, --data {data} lists "
                             f"{len(classes)}: {len(only_teacher)} only in the teacher "
                             f"({', '.join(only_teacher[:3]) or '-'}), {len(only_data)} only in the data "
                             f"({', '.join(only_data[:3]) or '-'}); give a teacher trained on this dataset")
+
+
+def _check_student_init(config: Config, settings: SelfTrainSettings) -> None:
+    """Students that start from a round's weights need a CNN config and, with ``start``, a start of every fold.
+
+    Raises:
+        ConfigError: naming the flag and what is wrong.
+    """
+    if settings.student_init == "scratch":
+        return
+    if config.model.freeze_backbone:
+        raise ConfigError(f"--student-init {settings.student_init}: the config trains a head on frozen embeddings, "
+                          "which starts from no weights; use --student-init scratch")
+    if settings.start:
+        from birdclef.train.init_from import check_init_from
+
+        try:
+            check_init_from(dataclasses.replace(config, train=dataclasses.replace(config.train,
+                                                                                   init_from=settings.start)))
+        except ConfigError as exc:
+            raise ConfigError(f"--start with --student-init {settings.student_init}: {exc}") from None
 
 
 def _check_settings(out: Path, config: Config, data: Path, settings: SelfTrainSettings) -> None:
@@ -204,10 +235,14 @@ class _Rounds:
 
     # ------------------------------------------------------------------ steps
 
-    def train(self, run: Path, pseudo: Path | None) -> None:
+    def train(self, run: Path, pseudo: Path | None, init: str | None = None) -> None:
+        """Train the config into `run` (resuming it), on `pseudo` when given, each fold starting from `init`'s."""
         from birdclef.train.kfold import train_kfold
 
-        train_kfold(self.config, self.data, run, cache_dir=self.out / "cache", resume=(run / "config.yaml").is_file(),
+        config = self.config
+        if init is not None:
+            config = dataclasses.replace(config, train=dataclasses.replace(config.train, init_from=str(init)))
+        train_kfold(config, self.data, run, cache_dir=self.out / "cache", resume=(run / "config.yaml").is_file(),
                     progress=self.progress, pseudo=pseudo)
         unfinished = [f for f in self.config.train.folds if not (run / f"fold{f}" / "done.json").is_file()]
         if unfinished:  # Lightning stopped early (Ctrl-C, a callback): never score or teach with a partial run
@@ -263,33 +298,39 @@ class _Rounds:
         done = where / "scores.json"
         if (result := _finished_round(done)) is not None:
             return result
-        started, cpu = time.perf_counter(), _cpu_seconds()
+        started, cpu = time.perf_counter(), cpu_seconds()
         where.mkdir(parents=True, exist_ok=True)
-        student = where / "run"
-        self.log(f"round 0: the supervised start on clips -> {student}")
-        self.train(student, None)
+        if self.settings.start:
+            student = Path(self.settings.start).resolve()
+            self.log(f"round 0: the given start {student} (scored, not trained)")
+        else:
+            student = where / "run"
+            self.log(f"round 0: the supervised start on clips -> {student}")
+            self.train(student, None)
         score, kind, groups = self.score(where, student)
         result = RoundResult(0, score, kind, groups, student=str(student), wall_s=time.perf_counter() - started,
-                             cpu_s=_cpu_seconds() - cpu)
+                             cpu_s=cpu_seconds() - cpu)
         write_json_atomic(asdict(result), done)
         return result
 
-    def student_round(self, r: int, teachers: list[str]) -> RoundResult:
+    def student_round(self, r: int, teachers: list[str], init: str | None = None) -> RoundResult:
         where = self.out / f"round{r}"
         done = where / "scores.json"
         if (result := _finished_round(done)) is not None:
             return result
-        started, cpu = time.perf_counter(), _cpu_seconds()
+        started, cpu = time.perf_counter(), cpu_seconds()
         where.mkdir(parents=True, exist_ok=True)
         shown = teachers + (["birdnet"] if self.settings.birdnet else [])
         self.log(f"round {r}: pseudo-labelling {self.soundscapes} with {shown}")
         pseudo = self.label(where / "pseudo.parquet", teachers)
         student = where / "run"
-        self.log(f"round {r}: training the student on clips + {pseudo['rows']} pseudo-labelled windows -> {student}")
-        self.train(student, where / "pseudo.parquet")
+        start = f", each fold from {init}'s" if init else ""
+        self.log(f"round {r}: training the student on clips + {pseudo['rows']} pseudo-labelled windows{start} -> "
+                 f"{student}")
+        self.train(student, where / "pseudo.parquet", init)
         score, kind, groups = self.score(where, student)
         result = RoundResult(r, score, kind, groups, teachers=shown, student=str(student), pseudo=pseudo,
-                             wall_s=time.perf_counter() - started, cpu_s=_cpu_seconds() - cpu)
+                             wall_s=time.perf_counter() - started, cpu_s=cpu_seconds() - cpu)
         write_json_atomic(asdict(result), done)
         return result
 
@@ -323,6 +364,7 @@ def run_selftrain(config: Config, data: Path, out: Path, settings: SelfTrainSett
     """
     out = Path(out).resolve()  # round folders are recorded as teachers: absolute, whatever the cwd of a resume
     check_inputs(data, settings)
+    _check_student_init(config, settings)
     out.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out / "selftrain.json", "birdclef selftrain"):
         _check_settings(out, config, data, settings)
@@ -334,7 +376,8 @@ def run_selftrain(config: Config, data: Path, out: Path, settings: SelfTrainSett
             teachers = list(settings.teachers) if r == 1 and settings.teachers else [best.student]
             if r > 1 and settings.keep_teachers:
                 teachers = list(dict.fromkeys(list(settings.teachers) + teachers))
-            result = job.student_round(r, teachers)
+            init = {"scratch": None, "start": results[0].student, "best": best.student}[settings.student_init]
+            result = job.student_round(r, teachers, init)
             results.append(result)
             log(f"round {r}: {result.scored_on} macro ROC-AUC {_format(result.score)} (best so far "
                 f"{_format(best.score)} in round {best.round})")

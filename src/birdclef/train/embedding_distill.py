@@ -9,7 +9,10 @@ winners' recipe). Not the ``birdclef distill`` verb (:mod:`birdclef.selftrain.di
                             the unlabelled audio (D = train.distill_epochs)
     epochs D .. D+E-1       labels: loss = BCE(head(f(x)), y) + w_e * (1 - cos(P(f(x)), t(x))) on the training clips'
                             rows (E = train.epochs); w_e moves from train.distill_weight to train.distill_weight_end
-                            (train.distill_decay: linear or cosine over the label epochs)
+                            (train.distill_decay: linear or cosine over the label epochs); with --pseudo / --reviews
+                            also on the fold's draw of pseudo windows and every reviewed window, and with
+                            train.distill_label_unlabelled on a draw of unlabelled rows (their labels masked: the
+                            cosine term only) (birdclef.train.distill_data, birdclef.train.distill_pseudo)
 
 ``f`` is the CNN's pooled feature map (mean over frequency and time, (B, C)), ``P`` the projection head
 ``Linear(C, D_teacher)`` (1024 for BirdNET, 1536 for Perch v2), ``t(x)`` the teacher's cached embedding of the
@@ -33,8 +36,10 @@ and the mean cosine to the teacher (``val_cos`` in metrics.csv); ``best.pt`` is 
 Run folder: as :mod:`birdclef.train.kfold` (config.yaml, folds.csv, fold{k}/best.pt + last.ckpt + metrics.csv +
 oof.parquet + done.json, oof.parquet, summary.json) plus ``teacher.json`` (the teacher, its rows and what it cost)
 and ``LICENSE-NOTE.txt`` (and ``classes.json`` for a taxon specialist, ``data.classes``, whose other classes' clips
-stay as negatives: :mod:`birdclef.data.subset`); the teacher's cache and the unlabelled audio under ``RUN/distill`` (``CACHE/distill``
-with ``--cache``).
+stay as negatives: :mod:`birdclef.data.subset`); the teacher's cache and the unlabelled audio under ``RUN/distill``
+(``CACHE/distill`` with ``--cache``). With ``--pseudo``: ``pseudo.json`` and ``pseudo_folds.csv`` (the fold rule's
+record, :func:`~birdclef.data.pseudo.write_run_pseudo`) and, with ``train.pseudo_mass_cap``,
+``fold{k}/pseudo_mass.json``; with ``--reviews``: ``reviews.json``.
 """
 
 from __future__ import annotations
@@ -57,16 +62,20 @@ from birdclef.data.cache import WaveCache, prepare_cache
 from birdclef.data.examples import build_targets
 from birdclef.data.folds import assign_folds
 from birdclef.data.metadata import DatasetLayout, load_classes
-from birdclef.data.subset import record_subset, subset_of, subset_summary
+from birdclef.data.pseudo import MASS_RECORD, mass_record, open_run_pseudo
+from birdclef.data.reviewed import read_reviewed, record_reviewed
+from birdclef.data.subset import cut_labels, record_subset, subset_of, subset_summary
 from birdclef.errors import ConfigError
 from birdclef.infer.base import ROW_WINDOW_S
 from birdclef.models import load_checkpoint
 from birdclef.train.callbacks import FoldRecorder
 from birdclef.train.distill_data import DistillData
+from birdclef.train.distill_pseudo import LabelledWindows, labelled_windows
+from birdclef.train.init_from import load_init
 from birdclef.train.lifecycle import AtomicCheckpointIO, is_launched_rank
 from birdclef.train.module import BirdModule
 from birdclef.train.run_folder import OOF_NOTE, TrainSummary, background_bank, collect_summary, init_run
-from birdclef.train.teacher import Teacher, prepare_teacher
+from birdclef.train.teacher import Teacher, prepare_teacher, source_stores
 from birdclef.train.trainer_setup import (check_names, launched_checkpoint, quiet_lightning, resume_checkpoint,
                                           trainer_precision)
 from birdclef.utils.device import autocast_for, resolve_device
@@ -180,13 +189,17 @@ def total_epochs(config: Config) -> int:
 
 def _fit_fold(config: Config, classes: list[str], teacher: Teacher, labels: np.ndarray, weights: np.ndarray,
               folds: np.ndarray, fold: int, run: Path, bank: BackgroundBank | None, resume: bool, progress: bool,
-              callbacks: list[L.Callback] | None, cache: WaveCache) -> bool:
+              callbacks: list[L.Callback] | None, cache: WaveCache, windows: LabelledWindows | None) -> bool:
     """Train fold `fold` through both stages; write its OOF table and done.json when finished. True if finished."""
     fold_dir = run / f"fold{fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.train.seed + fold, verbose=False)
     module = DistillModule(config, classes, fold, teacher.embedding_size)
-    data = DistillData(config, teacher, labels, weights, folds, fold, bank)
+    load_init(module.model, config, classes, fold)  # train.init_from; the projection starts fresh
+    data = DistillData(config, teacher, labels, weights, folds, fold, bank, windows)
+    if data.pseudo_factors is not None and not is_launched_rank():
+        write_json_atomic(mass_record(data.pseudo_factors, classes, config.train.pseudo_mass_cap),
+                          fold_dir / MASS_RECORD)
     last = ModelCheckpoint(dirpath=fold_dir, filename="last", monitor=None, save_top_k=1,
                            save_on_train_epoch_end=True, enable_version_counter=False)
     ckpt = resume_checkpoint(fold_dir, resume) if not is_launched_rank() else launched_checkpoint(fold_dir / "last.ckpt",
@@ -235,9 +248,12 @@ def _write_oof(fold_dir: Path, fold: int, data: DistillData, cache: WaveCache, c
                        "kind": TORCH_RUN, "distill_teacher": config.train.distill_teacher}, fold_dir / "done.json")
 
 
-def _teacher_record(teacher: Teacher, path: Path) -> dict:
-    """teacher.json: the teacher's record; a resumed run whose targets were all cached keeps the cost it recorded."""
+def _teacher_record(teacher: Teacher, path: Path, windows: LabelledWindows | None = None) -> dict:
+    """teacher.json: the teacher's record (and the labelled windows' sources); a resumed run whose targets were all
+    cached keeps the cost it recorded."""
     record = teacher.record()
+    if windows is not None:
+        record["labelled_windows"] = windows.record()
     if teacher.rows_computed == 0 and path.is_file():
         old = read_json(path)
         record.update({k: old[k] for k in ("rows_computed", "embed_wall_s", "embed_cpu_s") if k in old})
@@ -254,7 +270,8 @@ def licence_note(teacher: Teacher) -> str:
 
 
 def train_distilled(config: Config, data_root: Path, out: Path, cache_dir: Path | None = None, resume: bool = False,
-                    progress: bool = True, callbacks: list[L.Callback] | None = None) -> TrainSummary:
+                    progress: bool = True, callbacks: list[L.Callback] | None = None, pseudo: Path | None = None,
+                    reviews: Path | None = None) -> TrainSummary:
     """Train `config.train.folds` with embedding distillation then labels (module docstring) into `out`.
 
     Args:
@@ -266,12 +283,19 @@ def train_distilled(config: Config, data_root: Path, out: Path, cache_dir: Path 
             ``cache_dir/distill``, shared by the runs that share the wave cache.
         progress: progress bars.
         callbacks: extra Lightning callbacks (tests use one to interrupt a run).
+        pseudo: a pseudo-label table: its windows join the label epochs of the folds that do not hold their
+            soundscape, each with its teacher target (:mod:`birdclef.train.distill_pseudo`,
+            :mod:`birdclef.train.distill_data`); recorded as :mod:`birdclef.train.kfold` records it
+            (``RUN/pseudo.json``, ``RUN/pseudo_folds.csv``), so the run teaches under the fold rule.
+        reviews: a ``birdclef review`` table: its answered windows join every label epoch of every fold
+            (``train.review_weight``; ``RUN/reviews.json``).
 
     Returns:
         Per-fold best scores and the out-of-fold macro ROC-AUC (optimistic, see OOF_NOTE).
 
     Raises:
-        ConfigError: data.window_s is not 5 s; a misspelt loss, head or backbone; a resumed run with another config.
+        ConfigError: data.window_s is not 5 s; a misspelt loss, head or backbone; a resumed run with another config
+            or another pseudo table or reviews.
         BirdclefError: the teacher cannot be loaded.
         DatasetError: a broken data set, a missing unlabelled folder.
     """
@@ -279,13 +303,21 @@ def train_distilled(config: Config, data_root: Path, out: Path, cache_dir: Path 
     child = is_launched_rank()  # a DDP rank > 0 re-running the command: rank 0 owns the run folder
     check_names(config)
     check_distill_config(config)
+    existed = resume and (run / "config.yaml").is_file()
     if child:
         die_with_parent()
     else:
         init_run(run, config, resume)
     layout, data = DatasetLayout.from_root(data_root), config.data
-    subset = subset_of(data, load_classes(layout), layout.taxonomy_csv)  # a specialist: its columns, every clip
+    all_classes = load_classes(layout)
+    subset = subset_of(data, all_classes, layout.taxonomy_csv)  # a specialist: its columns, every clip
     classes = list(subset.classes)
+    table = cut_labels(open_run_pseudo(run, pseudo, all_classes, data.n_folds, data.fold_seed, not child, existed),
+                       subset)
+    reviewed = None if reviews is None else read_reviewed(reviews, all_classes)
+    if not child:
+        record_reviewed(run, reviewed, existed)
+    reviewed = cut_labels(reviewed, subset)
     skipped = 0
     if not child:
         skipped = prepare_cache(layout.root, cache_dir or run / "cache", strategy=data.strategy, window_s=data.window_s,
@@ -300,20 +332,22 @@ def train_distilled(config: Config, data_root: Path, out: Path, cache_dir: Path 
     folds = assign_folds(cache.index["primary_label"].astype(str).tolist(), data.n_folds, data.fold_seed)
     labels = subset.select(labels)
     subset.check_clips(labels, cache.path)  # before the teacher embeds every row
-    teacher = prepare_teacher(config, layout.root, cache, bank, root, progress and not child)
+    stores = source_stores(config, layout.root, cache, root, progress and not child)
+    stores, windows = labelled_windows(config, stores, table, reviewed, root, progress and not child)
+    teacher = prepare_teacher(config, layout.root, cache, bank, root, progress and not child, stores)
     if not child:
         write_json_atomic({"data_root": str(layout.root.resolve()), "cache": str(cache.path.resolve())},
                           run / "data.json")
         write_csv_atomic(pd.DataFrame({"filename": cache.index["filename"],
                                        "primary_label": cache.index["primary_label"], "fold": folds}), run / "folds.csv")
-        write_json_atomic(_teacher_record(teacher, run / "teacher.json"), run / "teacher.json")
+        write_json_atomic(_teacher_record(teacher, run / "teacher.json", windows), run / "teacher.json")
         write_text_atomic(licence_note(teacher), run / "LICENSE-NOTE.txt")
         record_subset(run, subset, len(labels), len(labels))
     for fold in config.train.folds:
         if (run / f"fold{fold}" / "done.json").is_file():
             continue
         if not _fit_fold(config, classes, teacher, labels, weights, folds, fold, run, bank, resume, progress,
-                         callbacks, cache):
+                         callbacks, cache, windows):
             break  # interrupted: leave the remaining folds for --resume
     if child:
         return TrainSummary(run, n_clips=len(cache.index), elapsed_s=time.perf_counter() - started)
@@ -321,8 +355,10 @@ def train_distilled(config: Config, data_root: Path, out: Path, cache_dir: Path 
     summary.n_clips, summary.elapsed_s = len(cache.index), time.perf_counter() - started
     summary.skipped_clips, summary.cache_dir = skipped, cache.path
     summary.skipped_background = [] if bank is None else list(bank.skipped)
+    summary.n_pseudo = 0 if table is None else len(table)
     write_json_atomic({"fold_scores": summary.fold_scores, "oof_auc": summary.oof_auc, "oof_note": OOF_NOTE,
-                       "n_clips": summary.n_clips, "classes": len(classes), **subset_summary(subset, len(labels)),
+                       "n_clips": summary.n_clips, "n_pseudo": summary.n_pseudo, "classes": len(classes),
+                       **subset_summary(subset, len(labels)),
                        "teacher": read_json(run / "teacher.json"),
                        "elapsed_s": round(summary.elapsed_s, 1)}, run / "summary.json")
     return summary

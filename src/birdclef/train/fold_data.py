@@ -20,6 +20,7 @@ from birdclef.data.bags import BagDataset
 from birdclef.data.augment import BackgroundBank
 from birdclef.data.dataset import EpochSampler, WindowDataset
 from birdclef.data.examples import Examples
+from birdclef.data.pseudo import pseudo_mass_factors
 from birdclef.utils.process import worker_dies_with_parent
 
 
@@ -43,12 +44,19 @@ class FoldData(L.LightningDataModule):
         self.n_clips = len(clips)
         self.n_pseudo = min(int(round(train.pseudo_ratio * len(clips))), len(pseudo))
         """Pseudo windows drawn per epoch (train.pseudo_ratio of the clips, at most the fold's pool)."""
+        self.pseudo_factors = None
+        """(K,) loss factor per class on the pseudo windows (train.pseudo_mass_cap), or None: no cap."""
+        if train.pseudo_mass_cap is not None and len(pseudo):
+            self.pseudo_factors = pseudo_mass_factors(
+                examples.targets[clips] * examples.mask[clips], examples.weights[clips], examples.targets[pseudo],
+                examples.mask[pseudo], examples.weights[pseudo], self.n_pseudo, train.pseudo_mass_cap)
         # Under data.strategy=mil every example is a bag of windows (birdclef.data.bags), else one window.
         kind = (partial(BagDataset, k=train.mil_windows, hop_s=mil_hop_s(config))
                 if config.data.strategy == "mil" else WindowDataset)
         self.train_set = kind(examples, np.concatenate([clips, pseudo]), train=True, seed=self.seed,
                               background=background, background_prob=train.background_prob,
-                              background_gain=train.background_gain, mix_rows=pseudo, mix_prob=train.pseudo_mix_prob)
+                              background_gain=train.background_gain, mix_rows=pseudo, mix_prob=train.pseudo_mix_prob,
+                              pseudo_scale=self.pseudo_factors)
         self.val_set = kind(examples, examples.rows("clip", fold, held_out=True), train=False, seed=self.seed)
 
     def _loader(self, dataset: WindowDataset | BagDataset, **kwargs) -> DataLoader:

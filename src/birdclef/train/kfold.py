@@ -5,6 +5,7 @@ Run folder (STYLE §3.5)::
     RUN/config.yaml  env.json  data.json  folds.csv  metrics.csv  oof.parquet  summary.json
     RUN/pseudo_folds.csv  pseudo.json  pseudo_cache/           (with --pseudo)
     RUN/fold{k}/best.pt  last.ckpt  metrics.csv  oof.parquet  done.json
+    RUN/fold{k}/pseudo_mass.json                               (train.pseudo_mass_cap: the classes it scaled)
     RUN/mil_windows.csv  fold{k}/mil_windows.parquet           (data.strategy=mil: birdclef.train.mil_windows)
     RUN/classes.json                                           (a taxon specialist, data.classes: birdclef.data.subset)
 
@@ -41,13 +42,14 @@ from birdclef.data.cache import WaveCache, prepare_cache
 from birdclef.data.examples import Examples, build_examples, prepare_pseudo_audio
 from birdclef.data.examples import build_targets  # noqa: F401  (re-exported for callers of this module)
 from birdclef.data.metadata import DatasetLayout, load_classes
-from birdclef.data.pseudo import RUN_RECORD, PseudoLabels, check_resumed_table, read_pseudo, write_run_pseudo
+from birdclef.data.pseudo import MASS_RECORD, PseudoLabels, mass_record, open_run_pseudo
 from birdclef.data.reviewed import merge_labels, read_reviewed, record_reviewed
 from birdclef.data.subset import cut_labels, record_subset, subset_of, subset_summary
 from birdclef.errors import ConfigError
 from birdclef.models import load_checkpoint
 from birdclef.train.callbacks import FoldRecorder
 from birdclef.train.fold_data import FoldData
+from birdclef.train.init_from import check_init_from, load_init
 from birdclef.train.lifecycle import AtomicCheckpointIO, is_launched_rank
 from birdclef.train.mil import CHECKPOINT_KEY as MIL_CHECKPOINT_KEY
 from birdclef.train.mil import MilPooling, bag_forward
@@ -73,7 +75,11 @@ def _fit_fold(config, classes, examples: Examples, fold, run, background, resume
     module = BirdModule(config, classes, fold)
     if config.model.backbone == BIRDNET_BACKBONE and config.model.init_from_birdnet:
         init_head_from_birdnet(module.model, classes, taxonomy)  # a resumed fold then loads last.ckpt over it
+    load_init(module.model, config, classes, fold)  # train.init_from (a resumed fold loads last.ckpt over it)
     data = FoldData(config, examples, fold, background)
+    if data.pseudo_factors is not None and not is_launched_rank():
+        write_json_atomic(mass_record(data.pseudo_factors, classes, config.train.pseudo_mass_cap),
+                          fold_dir / MASS_RECORD)
     last = ModelCheckpoint(dirpath=fold_dir, filename="last", monitor=None, save_top_k=1,
                            save_on_train_epoch_end=True, enable_version_counter=False)
     ckpt = _resume_checkpoint(fold_dir, resume) if not is_launched_rank() else _existing(fold_dir / "last.ckpt", resume)
@@ -131,15 +137,8 @@ def _mil_pool(best, num_classes: int) -> MilPooling | None:
 def _open_pseudo(run: Path, pseudo: Path | None, classes: list[str], config: Config, child: bool,
                  existed: bool) -> PseudoLabels | None:
     """Read `pseudo` against the run's split; a resumed run keeps the table it trained on
-    (:func:`~birdclef.data.pseudo.check_resumed_table`)."""
-    labels = None if pseudo is None else read_pseudo(pseudo, classes, config.data.n_folds, config.data.fold_seed)
-    if existed and not child:
-        check_resumed_table(run, run / RUN_RECORD, None if labels is None else labels.source,
-                            None if labels is None else labels.sha256, "pseudo-label table", "--pseudo",
-                            "pseudo-labels")
-    if labels is not None and not child:
-        write_run_pseudo(run, labels)
-    return labels
+    (:func:`~birdclef.data.pseudo.open_run_pseudo`)."""
+    return open_run_pseudo(run, pseudo, classes, config.data.n_folds, config.data.fold_seed, not child, existed)
 
 
 def train_kfold(
@@ -180,6 +179,11 @@ def train_kfold(
         ConfigError: a resumed run with a different config or pseudo table.
         DatasetError: a broken data set or pseudo table (named).
     """
+    if config.train.init_from is not None:
+        if config.model.freeze_backbone:
+            raise ConfigError("train.init_from starts a CNN from a trained run's weights; a head on frozen "
+                              "embeddings (model.freeze_backbone) has none to start from")
+        check_init_from(config)
     if config.model.freeze_backbone:  # a head on frozen BirdNET embeddings: no Lightning, no torch backbone
         from birdclef.birdnet.head_train import train_embedding_head
 
@@ -188,10 +192,7 @@ def train_kfold(
     if config.train.distill_teacher is not None:  # a CNN that learns a foundation model's embeddings, then labels
         from birdclef.train.embedding_distill import train_distilled
 
-        if pseudo is not None or reviews is not None:
-            raise ConfigError("train --pseudo / --reviews do not combine with train.distill_teacher yet; train the "
-                              "distilled run first, then its pseudo-label rounds without a teacher")
-        return train_distilled(config, data_root, out, cache_dir, resume, progress, callbacks)
+        return train_distilled(config, data_root, out, cache_dir, resume, progress, callbacks, pseudo, reviews)
     started = time.perf_counter()
     run = Path(out)
     child = is_launched_rank()  # a DDP rank > 0 re-running the command: rank 0 owns the run folder

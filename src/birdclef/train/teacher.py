@@ -3,7 +3,8 @@ background-mixed copies, through a frozen foundation model, computed once and ca
 
 **Sources.** The run's wave cache (the labelled clips) and one store per unlabelled folder
 (``train.distill_unlabelled``, :func:`~birdclef.data.cache.prepare_audio_store`: its recordings decoded once, read
-like a clip cache). **Rows** are :func:`~birdclef.birdnet.head_embed.clip_rows` of each source: every full 5 s
+like a clip cache); with a pseudo table, perhaps one more: the table's windows no other source holds
+(:mod:`birdclef.train.distill_pseudo`). **Rows** are :func:`~birdclef.birdnet.head_embed.clip_rows` of each source: every full 5 s
 window of the stored audio, plus a last partial one holding at least one 3 s chunk (zero padded).
 **Copies**: copy 0 is the clean row; copies ``1..train.embed_copies`` mix the row, with probability
 ``train.background_prob``, with a seeded train_soundscapes excerpt (:func:`~birdclef.birdnet.head_embed.copy_wave`),
@@ -168,9 +169,29 @@ def _source(name: str, cache: WaveCache, copies: list[tuple[np.ndarray, np.ndarr
     return TeacherSource(name, cache, clips, windows, lookup, targets)
 
 
+def source_stores(config: Config, data_root: Path, cache: WaveCache, root: Path,
+                  progress: bool = True) -> list[tuple[str, WaveCache]]:
+    """(name, audio) of each source: the clips (`cache`), then each unlabelled folder's store (decoded once under
+    ``root/audio``).
+
+    Raises:
+        DatasetError: an unlabelled folder is missing, or none of its recordings decodes.
+    """
+    named = [("clips", cache)]
+    for folder in unlabelled_folders(config, data_root):
+        store = prepare_audio_store(folder, root / "audio", config.data.sample_rate, config.train.distill_max_file_s,
+                                    config.train.num_workers, progress=progress)
+        named.append((str(folder), WaveCache(store.out)))
+    return named
+
+
 def prepare_teacher(config: Config, data_root: Path, cache: WaveCache, bank: BackgroundBank | None, root: Path,
-                    progress: bool = True) -> Teacher:
+                    progress: bool = True, stores: list[tuple[str, WaveCache]] | None = None) -> Teacher:
     """The targets of the clips (`cache`) and of every unlabelled folder, computed where not cached (module docstring).
+
+    Args:
+        stores: the sources to embed when the caller has prepared them (:func:`source_stores`, perhaps with more
+            appended: a pseudo table's windows, :mod:`birdclef.train.distill_pseudo`); None: :func:`source_stores`.
 
     Raises:
         BirdclefError: the teacher cannot be loaded (unknown kind, missing file, missing runtime).
@@ -181,11 +202,7 @@ def prepare_teacher(config: Config, data_root: Path, cache: WaveCache, bank: Bac
     inputs = HeadInputs.from_config(teach)
     if not inputs.single:
         raise BirdclefError(f"train.distill_teacher {config.train.distill_teacher!r}: one foundation model, please")
-    named = [("clips", cache)]
-    for folder in unlabelled_folders(config, data_root):
-        store = prepare_audio_store(folder, root / "audio", config.data.sample_rate, config.train.distill_max_file_s,
-                                    config.train.num_workers, progress=progress)
-        named.append((str(folder), WaveCache(store.out)))
+    named = source_stores(config, data_root, cache, root, progress) if stores is None else stores
     decoded_s, cpu = time.perf_counter() - started, time.process_time()
     sources, keys, computed = [], [], 0
     for name, source in named:

@@ -5,12 +5,15 @@ watchdog period, ProcessPoolExecutor workers wait on their queue forever (they h
 themselves, so they never see end-of-file), and a DDP rank waits on its peers. On Linux a child asks
 the kernel for SIGKILL when its parent exits (``prctl(PR_SET_PDEATHSIG)``, immediate); elsewhere a
 daemon thread polls the parent pid.
+
+:func:`cpu_seconds` counts what a process and the children it has waited for cost (training epochs, rounds).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
 import sys
 import threading
@@ -56,3 +59,9 @@ def die_with_parent(parent_pid: int | None = None) -> None:
 def worker_dies_with_parent(_worker_id: int) -> None:
     """:func:`die_with_parent` as a DataLoader ``worker_init_fn``."""
     die_with_parent()
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (DataLoader workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime

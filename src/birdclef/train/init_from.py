@@ -1,0 +1,95 @@
+"""``train.init_from``: start each fold from a trained torch run's weights instead of the backbone's pretrained ones.
+
+This is how a noisy-student round starts from the distilled model (the BirdCLEF+ 2026 winners: distil, then
+fine-tune with labels and pseudo-labels from that start, at a lower learning rate) instead of re-learning from
+ImageNet each round. ``birdclef selftrain --student-init start|best`` sets it per round.
+
+**The fold rule.** With a run folder, fold ``k`` starts from that run's ``fold{k}/best.pt``: the model that never
+saw fold ``k``'s clips, so fold ``k``'s validation and out-of-fold predictions stay honest. That holds only when
+both runs split the clips alike, so the run's ``data.n_folds`` and ``data.fold_seed`` must be this config's. A
+single ``best.pt`` starts every fold (its own held-out fold is then the only honest one: the caller's choice).
+
+What is loaded is the classifier (backbone and head); an embedding-distillation run's projection head is never in
+``best.pt`` and starts fresh. The classes must be this run's, in the same order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from birdclef.config import Config
+from birdclef.errors import ConfigError
+
+
+def init_checkpoint(config: Config, fold: int) -> Path | None:
+    """The ``best.pt`` fold `fold` starts from, or None without ``train.init_from``.
+
+    Raises:
+        ConfigError: ``train.init_from`` is neither a finished run folder holding fold `fold` nor a file; or the
+            run split its clips otherwise than `config`.
+    """
+    source = config.train.init_from
+    if source is None:
+        return None
+    path = Path(source)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise ConfigError(f"train.init_from {path}: no such run folder or checkpoint")
+    from birdclef.zoo.runs import Run
+
+    run = Run.open(path)
+    stored = (run.config or {}).get("data", {})
+    for key, mine in (("n_folds", config.data.n_folds), ("fold_seed", config.data.fold_seed)):
+        if key in stored and stored[key] != mine:
+            raise ConfigError(f"train.init_from {path}: that run split its clips with data.{key}={stored[key]}, this "
+                              f"config with {mine}; fold {fold} would start from a model that saw its clips")
+    best = path / f"fold{fold}" / "best.pt"
+    if not (path / f"fold{fold}" / "done.json").is_file() or not best.is_file():
+        raise ConfigError(f"train.init_from {path}: fold {fold} is not finished there (no fold{fold}/done.json); "
+                          f"train it, or give one best.pt to start every fold from")
+    return best
+
+
+def check_init_from(config: Config) -> None:
+    """Every fold of ``train.folds`` has its start (before any slow step)."""
+    for fold in config.train.folds:
+        init_checkpoint(config, fold)
+
+
+def load_init(model: torch.nn.Module, config: Config, classes: list[str], fold: int) -> Path | None:
+    """Load fold `fold`'s start (:func:`init_checkpoint`) into `model`, a freshly built classifier; the path loaded.
+
+    Raises:
+        ConfigError: the checkpoint cannot be read, holds other classes, or its weights do not fit `model` (another
+            backbone or head).
+    """
+    path = init_checkpoint(config, fold)
+    if path is None:
+        return None
+    from birdclef.models import CheckpointError
+    from birdclef.models.factory import _read_checkpoint
+
+    try:
+        checkpoint = _read_checkpoint(path, "cpu")
+    except CheckpointError as exc:
+        raise ConfigError(f"train.init_from: {exc}") from None
+    if checkpoint.get("kind", "torch") != "torch" or "model" not in checkpoint:
+        raise ConfigError(f"train.init_from {path}: not a torch classifier checkpoint (kind "
+                          f"{checkpoint.get('kind')!r}); a head on frozen embeddings cannot start a CNN")
+    theirs = list(checkpoint.get("classes", []))
+    if theirs != list(classes):
+        only = sorted(set(theirs) ^ set(classes))
+        what = (f"{len(only)} differ (e.g. {', '.join(only[:3])})" if only else "the same classes in another order")
+        raise ConfigError(f"train.init_from {path}: trained on {len(theirs)} classes, this run has {len(classes)}: "
+                          f"{what}")
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as exc:
+        stored = checkpoint.get("config", {}).get("model", {})
+        raise ConfigError(f"train.init_from {path}: its model (backbone {stored.get('backbone')}, head "
+                          f"{stored.get('head')}) does not fit this config's (backbone {config.model.backbone}, head "
+                          f"{config.model.head}): {str(exc).splitlines()[0]}") from None
+    return path
