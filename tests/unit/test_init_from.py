@@ -61,6 +61,21 @@ def test_each_fold_starts_from_the_same_fold_of_the_run(distilled: Path, tiny_da
     assert init_checkpoint(load_config(None, TINY), 0) is None
 
 
+def test_a_specialist_starts_from_a_full_run_with_its_classes_rows(distilled: Path, tiny_dataset: Path):
+    from birdclef.data.metadata import DatasetLayout, load_classes
+
+    classes = load_classes(DatasetLayout.from_root(tiny_dataset))
+    config = load_config(None, TINY + [f"train.init_from={distilled}"])
+    mine = [classes[2], classes[0]]  # a subset, in another order
+    model = BirdModule(config, mine, 0).model
+    load_init(model, config, mine, 0)
+    full = load_checkpoint(distilled / "fold0" / "best.pt").model.state_dict()
+    loaded = model.state_dict()
+    assert torch.equal(loaded["head.fc.weight"], full["head.fc.weight"][[2, 0]])
+    assert torch.equal(loaded["head.fc.bias"], full["head.fc.bias"][[2, 0]])
+    assert all(torch.equal(loaded[k], full[k]) for k in full if not k.startswith("head.fc."))
+
+
 def test_a_start_that_does_not_fit_is_a_clear_error(distilled: Path, tiny_dataset: Path, tmp_path: Path):
     from birdclef.data.metadata import DatasetLayout, load_classes
 
@@ -72,8 +87,8 @@ def test_a_start_that_does_not_fit_is_a_clear_error(distilled: Path, tiny_datase
     with pytest.raises(ConfigError, match="no such run folder"):
         init_checkpoint(load_config(None, TINY + [f"train.init_from={tmp_path / 'none'}"]), 0)
     config = load_config(None, TINY + [f"train.init_from={distilled}"])
-    with pytest.raises(ConfigError, match="trained on 3 classes, this run has 2: 1 differ"):
-        load_init(BirdModule(config, classes[:2], 0).model, config, classes[:2], 0)
+    with pytest.raises(ConfigError, match="trained on 3 classes, this run has 4: 1 differ .*e.g. other"):
+        load_init(BirdModule(config, classes + ["other"], 0).model, config, classes + ["other"], 0)
     wide = load_config(None, TINY + [f"train.init_from={distilled}", "model.frontend.n_mels=48",
                                      "model.head=sed"])
     with pytest.raises(ConfigError, match="does not fit this config.s .*head sed"):

@@ -10,7 +10,9 @@ both runs split the clips alike, so the run's ``data.n_folds`` and ``data.fold_s
 single ``best.pt`` starts every fold (its own held-out fold is then the only honest one: the caller's choice).
 
 What is loaded is the classifier (backbone and head); an embedding-distillation run's projection head is never in
-``best.pt`` and starts fresh. The classes must be this run's, in the same order.
+``best.pt`` and starts fresh. The classes must be this run's, or include them: a taxon specialist (``data.classes``)
+starts from a full run, each class-sized layer (the head's rows, e.g. ``fc.weight`` (K, C) and ``fc.bias``) cut to
+the specialist's classes by name.
 """
 
 from __future__ import annotations
@@ -80,16 +82,35 @@ def load_init(model: torch.nn.Module, config: Config, classes: list[str], fold: 
         raise ConfigError(f"train.init_from {path}: not a torch classifier checkpoint (kind "
                           f"{checkpoint.get('kind')!r}); a head on frozen embeddings cannot start a CNN")
     theirs = list(checkpoint.get("classes", []))
+    state = checkpoint["model"]
     if theirs != list(classes):
-        only = sorted(set(theirs) ^ set(classes))
-        what = (f"{len(only)} differ (e.g. {', '.join(only[:3])})" if only else "the same classes in another order")
-        raise ConfigError(f"train.init_from {path}: trained on {len(theirs)} classes, this run has {len(classes)}: "
-                          f"{what}")
+        missing = [c for c in classes if c not in theirs]
+        if missing or len(set(classes)) != len(classes):
+            only = sorted(set(theirs) ^ set(classes))
+            what = (f"{len(only)} differ (e.g. {', '.join(only[:3])})" if only
+                    else "the same classes in another order")
+            raise ConfigError(f"train.init_from {path}: trained on {len(theirs)} classes, this run has "
+                              f"{len(classes)}: {what}")
+        state = _cut_to_classes(state, model.state_dict(), [theirs.index(c) for c in classes], len(theirs))
     try:
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(state)
     except RuntimeError as exc:
         stored = checkpoint.get("config", {}).get("model", {})
         raise ConfigError(f"train.init_from {path}: its model (backbone {stored.get('backbone')}, head "
                           f"{stored.get('head')}) does not fit this config's (backbone {config.model.backbone}, head "
                           f"{config.model.head}): {str(exc).splitlines()[0]}") from None
     return path
+
+
+def _cut_to_classes(state: dict[str, torch.Tensor], mine: dict[str, torch.Tensor], rows: list[int],
+                    n_theirs: int) -> dict[str, torch.Tensor]:
+    """`state` (a model of `n_theirs` classes) with each class-sized tensor cut to `rows`: a tensor whose first
+    dimension is `n_theirs` and whose shape differs from this model's (only the class-sized layers differ)."""
+    index = torch.as_tensor(rows, dtype=torch.long)
+    out = {}
+    for key, value in state.items():
+        if (key in mine and value.shape != mine[key].shape and value.ndim >= 1 and value.shape[0] == n_theirs
+                and (len(rows),) + tuple(value.shape[1:]) == tuple(mine[key].shape)):
+            value = value.index_select(0, index)
+        out[key] = value
+    return out
