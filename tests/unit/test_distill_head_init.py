@@ -92,48 +92,66 @@ def test_what_cannot_be_composed_is_refused_with_its_name(head_run: Path, tiny_d
     assert not (tmp_path / "r" / "distill").exists()  # refused before the teacher
 
 
-def test_a_cli_run_starts_its_labels_from_the_composed_head(head_run: Path, tiny_dataset: Path, tmp_path: Path):
-    run = tmp_path / "run"
-    # A vanishing learning rate: the classifier best.pt keeps is the one the label epoch started from.
-    assert cli.main(["train", "--data", str(tiny_dataset), "--out", str(run), "--no-progress", "--set", *STUDENT,
-                     f"train.distill_head_init={head_run}", "train.lr=1e-12", "train.min_lr=0"]) == 0
-    done = json.loads((run / "fold0" / "done.json").read_text())
+FROZEN = STUDENT + ["train.lr=1e-12", "train.min_lr=0", "train.distill_center=true"]
+"""A vanishing learning rate: the classifier best.pt keeps is the one the label epoch started from."""
+
+
+@pytest.fixture(scope="module")
+def cli_run(head_run: Path, tiny_dataset: Path, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("student") / "run"
+    assert cli.main(["train", "--data", str(tiny_dataset), "--out", str(run), "--no-progress", "--set", *FROZEN,
+                     f"train.distill_head_init={head_run}"]) == 0
+    return run
+
+
+def test_a_cli_run_starts_its_labels_from_the_composed_head(cli_run: Path, head_run: Path, tiny_dataset: Path):
+    done = json.loads((cli_run / "fold0" / "done.json").read_text())
     record = done["head_init"]
     assert record["checkpoint"] == str((head_run / "fold0" / "best.pt").resolve()) and done["best_epoch"] == 1
-    config = load_config(run / "config.yaml")
+    assert np.isfinite(record["scale"]) and record["scale"] != 1.0 and record["centred"]  # 1.0: no sums (fallback)
+    config = load_config(cli_run / "config.yaml")
     module = DistillModule(config, load_classes(DatasetLayout.from_root(tiny_dataset)), 0, teacher_dim=32)
-    module.load_state_dict(torch.load(run / "fold0" / "last.ckpt", weights_only=False)["state_dict"])
-    start = head_start(config, module.classes, 0)
+    module.load_state_dict(torch.load(cli_run / "fold0" / "last.ckpt", weights_only=False)["state_dict"])
+    teacher = json.loads((cli_run / "teacher.json").read_text())
+    assert teacher["centred"]
+    fc = load_checkpoint(cli_run / "fold0" / "best.pt").model.head.fc
+    start = head_start(config, module.classes, 0)  # without the centre: W_h c is the rest of the bias
     weight, bias = compose(start, module.projection, record["scale"])
-    fc = load_checkpoint(run / "fold0" / "best.pt").model.head.fc
-    assert record["scale"] > 0 and torch.allclose(fc.weight.double(), weight, rtol=1e-4, atol=1e-6)
-    assert torch.allclose(fc.bias.double(), bias, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(fc.weight.double(), weight, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(fc.bias.double(), bias, rtol=1e-4, atol=1e-6)  # the centre moved it
 
 
 class _Boundary(L.Callback):
-    """Keeps the classifier as the first label epoch starts (after the module's hook, so at its first batch), and
-    stops after `stop_after` epochs, as a kill between epochs would."""
+    """Keeps the classifier, the projection and the head rows as the first label epoch starts (after the module's
+    hook, so at its first batch), and stops after `stop_after` epochs, as a kill between epochs would."""
 
     def __init__(self, stop_after: int | None = None):
-        self.stop_after, self.fc = stop_after, None
+        self.stop_after, self.seen = stop_after, None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.current_epoch == pl_module.config.train.distill_epochs and batch_idx == 0:
-            self.fc = pl_module.model.head.fc.weight.detach().clone()
+            head = pl_module.model.head.fc
+            self.seen = (head.weight.detach().clone(), head.bias.detach().clone(), pl_module.head_init)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.stop_after is not None and trainer.current_epoch + 1 >= self.stop_after:
             trainer.should_stop = True
 
 
-def test_a_run_resumed_at_the_boundary_composes_the_same_head(head_run: Path, tiny_dataset: Path, tmp_path: Path):
-    config = load_config(None, STUDENT + [f"train.distill_head_init={head_run}", "train.lr=1e-2",
-                                          "train.distill_center=true"])
-    whole, first, second = _Boundary(), _Boundary(stop_after=1), _Boundary()
-    train_kfold(config, tiny_dataset, tmp_path / "whole", progress=False, callbacks=[whole])
+def test_a_run_resumed_at_the_boundary_composes_the_same_head(cli_run: Path, head_run: Path, tiny_dataset: Path,
+                                                              tmp_path: Path):
+    config = load_config(None, FROZEN + [f"train.distill_head_init={head_run}"])
+    first, second = _Boundary(stop_after=1), _Boundary()
     train_kfold(config, tiny_dataset, tmp_path / "cut", progress=False, callbacks=[first])
-    assert first.fc is None and not (tmp_path / "cut" / "fold0" / "done.json").exists()
+    assert first.seen is None and not (tmp_path / "cut" / "fold0" / "done.json").exists()
     train_kfold(config, tiny_dataset, tmp_path / "cut", resume=True, progress=False, callbacks=[second])
-    assert whole.fc is not None and torch.equal(whole.fc, second.fc)
-    records = [json.loads((tmp_path / r / "fold0" / "done.json").read_text())["head_init"] for r in ("whole", "cut")]
-    assert records[0] == records[1] and records[0]["centred"]
+    weight, bias, init = second.seen
+    module = DistillModule(config, load_classes(DatasetLayout.from_root(tiny_dataset)), 0, teacher_dim=32)
+    module.load_state_dict(torch.load(tmp_path / "cut" / "fold0" / "last.ckpt", weights_only=False)["state_dict"])
+    expected = compose(init.start, module.projection, init.record["scale"])  # the lr leaves the projection as it was
+    assert torch.allclose(weight.double(), expected[0], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(bias.double(), expected[1], rtol=1e-4, atol=1e-6)
+    records = [json.loads((r / "fold0" / "done.json").read_text())["head_init"] for r in (cli_run, tmp_path / "cut")]
+    assert records[0] == records[1]  # the scale sums of the distillation epoch survived the interruption
+    whole, cut = (load_checkpoint(r / "fold0" / "best.pt").model.head.fc for r in (cli_run, tmp_path / "cut"))
+    assert torch.equal(whole.weight, cut.weight) and torch.equal(whole.bias, cut.bias)

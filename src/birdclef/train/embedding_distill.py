@@ -30,8 +30,10 @@ embeddings with the same lambda, and the labels as ``train.mixup_target`` says (
 the mixed target is an approximation; set ``train.mixup_prob=0`` to train on exact targets only).
 
 The learning rate follows a cosine from ``train.lr`` to ``train.min_lr`` in each stage (it restarts when the labels
-arrive: the classifier head starts then). Each epoch validates on the held-out fold's clean clip rows: macro ROC-AUC
-and the mean cosine to the teacher (``val_cos`` in metrics.csv); ``best.pt`` is the best label epoch.
+arrive: the classifier head starts then; with ``train.distill_head_init`` it starts as a trained embedding head on
+the same teacher composed with the projection, :mod:`birdclef.train.distill_head_init`). Each epoch validates on the
+held-out fold's clean clip rows: macro ROC-AUC and the mean cosine to the teacher (``val_cos`` in metrics.csv);
+``best.pt`` is the best label epoch.
 
 Run folder: as :mod:`birdclef.train.kfold` (config.yaml, folds.csv, fold{k}/best.pt + last.ckpt + metrics.csv +
 oof.parquet + done.json, oof.parquet, summary.json) plus ``teacher.json`` (the teacher, its rows and what it cost)
