@@ -404,7 +404,8 @@ class TrainConfig:
         _check(self.init_from is None or str(self.init_from).strip() != "", "train.init_from",
                "must be a run folder, a best.pt or null, got an empty string")
         _check(self.distill_head_init is None or str(self.distill_head_init).strip() != "",
-               "train.distill_head_init", "must be an embedding-head run folder, a best.pt or null, got an empty string")
+               "train.distill_head_init",
+               "must be an embedding-head run folder, a best.pt or null, got an empty string")
 
 
 @dataclass(frozen=True)
