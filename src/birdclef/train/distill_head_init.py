@@ -74,7 +74,11 @@ def head_checkpoint(config: Config, fold: int) -> Path:
             raise ConfigError(f"{KEY} {source}: that run split its clips with data.{key}={stored[key]}, this config "
                               f"with {mine}; fold {fold} would start from a head that saw its clips")
     best = run.path / f"fold{fold}" / "best.pt"
-    if best not in run.checkpoints:
+    try:
+        finished = run.checkpoints
+    except BirdclefError:  # no finished fold at all
+        finished = []
+    if best not in finished:
         raise ConfigError(f"{KEY} {source}: fold {fold} is not finished there (no fold{fold}/done.json); train it, "
                           "or give one best.pt to start every fold from")
     return best
