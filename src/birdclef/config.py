@@ -355,6 +355,12 @@ class TrainConfig:
     """With ``distill_teacher``: unlabelled rows drawn into each label epoch, as a multiple of the fold's labelled
     rows (seeded per epoch), trained on the cosine term alone (every label masked), so that BatchNorm keeps seeing
     soundscape audio while the labels are learnt. 0: label epochs hear the labelled rows only."""
+    distill_head_init: str | None = None
+    """With ``distill_teacher``: an embedding-head run on the same teacher (``configs/birdnet-head.yaml``, a linear
+    head scoring this run's classes) or one of its ``best.pt``. When the labels arrive (epoch ``distill_epochs``,
+    which must be > 0), fold ``k``'s classifier (``model.head: linear``) becomes the head's fold ``k`` composed with
+    the trained projection, ``fc = W_head (s P + c)`` (:mod:`birdclef.train.distill_head_init`). None: the
+    classifier starts at random."""
 
     def __post_init__(self) -> None:
         from birdclef.errors import BirdclefError
@@ -397,6 +403,9 @@ class TrainConfig:
                "train.pseudo_mass_cap", f"must be a finite number > 0 or null, got {self.pseudo_mass_cap}")
         _check(self.init_from is None or str(self.init_from).strip() != "", "train.init_from",
                "must be a run folder, a best.pt or null, got an empty string")
+        _check(self.distill_head_init is None or str(self.distill_head_init).strip() != "",
+               "train.distill_head_init",
+               "must be an embedding-head run folder, a best.pt or null, got an empty string")
 
 
 @dataclass(frozen=True)
@@ -472,6 +481,13 @@ class Config:
         _check(self.train.distill_teacher is None or self.data.class_negatives or not self.data.classes,
                "data.class_negatives", "must stay true with train.distill_teacher: a distilled specialist learns the "
                "foundation model's view of every clip, and its labels of them (other classes' clips as negatives)")
+        head_init = self.train.distill_head_init
+        _check(head_init is None or self.train.distill_teacher is not None, "train.distill_head_init",
+               "needs train.distill_teacher (it composes a head with the distilled projection)")
+        _check(head_init is None or self.model.head == "linear", "train.distill_head_init",
+               f"sets a linear classifier (model.head: linear), got model.head={self.model.head}")
+        _check(head_init is None or self.train.distill_epochs > 0, "train.distill_head_init",
+               "needs train.distill_epochs > 0: with none the projection is untrained when the labels arrive")
         bad = [f for f in self.train.folds if not 0 <= f < self.data.n_folds]
         _check(not bad, "train.folds", f"{bad} outside range(data.n_folds={self.data.n_folds})")
 

@@ -30,8 +30,10 @@ embeddings with the same lambda, and the labels as ``train.mixup_target`` says (
 the mixed target is an approximation; set ``train.mixup_prob=0`` to train on exact targets only).
 
 The learning rate follows a cosine from ``train.lr`` to ``train.min_lr`` in each stage (it restarts when the labels
-arrive: the classifier head starts then). Each epoch validates on the held-out fold's clean clip rows: macro ROC-AUC
-and the mean cosine to the teacher (``val_cos`` in metrics.csv); ``best.pt`` is the best label epoch.
+arrive: the classifier head starts then; with ``train.distill_head_init`` it starts as a trained embedding head on
+the same teacher composed with the projection, :mod:`birdclef.train.distill_head_init`). Each epoch validates on the
+held-out fold's clean clip rows: macro ROC-AUC and the mean cosine to the teacher (``val_cos`` in metrics.csv);
+``best.pt`` is the best label epoch.
 
 Run folder: as :mod:`birdclef.train.kfold` (config.yaml, folds.csv, fold{k}/best.pt + last.ckpt + metrics.csv +
 oof.parquet + done.json, oof.parquet, summary.json) plus ``teacher.json`` (the teacher, its rows and what it cost)
@@ -70,6 +72,7 @@ from birdclef.infer.base import ROW_WINDOW_S
 from birdclef.models import load_checkpoint
 from birdclef.train.callbacks import FoldRecorder
 from birdclef.train.distill_data import DistillData
+from birdclef.train.distill_head_init import HeadInit, check_head_init, head_start
 from birdclef.train.distill_pseudo import LabelledWindows, labelled_windows
 from birdclef.train.init_from import load_init
 from birdclef.train.lifecycle import AtomicCheckpointIO, is_launched_rank
@@ -117,26 +120,53 @@ class DistillModule(BirdModule):
     (:class:`~birdclef.train.distill_data.DistillRows`).
     """
 
-    def __init__(self, config: Config, classes: list[str], fold: int, teacher_dim: int):
+    def __init__(self, config: Config, classes: list[str], fold: int, teacher_dim: int,
+                 head_init: HeadInit | None = None):
         super().__init__(config, classes, fold)
         self.projection = nn.Linear(self.model.num_features, teacher_dim)
+        self.head_init = head_init
+        """``train.distill_head_init``: composes the classifier when the labels arrive
+        (:mod:`birdclef.train.distill_head_init`); its state travels in last.ckpt."""
         self._val_cos: list[torch.Tensor] = []
+
+    def on_train_epoch_start(self) -> None:
+        if self.head_init is None:
+            return
+        if self.current_epoch < self.config.train.distill_epochs:
+            self.head_init.reset()  # the scale comes from the last distillation epoch
+        elif not self.head_init.done:  # the first label epoch (a resumed later one keeps what last.ckpt holds)
+            strategy = self.trainer.strategy
+            self.head_init.apply(self.model.head.fc, self.projection,
+                                 lambda t: strategy.reduce(t.to(self.device), reduce_op="sum").cpu())
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.head_init is not None:
+            checkpoint["distill_head_init"] = self.head_init.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.head_init is not None and "distill_head_init" in checkpoint:
+            self.head_init.load_state_dict(checkpoint["distill_head_init"])
 
     def project(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, C, F', T') feature map -> (B, D) student embedding."""
         return self.projection(feats.mean(dim=(2, 3)))
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        wave, target, mask, weight, teacher = batch
+        wave, target, mask, weight, raw = batch
         train, rng = self.config.train, self._step_rng(batch_idx)
-        teacher = F.normalize(teacher.float(), dim=1)
+        teacher = F.normalize(raw.float(), dim=1)
         mixed = None
         if train.mixup_alpha > 0 and len(wave) > 1 and rng.random() < train.mixup_prob:
             mixed = mix_batch(wave, target, train.mixup_alpha, rng, mask)
             wave, teacher = mixed.wave, mixed.lam * teacher + (1.0 - mixed.lam) * teacher[mixed.perm]
         feats = self.model.forward_features(wave)  # (B, C, F', T')
-        distance = cosine_distance(self.project(feats), teacher)
+        student = self.project(feats)  # (B, D)
+        distance = cosine_distance(student, teacher)
         weight_cos = cosine_weight(train, self.current_epoch)
+        if weight_cos is None and self.head_init is not None:  # the scale of P f (the cosine has none)
+            raw = raw.float()
+            self.head_init.accumulate(student, raw if mixed is None else
+                                      mixed.lam * raw + (1.0 - mixed.lam) * raw[mixed.perm])
         if weight_cos is None:
             loss = distance
         else:
@@ -194,7 +224,9 @@ def _fit_fold(config: Config, classes: list[str], teacher: Teacher, labels: np.n
     fold_dir = run / f"fold{fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.train.seed + fold, verbose=False)
-    module = DistillModule(config, classes, fold, teacher.embedding_size)
+    head_init = None if config.train.distill_head_init is None else HeadInit(head_start(config, classes, fold,
+                                                                                      teacher.center))
+    module = DistillModule(config, classes, fold, teacher.embedding_size, head_init)
     load_init(module.model, config, classes, fold)  # train.init_from; the projection starts fresh
     data = DistillData(config, teacher, labels, weights, folds, fold, bank, windows)
     if data.pseudo_factors is not None and not is_launched_rank():
@@ -218,14 +250,15 @@ def _fit_fold(config: Config, classes: list[str], teacher: Teacher, labels: np.n
         trainer.fit(module, datamodule=data, ckpt_path=ckpt)
     finished = trainer.current_epoch >= total_epochs(config) and not trainer.interrupted
     if finished and trainer.is_global_zero:
-        _write_oof(fold_dir, fold, data, cache, classes, config)
+        _write_oof(fold_dir, fold, data, cache, classes, config, None if head_init is None else head_init.record)
     return finished
 
 
 @torch.no_grad()
 def _write_oof(fold_dir: Path, fold: int, data: DistillData, cache: WaveCache, classes: list[str],
-               config: Config) -> None:
-    """Predict the held-out clips' rows with best.pt (the classifier alone) and mark the fold done."""
+               config: Config, head_init: dict | None = None) -> None:
+    """Predict the held-out clips' rows with best.pt (the classifier alone) and mark the fold done (`head_init`: the
+    record of ``train.distill_head_init``'s composition, if any)."""
     device = resolve_device("cpu" if config.train.accelerator == "cpu" else "auto")
     best = load_checkpoint(fold_dir / "best.pt", map_location=device)
     model = best.model.to(device).eval()
@@ -245,7 +278,8 @@ def _write_oof(fold_dir: Path, fold: int, data: DistillData, cache: WaveCache, c
     oof.insert(0, "filename", index["filename"].to_numpy()[clips])
     write_parquet_atomic(oof, fold_dir / "oof.parquet")
     write_json_atomic({"fold": fold, "best_epoch": best.epoch, "best_score": best.score, "epochs": total_epochs(config),
-                       "kind": TORCH_RUN, "distill_teacher": config.train.distill_teacher}, fold_dir / "done.json")
+                       "kind": TORCH_RUN, "distill_teacher": config.train.distill_teacher,
+                       **({"head_init": head_init} if head_init is not None else {})}, fold_dir / "done.json")
 
 
 def _teacher_record(teacher: Teacher, path: Path, windows: LabelledWindows | None = None) -> dict:
@@ -312,6 +346,7 @@ def train_distilled(config: Config, data_root: Path, out: Path, cache_dir: Path 
     all_classes = load_classes(layout)
     subset = subset_of(data, all_classes, layout.taxonomy_csv)  # a specialist: its columns, every clip
     classes = list(subset.classes)
+    check_head_init(config, classes)  # train.distill_head_init: every fold's head, before the teacher works
     table = cut_labels(open_run_pseudo(run, pseudo, all_classes, data.n_folds, data.fold_seed, not child, existed),
                        subset)
     reviewed = None if reviews is None else read_reviewed(reviews, all_classes)

@@ -55,7 +55,8 @@ def teacher_config(config: Config) -> Config:
     :meth:`HeadInputs.from_config` (in this process and on each Dask worker) loads as the teacher."""
     model = ModelConfig(backbone=FOUNDATION_BACKBONE, freeze_backbone=True, foundation=(config.train.distill_teacher,),
                         frontend=config.model.frontend)
-    return dataclasses.replace(config, model=model, train=dataclasses.replace(config.train, distill_teacher=None))
+    train = dataclasses.replace(config.train, distill_teacher=None, distill_head_init=None)
+    return dataclasses.replace(config, model=model, train=train)
 
 
 def unlabelled_folders(config: Config, data_root: Path) -> list[Path]:
