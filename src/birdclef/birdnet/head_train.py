@@ -185,18 +185,21 @@ class _Prepared:
 
 
 def _prepare(config: Config, data_root: Path, run: Path, cache_dir: Path | None, progress: bool,
-             subset: ClassSubset) -> _Prepared:
+             subset: ClassSubset | None = None) -> _Prepared:
     """Classes, the wave cache, targets, folds (folds.csv, data.json) and the background bank, as torch runs have;
-    a specialist's `subset` (:mod:`birdclef.data.subset`) keeps its columns and the full run's folds."""
+    a specialist's `subset` (:mod:`birdclef.data.subset`; default ``data.classes`` of `config`) keeps its columns and
+    the full run's folds."""
     from birdclef.birdnet.classes import read_scientific_names
     from birdclef.data.cache import prepare_cache
     from birdclef.data.folds import assign_folds
-    from birdclef.data.metadata import DatasetLayout
+    from birdclef.data.metadata import DatasetLayout, load_classes
     from birdclef.data.examples import build_targets
     from birdclef.train.run_folder import background_bank
 
     data, layout = config.data, DatasetLayout.from_root(data_root)
     names = read_scientific_names(layout.taxonomy_csv)
+    if subset is None:
+        subset = subset_of(data, load_classes(layout), layout.taxonomy_csv)
     cache_path = Path(cache_dir) if cache_dir is not None else run / "cache"
     skipped = prepare_cache(layout.root, cache_path, strategy=data.strategy, window_s=data.window_s,
                             sample_rate=data.sample_rate, max_clip_s=data.max_clip_s,
