@@ -46,7 +46,8 @@ def test_the_composed_classifier_is_the_head_applied_to_the_scaled_projection():
     student, target = torch.randn(6, 32), torch.randn(6, 32)
     init.accumulate(student[:4], target[:4])
     init.accumulate(student[4:], target[4:])
-    scale = float((student * target).sum() / (student * student).sum())  # least squares: argmin |t - s p|^2
+    student64, target64 = student.double(), target.double()
+    scale = float((student64 * target64).sum() / (student64 * student64).sum())  # least squares: argmin |t - s p|^2
     init.apply(module.model.head.fc, module.projection)
     assert init.record["scale"] == pytest.approx(scale, rel=1e-6) and init.record["centred"]
     feats = torch.randn(5, module.model.num_features, 2, 3)  # (B, C, F', T')

@@ -42,20 +42,9 @@ from torch import nn
 
 from birdclef.config import Config, config_from_dict
 from birdclef.errors import BirdclefError, ConfigError
-from birdclef.zoo.runs import HEAD_RUN, Run
+from birdclef.zoo.runs import HEAD_RUN
 
 KEY = "train.distill_head_init"
-
-
-def _open(source: str) -> Run:
-    try:
-        run = Run.open(source)
-    except BirdclefError:
-        raise ConfigError(f"{KEY} {source}: no such embedding-head run folder or best.pt") from None
-    if run.kind != HEAD_RUN:
-        raise ConfigError(f"{KEY} {source}: a {run.kind} run, not an embedding-head run ({HEAD_RUN}, "
-                          "configs/birdnet-head.yaml)")
-    return run
 
 
 def head_checkpoint(config: Config, fold: int) -> Path:
@@ -64,24 +53,10 @@ def head_checkpoint(config: Config, fold: int) -> Path:
     Raises:
         ConfigError: no such run or file, not an embedding-head run, another fold split, fold `fold` unfinished.
     """
-    source = str(config.train.distill_head_init)
-    run = _open(source)
-    if run.is_checkpoint:
-        return run.path
-    stored = run.fold_settings()
-    for key, mine in (("n_folds", config.data.n_folds), ("fold_seed", config.data.fold_seed)):
-        if key in stored and stored[key] != mine:
-            raise ConfigError(f"{KEY} {source}: that run split its clips with data.{key}={stored[key]}, this config "
-                              f"with {mine}; fold {fold} would start from a head that saw its clips")
-    best = run.path / f"fold{fold}" / "best.pt"
-    try:
-        finished = run.checkpoints
-    except BirdclefError:  # no finished fold at all
-        finished = []
-    if best not in finished:
-        raise ConfigError(f"{KEY} {source}: fold {fold} is not finished there (no fold{fold}/done.json); train it, "
-                          "or give one best.pt to start every fold from")
-    return best
+    from birdclef.train.init_from import fold_checkpoint
+
+    return fold_checkpoint(config.train.distill_head_init, KEY, config, fold, kind=HEAD_RUN,
+                           kind_name=f"an embedding-head run ({HEAD_RUN}, configs/birdnet-head.yaml)")
 
 
 @dataclass

@@ -25,34 +25,51 @@ from birdclef.config import Config
 from birdclef.errors import ConfigError
 
 
-def init_checkpoint(config: Config, fold: int) -> Path | None:
-    """The ``best.pt`` fold `fold` starts from, or None without ``train.init_from``.
+def fold_checkpoint(source: str | Path, key: str, config: Config, fold: int, kind: str | None = None,
+                    kind_name: str | None = None) -> Path:
+    """The ``best.pt`` fold `fold` of `config` starts from, by the fold rule (module docstring): `source`'s own file,
+    or the ``fold{fold}/best.pt`` of a run that split its clips as `config` does. Shared by ``train.init_from`` and
+    ``train.distill_head_init`` (`key`, named in every error).
+
+    Args:
+        kind: the run kind `source` must be (:data:`birdclef.zoo.runs.RUN_KINDS`), or None for any.
+        kind_name: how an error names that kind (default ``a KIND run``).
 
     Raises:
-        ConfigError: ``train.init_from`` is neither a finished run folder holding fold `fold` nor a file; or the
-            run split its clips otherwise than `config`.
+        ConfigError: no such run or file, another kind, another fold split, fold `fold` unfinished.
     """
-    source = config.train.init_from
-    if source is None:
-        return None
-    path = Path(source)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise ConfigError(f"train.init_from {path}: no such run folder or checkpoint")
+    from birdclef.errors import BirdclefError
     from birdclef.zoo.runs import Run
 
-    run = Run.open(path)
-    stored = (run.config or {}).get("data", {})
-    for key, mine in (("n_folds", config.data.n_folds), ("fold_seed", config.data.fold_seed)):
-        if key in stored and stored[key] != mine:
-            raise ConfigError(f"train.init_from {path}: that run split its clips with data.{key}={stored[key]}, this "
+    try:
+        run = Run.open(source)
+    except BirdclefError:
+        raise ConfigError(f"{key} {source}: no such run folder or checkpoint") from None
+    if kind is not None and run.kind != kind:
+        raise ConfigError(f"{key} {source}: a {run.kind} run, not {kind_name or f'a {kind} run'}")
+    if run.is_checkpoint:
+        return run.path
+    stored = run.fold_settings()
+    for name, mine in (("n_folds", config.data.n_folds), ("fold_seed", config.data.fold_seed)):
+        if name in stored and stored[name] != mine:
+            raise ConfigError(f"{key} {source}: that run split its clips with data.{name}={stored[name]}, this "
                               f"config with {mine}; fold {fold} would start from a model that saw its clips")
-    best = path / f"fold{fold}" / "best.pt"
-    if not (path / f"fold{fold}" / "done.json").is_file() or not best.is_file():
-        raise ConfigError(f"train.init_from {path}: fold {fold} is not finished there (no fold{fold}/done.json); "
+    best = run.path / f"fold{fold}" / "best.pt"
+    if not (run.path / f"fold{fold}" / "done.json").is_file() or not best.is_file():
+        raise ConfigError(f"{key} {source}: fold {fold} is not finished there (no fold{fold}/done.json); "
                           f"train it, or give one best.pt to start every fold from")
     return best
+
+
+def init_checkpoint(config: Config, fold: int) -> Path | None:
+    """The ``best.pt`` fold `fold` starts from (:func:`fold_checkpoint`), or None without ``train.init_from``.
+
+    Raises:
+        ConfigError: see :func:`fold_checkpoint`.
+    """
+    if config.train.init_from is None:
+        return None
+    return fold_checkpoint(config.train.init_from, "train.init_from", config, fold)
 
 
 def check_init_from(config: Config) -> None:
