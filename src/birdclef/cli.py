@@ -234,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blend", choices=BLENDS, default=MEAN,
                    help="mean: of the probabilities; rank / quantile: of each CSV's per-class ranks / quantiles over "
                         "all its rows (docs/models.md, Rank blends)")
+    p.add_argument("--partial", action="store_true",
+                   help="the CSVs may score different classes (a taxon specialist's): each class is blended over the "
+                        "CSVs that have its column, weights renormalised; the output has them all")
     p.add_argument("--out", type=Path, required=True)
 
     from birdclef.cli_review import add_parsers as add_review_parsers  # review, precision
@@ -606,7 +609,7 @@ def _package(args: argparse.Namespace) -> int:
 def _blend(args: argparse.Namespace) -> int:
     from birdclef.infer.ensemble import blend_csvs
 
-    frame = blend_csvs(args.csvs, args.weights, args.out, how=args.blend)
+    frame = blend_csvs(args.csvs, args.weights, args.out, how=args.blend, partial=args.partial)
     how = "" if args.blend == "mean" else f", {args.blend} blend"
     print(f"blend: {args.out} ({len(frame)} rows from {len(args.csvs)} files{how})")
     return 0

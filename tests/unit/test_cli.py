@@ -123,6 +123,16 @@ def test_blend_csvs(synth_data: Path, tmp_path: Path):
                      "--out", str(tmp_path / "c.csv")]) == 0
     c = pd.read_csv(tmp_path / "c.csv")
     assert c["row_id"].tolist() == solution["row_id"].tolist() and np.allclose(c[classes], 0.75)
+    # a specialist's CSV (half the classes) blends back with --partial; without it, a one-line error naming it
+    special = b[["row_id"] + classes[: len(classes) // 2]]
+    special.to_csv(tmp_path / "s.csv", index=False)
+    assert cli.main(["blend", str(tmp_path / "a.csv"), str(tmp_path / "s.csv"), "--out", str(tmp_path / "d.csv")]) == 2
+    assert cli.main(["blend", str(tmp_path / "a.csv"), str(tmp_path / "s.csv"), "--partial",
+                     "--out", str(tmp_path / "d.csv")]) == 0
+    d = pd.read_csv(tmp_path / "d.csv")
+    half = len(classes) // 2
+    assert list(d.columns) == ["row_id"] + classes
+    assert np.allclose(d[classes[:half]], 0.5) and np.allclose(d[classes[half:]], 1.0)
 
 
 def test_unknown_config_key_is_a_one_line_error(synth_data: Path, tmp_path: Path, capsys):

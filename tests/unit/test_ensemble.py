@@ -165,3 +165,46 @@ def test_blend_refuses_nan_or_infinite_probabilities_naming_the_cell():
     bad.loc[1, "sp_b"] = -np.inf
     with pytest.raises(SubmissionError, match="NaN or infinite"):
         blend([frame_a(), bad])
+
+
+# ---------------------------------------------------------------- partial: a taxon specialist's CSV
+
+
+def specialist() -> pd.DataFrame:
+    """Scores only sp_b, its rows shuffled, and one class (sp_c) the full table lacks."""
+    return pd.DataFrame({"sp_c": [0.5, 0.1], "row_id": ["S_1_10", "S_1_5"], "sp_b": [0.6, 0.4]})
+
+
+def test_partial_blend_scores_each_class_over_the_tables_that_have_it_by_hand():
+    out = blend([frame_a(), specialist()], weights=[0.75, 0.25], partial=True)
+    # sp_a: A alone; sp_b: 0.75 A + 0.25 specialist; sp_c: the specialist alone (weights renormalised over who scores)
+    expected = pd.DataFrame({"row_id": ["S_1_5", "S_1_10"], "sp_a": [0.8, 0.4],
+                             "sp_b": [0.75 * 0.0 + 0.25 * 0.4, 0.75 * 1.0 + 0.25 * 0.6], "sp_c": [0.1, 0.5]})
+    pd.testing.assert_frame_equal(out, expected, check_exact=False, rtol=1e-12, atol=1e-12)
+    assert np.isfinite(out[["sp_a", "sp_b", "sp_c"]].to_numpy()).all()
+
+
+def test_partial_blend_of_equal_columns_is_the_plain_blend():
+    pd.testing.assert_frame_equal(blend([frame_a(), frame_b()], weights=[0.75, 0.25], partial=True), EXPECTED,
+                                  check_exact=False, rtol=1e-12, atol=1e-12)
+
+
+def test_partial_rank_blend_ranks_only_the_cells_a_table_scores():
+    out = blend([frame_a(), specialist()], weights=[1, 1], how="rank", partial=True)
+    # ranks over the 2 rows: (rank - 0.5) / 2 -> 0.25 / 0.75
+    np.testing.assert_allclose(out["sp_a"], [0.75, 0.25])           # A alone
+    np.testing.assert_allclose(out["sp_b"], [(0.25 + 0.25) / 2, (0.75 + 0.75) / 2])
+    np.testing.assert_allclose(out["sp_c"], [0.25, 0.75])           # the specialist alone
+
+
+def test_unequal_columns_without_partial_name_the_flag():
+    with pytest.raises(SubmissionError, match=r"class columns differ .*--partial"):
+        blend([frame_a(), specialist()])
+
+
+def test_partial_still_needs_the_same_rows_and_finite_scores():
+    with pytest.raises(SubmissionError, match="row_ids differ"):
+        blend([frame_a(), specialist().iloc[:1]], partial=True)
+    broken = specialist().assign(sp_b=[np.nan, 0.2])
+    with pytest.raises(SubmissionError, match=r"prediction table 1: 1 NaN .*'sp_b'"):
+        blend([frame_a(), broken], partial=True)

@@ -69,12 +69,13 @@ def _check_own_columns(frame: pd.DataFrame, name: str) -> None:
         raise SubmissionError(f"{name}: duplicated row_ids {_examples(set(duplicated_ids))}")
 
 
-def _check_against(frame: pd.DataFrame, name: str, ref: pd.DataFrame, ref_name: str) -> None:
-    """Raise if `frame`'s class columns or row_id set differ from the reference table's."""
+def _check_against(frame: pd.DataFrame, name: str, ref: pd.DataFrame, ref_name: str, partial: bool = False) -> None:
+    """Raise if `frame`'s row_id set differs from the reference table's, or (unless `partial`) its class columns."""
     cols, ref_cols = set(frame.columns), set(ref.columns)
-    if cols != ref_cols:
+    if cols != ref_cols and not partial:
         raise SubmissionError(f"{name}: class columns differ from {ref_name}: "
-                              f"missing {_examples(ref_cols - cols)}, extra {_examples(cols - ref_cols)}")
+                              f"missing {_examples(ref_cols - cols)}, extra {_examples(cols - ref_cols)} "
+                              "(a CSV that scores a subset of the classes, a taxon specialist's: blend with --partial)")
     ids, ref_ids = set(frame["row_id"]), set(ref["row_id"])
     if ids != ref_ids:
         raise SubmissionError(f"{name}: row_ids differ from {ref_name}: "
@@ -89,13 +90,17 @@ def _resolve_names(count: int, names: Sequence[str] | None) -> list[str]:
     return [str(name) for name in names]
 
 
-def align_frames(frames: Sequence[pd.DataFrame], names: Sequence[str] | None = None) -> list[pd.DataFrame]:
+def align_frames(frames: Sequence[pd.DataFrame], names: Sequence[str] | None = None,
+                 partial: bool = False) -> list[pd.DataFrame]:
     """Check that prediction tables describe the same rows and classes, and line them up.
 
     Args:
         frames: tables with a ``row_id`` column and one column per class.
         names: one label per table for error messages (model names, file paths); defaults to
             ``"prediction table <i>"``.
+        partial: tables may have different class columns (a taxon specialist's scores a subset): every
+            table gets the union of the columns (the first table's order, then the others' new ones in
+            their order), NaN where it has no column.
 
     Returns:
         New tables with the first table's column order and row order and a fresh RangeIndex, so
@@ -103,8 +108,8 @@ def align_frames(frames: Sequence[pd.DataFrame], names: Sequence[str] | None = N
 
     Raises:
         SubmissionError: no tables; a table lacks ``row_id``, repeats a column or a row_id; its
-            class columns or row_id set differ from the first's (missing / extra ones are counted
-            and a few shown); or `names` has the wrong length.
+            class columns (unless `partial`) or row_id set differ from the first's (missing / extra ones
+            are counted and a few shown); or `names` has the wrong length.
     """
     if not frames:
         raise SubmissionError("no prediction tables to align")
@@ -113,9 +118,10 @@ def align_frames(frames: Sequence[pd.DataFrame], names: Sequence[str] | None = N
         _check_own_columns(frame, label)
     ref = frames[0]
     for frame, label in zip(frames[1:], labels[1:]):
-        _check_against(frame, label, ref, labels[0])
-    columns, row_ids = list(ref.columns), pd.Index(ref["row_id"])
-    return [frame.set_index("row_id").reindex(row_ids).reset_index()[columns] for frame in frames]
+        _check_against(frame, label, ref, labels[0], partial)
+    columns = list(dict.fromkeys(col for frame in frames for col in frame.columns))  # the union, first seen first
+    row_ids = pd.Index(ref["row_id"])
+    return [frame.set_index("row_id").reindex(row_ids).reset_index().reindex(columns=columns) for frame in frames]
 
 
 def normalise_weights(weights: Sequence[float] | None, count: int) -> np.ndarray:
@@ -153,7 +159,7 @@ def _check_finite(values: np.ndarray, row_ids: pd.Series, class_cols: list, labe
 
 
 def blend(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = None,
-          names: Sequence[str] | None = None, how: str = MEAN) -> pd.DataFrame:
+          names: Sequence[str] | None = None, how: str = MEAN, partial: bool = False) -> pd.DataFrame:
     """Weighted blend of prediction tables, aligned on ``row_id`` and on class names.
 
     Weights are normalised to sum 1 (see :func:`normalise_weights`), so ``[3, 1]`` and
@@ -165,10 +171,14 @@ def blend(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = None
         names: labels for error messages (see :func:`align_frames`).
         how: ``mean`` sums the probabilities; ``rank`` / ``quantile`` first replace each table's
             column of each class by its rank / quantile over all the tables' rows (:mod:`birdclef.infer.rank`).
+        partial: tables may score different classes (a full model's CSV and a taxon specialist's): each class
+            is the blend of the tables that have its column, their weights renormalised over them
+            (:func:`blend_ignoring_nan`, as ``predict`` blends runs of different class lists); a class only
+            weight-0 tables have gets their plain mean.
 
     Returns:
-        Table with the first table's row order and columns (``row_id`` first if it was first),
-        class columns float64, and a RangeIndex.
+        Table with the first table's row order and columns (``row_id`` first if it was first; with `partial`,
+        then the other tables' new columns), class columns float64, and a RangeIndex.
 
     Raises:
         SubmissionError: the tables do not line up (see :func:`align_frames`), a class column is
@@ -180,22 +190,20 @@ def blend(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = None
         raise SubmissionError("no prediction tables to blend")
     check_blend(how)
     scale = normalise_weights(weights, len(frames))
-    aligned = align_frames(frames, names)
+    aligned = align_frames(frames, names, partial)
     labels = _resolve_names(len(frames), names)
     class_cols = [col for col in aligned[0].columns if col != "row_id"]
     members = []
-    for frame, label in zip(aligned, labels):
-        non_numeric = [col for col in class_cols if not pd.api.types.is_numeric_dtype(frame[col])]
+    for frame, own, label in zip(aligned, frames, labels):
+        has = np.array([col in own.columns for col in class_cols])  # (K,): all True without `partial`
+        non_numeric = [col for col, h in zip(class_cols, has) if h and not pd.api.types.is_numeric_dtype(frame[col])]
         if non_numeric:
             raise SubmissionError(f"{label}: non-numeric class columns {_examples(non_numeric)}")
-        values = frame[class_cols].to_numpy(dtype=np.float64)  # (N, K)
-        _check_finite(values, frame["row_id"], class_cols, label)
+        values = frame[class_cols].to_numpy(dtype=np.float64)  # (N, K), NaN in the columns it lacks
+        _check_finite(values[:, has], frame["row_id"], [c for c, h in zip(class_cols, has) if h], label)
         members.append(values)
-    total = np.zeros((len(aligned[0]), len(class_cols)))  # (N, K)
-    for weight, values in zip(scale, transform_members(members, how)):
-        total += weight * values
     out = aligned[0].copy()
-    out[class_cols] = total
+    out[class_cols] = blend_ignoring_nan(transform_members(members, how), scale)  # plain sum(w * p) without NaN
     return out
 
 
@@ -205,7 +213,8 @@ def read_predictions(path: Path) -> pd.DataFrame:
                             dtype={"row_id": str})
 
 
-def blend_csvs(paths: Sequence[Path], weights: Sequence[float] | None, out: Path, how: str = MEAN) -> pd.DataFrame:
+def blend_csvs(paths: Sequence[Path], weights: Sequence[float] | None, out: Path, how: str = MEAN,
+               partial: bool = False) -> pd.DataFrame:
     """Blend prediction CSVs and write the result to `out` atomically.
 
     Args:
@@ -213,6 +222,7 @@ def blend_csvs(paths: Sequence[Path], weights: Sequence[float] | None, out: Path
         weights: one non-negative weight per file, normalised to sum 1; None for equal weights.
         out: where the blended CSV goes; parent folders are created.
         how: ``mean``, ``rank`` or ``quantile`` (see :func:`blend`; ranks are taken over all rows of the files).
+        partial: files may score different classes (see :func:`blend`).
 
     Returns:
         The blended table, as written (first file's row and column order).
@@ -223,7 +233,7 @@ def blend_csvs(paths: Sequence[Path], weights: Sequence[float] | None, out: Path
     """
     check_blend(how)
     frames = [read_predictions(Path(path)) for path in paths]
-    blended = blend(frames, weights, names=[str(path) for path in paths], how=how)
+    blended = blend(frames, weights, names=[str(path) for path in paths], how=how, partial=partial)
     write_csv_atomic(blended, out)
     return blended
 
