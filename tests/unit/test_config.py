@@ -173,3 +173,16 @@ def test_foundation_head_rules() -> None:
     with pytest.raises(ConfigError, match="names a model twice"):
         load_config(None, ["model.backbone=foundation", "model.freeze_backbone=true",
                            "model.foundation=[placeholder,placeholder]"])
+
+
+def test_student_config_is_the_measured_distill_student():
+    """configs/student-lite0.yaml is what the issue-21 rounds measured: distill-lite0.yaml without a teacher, 12 epochs,
+    4 pseudo windows per clip (the distillation-only keys, unused without a teacher, left out)."""
+    root = Path(__file__).resolve().parents[2] / "configs"
+    measured = config_to_dict(load_config(root / "distill-lite0.yaml", ["train.distill_teacher=null", "train.epochs=12",
+                                                                        "train.pseudo_ratio=4"]))
+    student = config_to_dict(load_config(root / "student-lite0.yaml"))
+    assert student["train"]["distill_teacher"] is None and student["train"]["pseudo_ratio"] == 4
+    for config in (measured, student):
+        config["train"] = {k: v for k, v in config["train"].items() if not k.startswith("distill_") and k != "embed_copies"}
+    assert student == measured
