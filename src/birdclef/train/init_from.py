@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from birdclef.config import Config
-from birdclef.errors import ConfigError
+from birdclef.errors import BirdclefError, ConfigError
 
 
 def fold_checkpoint(source: str | Path, key: str, config: Config, fold: int, kind: str | None = None,
@@ -38,7 +38,6 @@ def fold_checkpoint(source: str | Path, key: str, config: Config, fold: int, kin
     Raises:
         ConfigError: no such run or file, another kind, another fold split, fold `fold` unfinished.
     """
-    from birdclef.errors import BirdclefError
     from birdclef.zoo.runs import Run
 
     try:
