@@ -28,6 +28,9 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
     add_foundation_flag(p, "joining the teachers (its unknown classes stay masked)")
     p.add_argument("--soundscapes", type=Path, default=None,
                    help="unlabelled soundscapes to pseudo-label (default DATA/train_soundscapes)")
+    p.add_argument("--label-clips", action="store_true",
+                   help="the teachers also label DATA/train_audio window by window (soft labels of where in each "
+                        "weakly labelled clip its call is; each window trains the folds its clip trains)")
     p.add_argument("--power", type=T.number(low=0.0, high=10.0, low_open=True), default=1.0,
                    help="sharpen pseudo-labels p -> p**POWER (the BirdCLEF 2025 winner: 1.54 = 1/0.65)")
     p.add_argument("--thresholds", type=Path, default=None,
@@ -47,7 +50,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                  "labels each soundscape with the fold that held it out",
                         fill_help="with --birdnet alone: write this for classes BirdNET does not know (default NaN: "
                                   "masked)")
-    p.add_argument("--soundscapes", type=Path, required=True, help="folder of unlabelled recordings (recursive)")
+    p.add_argument("--soundscapes", type=Path, action="append", required=True,
+                   help="folder of unlabelled recordings (recursive); repeat for several (e.g. DATA/train_audio too: "
+                        "windows of a training clip then train the folds its clip trains)")
     p.add_argument("--out", type=Path, required=True, help="pseudo-label table (Parquet); re-running resumes")
     p.add_argument("--power", type=T.number(low=0.0, high=10.0, low_open=True), default=1.0,
                    help="write p ** POWER (default 1); 1.54 is the 1st place's p^(1/0.65): sharper, smaller labels")
@@ -103,7 +108,8 @@ def _settings(args: argparse.Namespace, rounds: int = 1):
         rounds=rounds, teachers=tuple(str(t) for t in args.teachers),
         weights=tuple(args.weights) if args.weights else None, birdnet=birdnet, birdnet_model=birdnet_model,
         keep_teachers=getattr(args, "keep_teachers", False),
-        soundscapes=str(args.soundscapes) if args.soundscapes else None, power=args.power,
+        soundscapes=str(args.soundscapes) if args.soundscapes else None,
+        label_clips=getattr(args, "label_clips", False), power=args.power,
         thresholds=str(args.thresholds) if args.thresholds else None, hop_s=args.hop,
         validate=str(args.validate) if args.validate else None,
         patience=getattr(args, "patience", 1), min_gain=getattr(args, "min_gain", 0.0),

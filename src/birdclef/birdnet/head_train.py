@@ -248,6 +248,7 @@ def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: 
         DatasetError: as for torch runs (train.csv, taxonomy.csv); a pseudo table that does not fit the dataset.
     """
     from birdclef.birdnet.head_pseudo import add_pseudo_rows, add_reviewed_rows, open_pseudo, record_pseudo
+    from birdclef.data.pseudo import clip_fold_map, follow_clip_folds
     from birdclef.data.reviewed import read_reviewed, record_reviewed
     from birdclef.train.run_folder import OOF_NOTE, collect_summary, init_run
 
@@ -265,11 +266,12 @@ def train_embedding_head(config: Config, data_root: Path, out: Path, cache_dir: 
     labels = None if pseudo is None else open_pseudo(config, data_root, Path(pseudo))
     reviewed = None if reviews is None else read_reviewed(reviews, list(subset.all_classes))
     init_run(run, config, resume)
-    record_pseudo(run, labels)
     record_reviewed(run, reviewed, resume)
     write_text_atomic(licence_note(inputs.provenance()), run / "LICENSE-NOTE.txt")
     write_json_atomic({"foundation": inputs.provenance()}, run / "foundation.json")
     prep = _prepare(config, data_root, run, cache_dir, progress, subset)
+    own = clip_fold_map(layout.train_audio, prep.cache.index["filename"].astype(str), prep.folds)
+    record_pseudo(run, follow_clip_folds(labels, own))  # windows of the labelled clips: their clip's fold
     # Beside a shared wave cache, the embeddings are shared too (selftrain rounds, runs of one dataset).
     root = Path(cache_dir) / EMBEDDINGS_IN_CACHE if cache_dir is not None else run / "embeddings"
     folder = root / embedding_key(config, prep.cache, inputs)

@@ -18,12 +18,18 @@ seeded). A student's fold ``k`` trains on the pseudo windows of soundscapes in t
 trained that way records which soundscape was in which fold (``RUN/pseudo_folds.csv``,
 :func:`write_run_pseudo`). When that run becomes a teacher, a soundscape of fold ``j`` is scored by the run's
 fold-``j`` model only (:func:`teacher_checkpoints`), the one model that never trained on its pseudo-labels.
+
+**Windows of the labelled clips.** A table may also hold windows of the dataset's own training clips (the
+teachers' window-level labels of weakly labelled clips: ``selftrain --label-clips``). Such a window takes its
+clip's stratified fold, not a soundscape fold (`clip_folds` of :func:`read_pseudo`, :func:`clip_fold_map`), so
+fold ``k`` never trains on a window of a clip it validates on, and ``RUN/pseudo_folds.csv`` records that fold.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,14 +104,21 @@ def read_provenance(path: Path) -> dict:
     return provenance
 
 
+def clip_fold_map(audio_dir: Path, filenames: Sequence[str], folds: Sequence[int]) -> dict[str, int]:
+    """{resolved file of each training clip (`audio_dir` / its cache ``filename``): its fold}: the `clip_folds`
+    of :func:`read_pseudo`."""
+    return {str((Path(audio_dir) / name).resolve()): int(fold) for name, fold in zip(filenames, folds)}
+
+
 def read_pseudo(path: str | Path, classes: list[str], n_folds: int | None = None, seed: int | None = None,
-                check_audio: bool = True) -> PseudoLabels:
+                check_audio: bool = True, clip_folds: dict[str, int] | None = None) -> PseudoLabels:
     """Read and check a pseudo table against the run's `classes`.
 
     A class of `classes` without a column is masked in every row (no teacher scored it); a class column
     that is not in `classes` is an error, as are values outside [0, 1], missing key columns and (with
     `check_audio`) recordings that are not on disk. With `n_folds` and `seed` the ``fold`` column is
-    recomputed (:func:`soundscape_folds`) so that it follows the student's split.
+    recomputed (:func:`soundscape_folds`) so that it follows the student's split; then a window of a file in
+    `clip_folds` (:func:`clip_fold_map`: the run's labelled clips) takes that clip's fold.
     """
     path = Path(path)
     if not path.is_file():
@@ -137,8 +150,18 @@ def read_pseudo(path: str | Path, classes: list[str], n_folds: int | None = None
         table["fold"] = frame["fold"].astype(np.int64) if "fold" in frame else -1
     attach_audio(table, Path(provenance["soundscapes"]), path, check_audio)
     mask = ~np.isnan(values)
-    return PseudoLabels(table.reset_index(drop=True), np.nan_to_num(values, nan=0.0), mask, provenance, path,
-                        _sha256(path))
+    labels = PseudoLabels(table.reset_index(drop=True), np.nan_to_num(values, nan=0.0), mask, provenance, path,
+                          _sha256(path))
+    return follow_clip_folds(labels, clip_folds)
+
+
+def follow_clip_folds(labels: PseudoLabels | None, clip_folds: dict[str, int] | None) -> PseudoLabels | None:
+    """`labels` with each window of a file in `clip_folds` (:func:`clip_fold_map`) in that clip's fold (in place)."""
+    if labels is not None and clip_folds:
+        table = labels.table
+        own = table["audio"].map({a: clip_folds.get(str(Path(a).resolve()), -1) for a in table["audio"].unique()})
+        table["fold"] = np.where(own >= 0, own, table["fold"]).astype(np.int64)
+    return labels
 
 
 def attach_audio(table: pd.DataFrame, root: Path, source: Path, check: bool = True) -> None:
@@ -264,8 +287,9 @@ def check_resumed_table(run: Path, record: Path, table: Path | None, sha256: str
 
 
 def open_run_pseudo(run: Path, pseudo: Path | None, classes: list[str], n_folds: int, fold_seed: int,
-                    record: bool, existed: bool) -> PseudoLabels | None:
-    """Read `pseudo` (folds following the run's ``n_folds`` / ``fold_seed`` split) for a run that trains on it: a
+                    record: bool, existed: bool, clip_folds: dict[str, int] | None = None) -> PseudoLabels | None:
+    """Read `pseudo` (folds following the run's ``n_folds`` / ``fold_seed`` split, windows of its labelled clips
+    their clip's fold: `clip_folds`, :func:`clip_fold_map`) for a run that trains on it: a
     resumed run (`existed`) keeps the table it trained on (:func:`check_resumed_table`), and with `record` the
     table and the soundscapes' folds are written to `run` (:func:`write_run_pseudo`; False in a DDP rank > 0).
 
@@ -273,7 +297,7 @@ def open_run_pseudo(run: Path, pseudo: Path | None, classes: list[str], n_folds:
         ConfigError: a resumed run given another table, or a table it did not train on.
         DatasetError: a broken table (named).
     """
-    labels = None if pseudo is None else read_pseudo(pseudo, classes, n_folds, fold_seed)
+    labels = None if pseudo is None else read_pseudo(pseudo, classes, n_folds, fold_seed, clip_folds=clip_folds)
     if existed and record:
         check_resumed_table(run, Path(run) / RUN_RECORD, None if labels is None else labels.source,
                             None if labels is None else labels.sha256, "pseudo-label table", "--pseudo",

@@ -68,7 +68,7 @@ def distill(config: Config, data: Path, out: Path, settings: SelfTrainSettings, 
                                      "model": Path(done["model"]) if done["model"] else None})
         started, cpu = time.perf_counter(), cpu_seconds()
         job = _Rounds(config, data, out, settings, device, progress, log)
-        log(f"distill: labelling {job.soundscapes} with {list(settings.teachers) + (['birdnet'] if settings.birdnet else [])}")
+        log(f"distill: labelling {' and '.join(map(str, job.labelled))} with {list(settings.teachers) + (['birdnet'] if settings.birdnet else [])}")
         pseudo = job.label(out / "pseudo.parquet", list(settings.teachers))
         log(f"distill: training the student ({config.model.backbone}) on clips + {pseudo['rows']} soft-labelled windows")
         job.train(out / "run", out / "pseudo.parquet")

@@ -41,7 +41,9 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -81,9 +83,10 @@ class PseudoSummary:
     elapsed_s: float = 0.0
 
 
-def pseudo_label(soundscapes: Path, out: Path, teachers: list[Path] | None = None, weights: list[float] | None = None,
-                 birdnet: bool = False, power: float = 1.0, thresholds: Path | dict[str, float] | float | None = None,
-                 hop_s: float = ROW_WINDOW_S, postprocess: bool = False, n_folds: int | None = None,
+def pseudo_label(soundscapes: Path | Sequence[Path], out: Path, teachers: list[Path] | None = None,
+                 weights: list[float] | None = None, birdnet: bool = False, power: float = 1.0,
+                 thresholds: Path | dict[str, float] | float | None = None, hop_s: float = ROW_WINDOW_S,
+                 postprocess: bool = False, n_folds: int | None = None,
                  fold_seed: int | None = None, data: Path | None = None, taxonomy: Path | None = None,
                  sample_submission: Path | None = None, birdnet_model: Path | None = None,
                  unknown_fill: float | None = None, config_file: Path | None = None, overrides: list[str] = (),
@@ -91,6 +94,9 @@ def pseudo_label(soundscapes: Path, out: Path, teachers: list[Path] | None = Non
     """Pseudo-label every recording under `soundscapes` into the table `out` (module docstring).
 
     Args:
+        soundscapes: one folder, or several (e.g. ``train_soundscapes`` and the dataset's own ``train_audio``: the
+            teachers' window labels of the labelled clips). With several, the table's root is their common folder
+            and each row's ``path`` is relative to it.
         teachers: run folders or ``foldK/best.pt`` files, blended with `weights` (then BirdNET's, with `birdnet`).
         power: exponent of the transform ``p ** power`` (> 0).
         thresholds: per-class CSV (``birdclef thresholds``), {class: threshold}, or one threshold for all.
@@ -112,10 +118,8 @@ def pseudo_label(soundscapes: Path, out: Path, teachers: list[Path] | None = Non
     _check_flags(spec, power, hop_s)
     limits = _thresholds(thresholds)
     n_folds, fold_seed = _fold_split(spec.runs, n_folds, fold_seed)
-    soundscapes, out = Path(soundscapes), Path(out)
-    if not soundscapes.is_dir():
-        raise BirdclefError(f"--soundscapes {soundscapes}: folder not found")
-    entries = discover(soundscapes, exclude=parts_dir(out))
+    out = Path(out)
+    soundscapes, entries = _discover_folders(soundscapes, parts_dir(out))
     summary = PseudoSummary(out, n_files=len(entries))
     with exclusive_lock(out, "pseudo job"):
         parts = parts_dir(out)
@@ -144,6 +148,33 @@ def pseudo_label(soundscapes: Path, out: Path, teachers: list[Path] | None = Non
         write_pseudo(frame, classes, provenance, out)
     summary.n_rows, summary.elapsed_s = len(frame), time.time() - start
     return summary
+
+
+def _discover_folders(folders: Path | Sequence[Path], exclude: Path) -> tuple[Path, list[Entry]]:
+    """(root, every recording under `folders`, its path relative to root): one folder is its own root; several
+    share their common folder (a file two folders both hold is listed once).
+
+    Raises:
+        BirdclefError: a folder that is not there, or holds no audio file.
+    """
+    folders = [Path(folders)] if isinstance(folders, (str, Path)) else [Path(f) for f in folders]
+    if not folders:
+        raise BirdclefError("--soundscapes: no folder given")
+    for folder in folders:
+        if not folder.is_dir():
+            raise BirdclefError(f"--soundscapes {folder}: folder not found")
+    if len(folders) == 1:
+        return folders[0], discover(folders[0], exclude=exclude)
+    root = Path(os.path.commonpath([str(f.resolve()) for f in folders]))
+    entries, seen = [], set()
+    for folder in folders:
+        prefix = folder.resolve().relative_to(root)
+        for entry in discover(folder, exclude=exclude):
+            path = (prefix / entry.path).as_posix()
+            if (root / path).resolve() not in seen:
+                seen.add((root / path).resolve())
+                entries.append(replace(entry, path=path))
+    return root, sorted(entries, key=lambda e: e.path)
 
 
 def parts_dir(out: Path) -> Path:

@@ -70,6 +70,9 @@ class SelfTrainSettings:
     """The given teachers stay teachers beside the best student in every round."""
     soundscapes: str | None = None
     """Unlabelled soundscapes to pseudo-label (default DATA/train_soundscapes)."""
+    label_clips: bool = False
+    """The teachers also label the dataset's own training clips (DATA/train_audio) window by window: students learn
+    where in a weakly labelled clip its call is, and what else it holds (each window in its clip's fold)."""
     power: float = 1.0
     """Pseudo-label sharpening p -> p ** power (the BirdCLEF 2025 winner: 1 / 0.65 = 1.54)."""
     thresholds: str | None = None
@@ -215,7 +218,9 @@ def _check_settings(out: Path, config: Config, data: Path, settings: SelfTrainSe
         mine = json.loads(json.dumps(record))  # tuples as lists, as stored
         # The stored config is re-read so that fields a newer birdclef added (with their defaults) are no change.
         old["config"] = json.loads(json.dumps(config_to_dict(config_from_dict(old["config"]))))
-        changed = [k for k in mine["settings"] if k not in GROWABLE and old["settings"].get(k) != mine["settings"][k]]
+        defaults = json.loads(json.dumps(asdict(SelfTrainSettings())))  # a setting newer than the job: its default
+        changed = [k for k in mine["settings"]
+                   if k not in GROWABLE and old["settings"].get(k, defaults[k]) != mine["settings"][k]]
         changed += [k for k in ("config", "data") if old.get(k) != mine[k]]
         if changed:
             raise ConfigError(f"{out} holds a selftrain with other settings (changed: {', '.join(changed)}); "
@@ -231,6 +236,8 @@ class _Rounds:
         self.config, self.data, self.out, self.settings = config, Path(data), Path(out), settings
         self.device, self.progress, self.log = device, progress, log
         self.soundscapes = Path(settings.soundscapes) if settings.soundscapes else self.data / "train_soundscapes"
+        self.labelled = [self.soundscapes] + ([self.data / "train_audio"] if settings.label_clips else [])
+        """The folders the teachers label: the soundscapes, and the training clips with ``label_clips``."""
         self.validation = validation_set(Path(settings.validate)) if settings.validate else None
 
     # ------------------------------------------------------------------ steps
@@ -256,7 +263,7 @@ class _Rounds:
         weights = None
         if s.weights is not None and teachers == list(s.teachers):
             weights = list(s.weights)
-        summary = pseudo_label(self.soundscapes, where, [Path(t) for t in teachers], weights=weights,
+        summary = pseudo_label(self.labelled, where, [Path(t) for t in teachers], weights=weights,
                                birdnet=s.birdnet, birdnet_model=Path(s.birdnet_model) if s.birdnet_model else None,
                                power=s.power, thresholds=Path(s.thresholds) if s.thresholds else None, hop_s=s.hop_s,
                                n_folds=self.config.data.n_folds, fold_seed=self.config.data.fold_seed,
@@ -321,7 +328,7 @@ class _Rounds:
         started, cpu = time.perf_counter(), cpu_seconds()
         where.mkdir(parents=True, exist_ok=True)
         shown = teachers + (["birdnet"] if self.settings.birdnet else [])
-        self.log(f"round {r}: pseudo-labelling {self.soundscapes} with {shown}")
+        self.log(f"round {r}: pseudo-labelling {' and '.join(map(str, self.labelled))} with {shown}")
         pseudo = self.label(where / "pseudo.parquet", teachers)
         student = where / "run"
         start = f", each fold from {init}'s" if init else ""

@@ -64,7 +64,7 @@ from birdclef.data.cache import WaveCache, prepare_cache
 from birdclef.data.examples import build_targets
 from birdclef.data.folds import assign_folds
 from birdclef.data.metadata import DatasetLayout, load_classes
-from birdclef.data.pseudo import MASS_RECORD, mass_record, open_run_pseudo
+from birdclef.data.pseudo import MASS_RECORD, clip_fold_map, mass_record, open_run_pseudo
 from birdclef.data.reviewed import read_reviewed, record_reviewed
 from birdclef.data.subset import cut_labels, record_subset, subset_of, subset_summary
 from birdclef.errors import ConfigError
@@ -347,8 +347,6 @@ def train_distilled(config: Config, data_root: Path, out: Path, cache_dir: Path 
     subset = subset_of(data, all_classes, layout.taxonomy_csv)  # a specialist: its columns, every clip
     classes = list(subset.classes)
     check_head_init(config, classes)  # train.distill_head_init: every fold's head, before the teacher works
-    table = cut_labels(open_run_pseudo(run, pseudo, all_classes, data.n_folds, data.fold_seed, not child, existed),
-                       subset)
     reviewed = None if reviews is None else read_reviewed(reviews, all_classes)
     if not child:
         record_reviewed(run, reviewed, existed)
@@ -365,6 +363,9 @@ def train_distilled(config: Config, data_root: Path, out: Path, cache_dir: Path 
     labels, weights = build_targets(cache.index, list(subset.all_classes), data.secondary_label_weight,
                                     data.rating_weight)
     folds = assign_folds(cache.index["primary_label"].astype(str).tolist(), data.n_folds, data.fold_seed)
+    own = clip_fold_map(layout.train_audio, cache.index["filename"].astype(str), folds)  # their windows: that fold
+    table = cut_labels(open_run_pseudo(run, pseudo, all_classes, data.n_folds, data.fold_seed, not child, existed,
+                                       own), subset)
     labels = subset.select(labels)
     subset.check_clips(labels, cache.path)  # before the teacher embeds every row
     stores = source_stores(config, layout.root, cache, root, progress and not child)

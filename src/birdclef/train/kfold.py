@@ -41,8 +41,9 @@ from birdclef.config import BIRDNET_BACKBONE, Config, mil_hop_s
 from birdclef.data.cache import WaveCache, prepare_cache
 from birdclef.data.examples import Examples, build_examples, prepare_pseudo_audio
 from birdclef.data.examples import build_targets  # noqa: F401  (re-exported for callers of this module)
+from birdclef.data.folds import assign_folds
 from birdclef.data.metadata import DatasetLayout, load_classes
-from birdclef.data.pseudo import MASS_RECORD, PseudoLabels, mass_record, open_run_pseudo
+from birdclef.data.pseudo import MASS_RECORD, PseudoLabels, clip_fold_map, mass_record, open_run_pseudo
 from birdclef.data.reviewed import merge_labels, read_reviewed, record_reviewed
 from birdclef.data.subset import cut_labels, record_subset, subset_of, subset_summary
 from birdclef.errors import ConfigError
@@ -135,10 +136,15 @@ def _mil_pool(best, num_classes: int) -> MilPooling | None:
 
 
 def _open_pseudo(run: Path, pseudo: Path | None, classes: list[str], config: Config, child: bool,
-                 existed: bool) -> PseudoLabels | None:
-    """Read `pseudo` against the run's split; a resumed run keeps the table it trained on
-    (:func:`~birdclef.data.pseudo.open_run_pseudo`)."""
-    return open_run_pseudo(run, pseudo, classes, config.data.n_folds, config.data.fold_seed, not child, existed)
+                 existed: bool, cache: WaveCache, audio_dir: Path) -> PseudoLabels | None:
+    """Read `pseudo` against the run's split (windows of the cached clips in their clip's fold); a resumed run
+    keeps the table it trained on (:func:`~birdclef.data.pseudo.open_run_pseudo`)."""
+    data = config.data
+    own = None
+    if pseudo is not None:
+        folds = assign_folds(cache.index["primary_label"].astype(str).tolist(), data.n_folds, data.fold_seed)
+        own = clip_fold_map(audio_dir, cache.index["filename"].astype(str), folds)
+    return open_run_pseudo(run, pseudo, classes, data.n_folds, data.fold_seed, not child, existed, own)
 
 
 def train_kfold(
@@ -206,7 +212,6 @@ def train_kfold(
         die_with_parent()
     else:
         init_run(run, config, resume)
-    labels = cut_labels(_open_pseudo(run, pseudo, all_classes, config, child, existed), subset)
     reviewed = None if reviews is None else cut_labels(read_reviewed(reviews, all_classes), subset)
     if not child:
         record_reviewed(run, reviewed, existed)
@@ -218,6 +223,8 @@ def train_kfold(
                                       num_workers=config.train.num_workers, max_files=data.max_files,
                                       progress=progress, window_table=data.window_table).n_skipped
     cache = WaveCache(cache_dir or run / "cache")
+    labels = cut_labels(_open_pseudo(run, pseudo, all_classes, config, child, existed, cache, layout.train_audio),
+                        subset)
     windows = labels if reviewed is None else reviewed if labels is None else merge_labels(labels, reviewed)
     audio = None if windows is None else prepare_pseudo_audio(windows, run / "pseudo_cache", data.sample_rate,
                                                               data.window_s, progress and not child)
