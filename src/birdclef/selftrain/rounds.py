@@ -6,7 +6,7 @@ Folder (every step resumable; a killed job continues where it stopped and gives 
     OUT/cache/                  the clip cache every round shares
     OUT/round0/run/             the supervised start (clips only), unless ``start`` names a trained run
     OUT/round0/scores.json      its score
-    OUT/roundR/pseudo.parquet   pseudo-labels of the soundscapes from round R's teachers
+    OUT/roundR/pseudo.parquet   pseudo-labels of the soundscapes (and the clips: label_clips) from round R's teachers
     OUT/roundR/run/             the student: the same config, trained on clips + those pseudo-labels
     OUT/roundR/validation.csv   with a validation set: the student's predictions of it
     OUT/roundR/scores.json      score, what was scored, teachers, pseudo settings, wall and CPU seconds
