@@ -171,8 +171,8 @@ def _discover_folders(folders: Path | Sequence[Path], exclude: Path) -> tuple[Pa
         prefix = folder.resolve().relative_to(root)
         for entry in discover(folder, exclude=exclude):
             path = (prefix / entry.path).as_posix()
-            if (root / path).resolve() not in seen:
-                seen.add((root / path).resolve())
+            if (file := (root / path).resolve()) not in seen:
+                seen.add(file)
                 entries.append(replace(entry, path=path))
     return root, sorted(entries, key=lambda e: e.path)
 
