@@ -237,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partial", action="store_true",
                    help="the CSVs may score different classes (a taxon specialist's): each class is blended over the "
                         "CSVs that have its column, weights renormalised; the output has them all")
+    p.add_argument("--fit", type=Path, default=None, metavar="SOLUTION",
+                   help="pick the weights on these labelled rows (a solution.csv the CSVs cover) on a grid, and "
+                        "cross-validate that choice over files; writes OUT blended with them and OUT.fit.json")
+    p.add_argument("--fit-step", type=float, default=0.05, help="with --fit: the weight grid's spacing")
+    p.add_argument("--fit-folds", type=int, default=5, help="with --fit: file groups of the cross-validation")
+    p.add_argument("--taxonomy", type=Path, default=None, help="with --fit: per taxon group intervals")
     p.add_argument("--out", type=Path, required=True)
 
     from birdclef.cli_review import add_parsers as add_review_parsers  # review, precision
@@ -605,10 +611,34 @@ def _package(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit_weights(args: argparse.Namespace) -> list[float]:
+    """``blend --fit``: the weights picked on the solution's rows; prints the fit and writes OUT.fit.json."""
+    from birdclef.eval.metrics import class_groups, read_aligned
+    from birdclef.infer.blend_fit import fit_blend
+
+    if args.weights is not None or args.partial:
+        raise BirdclefError("blend --fit picks the weights itself and needs every CSV to score every class: "
+                            "drop --weights / --partial")
+    aligned = [read_aligned(path, args.fit) for path in args.csvs]
+    target, _, classes, row_ids = aligned[0]
+    groups = class_groups(args.taxonomy) if args.taxonomy is not None else None
+    try:
+        fit = fit_blend([probs for _, probs, _, _ in aligned], target, row_ids, classes, how=args.blend,
+                        step=args.fit_step, folds=args.fit_folds, names=[str(p) for p in args.csvs], groups=groups)
+    except ValueError as exc:  # a malformed row_id: no files to cross-validate over
+        raise BirdclefError(f"{args.fit}: {exc}; --fit cross-validates over soundscape files") from None
+    for line in fit.lines():
+        print(line)
+    print(f"fit: {fit.write(args.out.with_name(args.out.stem + '.fit.json'))}")
+    return fit.weights.tolist()
+
+
 @verb("blend")
 def _blend(args: argparse.Namespace) -> int:
     from birdclef.infer.ensemble import blend_csvs
 
+    if args.fit is not None:
+        args.weights = _fit_weights(args)
     frame = blend_csvs(args.csvs, args.weights, args.out, how=args.blend, partial=args.partial)
     how = "" if args.blend == "mean" else f", {args.blend} blend"
     print(f"blend: {args.out} ({len(frame)} rows from {len(args.csvs)} files{how})")
