@@ -240,8 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit", type=Path, default=None, metavar="SOLUTION",
                    help="pick the weights on these labelled rows (a solution.csv the CSVs cover) on a grid, and "
                         "cross-validate that choice over files; writes OUT blended with them and OUT.fit.json")
-    p.add_argument("--fit-step", type=float, default=0.05, help="with --fit: the weight grid's spacing")
-    p.add_argument("--fit-folds", type=int, default=5, help="with --fit: file groups of the cross-validation")
+    p.add_argument("--fit-step", type=float, default=None, help="with --fit: the weight grid's spacing (0.05)")
+    p.add_argument("--fit-folds", type=int, default=None,
+                   help="with --fit: file groups of the cross-validation (5)")
     p.add_argument("--taxonomy", type=Path, default=None, help="with --fit: per taxon group intervals")
     p.add_argument("--out", type=Path, required=True)
 
@@ -614,7 +615,7 @@ def _package(args: argparse.Namespace) -> int:
 def _fit_weights(args: argparse.Namespace) -> list[float]:
     """``blend --fit``: the weights picked on the solution's rows; prints the fit and writes OUT.fit.json."""
     from birdclef.eval.metrics import class_groups, read_aligned
-    from birdclef.infer.blend_fit import fit_blend
+    from birdclef.infer.blend_fit import DEFAULT_FOLDS, DEFAULT_STEP, fit_blend
 
     if args.weights is not None or args.partial:
         raise BirdclefError("blend --fit picks the weights itself and needs every CSV to score every class: "
@@ -624,7 +625,9 @@ def _fit_weights(args: argparse.Namespace) -> list[float]:
     groups = class_groups(args.taxonomy) if args.taxonomy is not None else None
     try:
         fit = fit_blend([probs for _, probs, _, _ in aligned], target, row_ids, classes, how=args.blend,
-                        step=args.fit_step, folds=args.fit_folds, names=[str(p) for p in args.csvs], groups=groups)
+                        step=DEFAULT_STEP if args.fit_step is None else args.fit_step,
+                        folds=DEFAULT_FOLDS if args.fit_folds is None else args.fit_folds,
+                        names=[str(p) for p in args.csvs], groups=groups)
     except ValueError as exc:  # a malformed row_id: no files to cross-validate over
         raise BirdclefError(f"{args.fit}: {exc}; --fit cross-validates over soundscape files") from None
     for line in fit.lines():
@@ -637,6 +640,10 @@ def _fit_weights(args: argparse.Namespace) -> list[float]:
 def _blend(args: argparse.Namespace) -> int:
     from birdclef.infer.ensemble import blend_csvs
 
+    fit_only = [flag for flag, value in (("--fit-step", args.fit_step), ("--fit-folds", args.fit_folds),
+                                         ("--taxonomy", args.taxonomy)) if value is not None]
+    if args.fit is None and fit_only:
+        raise BirdclefError(f"{' / '.join(fit_only)} only apply with --fit SOLUTION")
     if args.fit is not None:
         args.weights = _fit_weights(args)
     frame = blend_csvs(args.csvs, args.weights, args.out, how=args.blend, partial=args.partial)

@@ -132,6 +132,8 @@ def test_cli_fits_writes_the_blend_and_the_fit(tmp_path, capsys):
 
     assert main(["blend", a, b, "--fit", solution, "--weights", "1", "1", "--out", str(out)]) == 2
     assert "drop --weights" in capsys.readouterr().err
+    assert main(["blend", a, b, "--fit-folds", "3", "--out", str(out)]) == 2
+    assert "--fit-folds only apply with --fit" in capsys.readouterr().err
     short = _csv(tmp_path / "short.csv", row_ids[:-1], target[:-1])
     assert main(["blend", a, short, "--fit", solution, "--out", str(tmp_path / "x.csv")]) == 2
     assert "short.csv" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
