@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +139,18 @@ def test_blend_csvs(synth_data: Path, tmp_path: Path):
 def test_unknown_config_key_is_a_one_line_error(synth_data: Path, tmp_path: Path, capsys):
     assert cli.main(["prepare", str(synth_data), "--out", str(tmp_path / "c"), "--set", "data.windw_s=3"]) == 2
     assert "unknown config key 'data.windw_s'" in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_early_ends_quietly(tmp_path, monkeypatch):
+    """`birdclef blend ... | head`: the closed pipe ends the command with 141 (as a shell's SIGPIPE), no traceback."""
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    frame = pd.DataFrame({"row_id": ["S_5", "S_10"], "a": [0.1, 0.9]})
+    frame.to_csv(tmp_path / "a.csv", index=False)
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert cli.main(["blend", str(tmp_path / "a.csv"), str(tmp_path / "a.csv"), "--out", str(tmp_path / "b.csv")]) == 141
