@@ -677,7 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"birdclef {args.verb}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `birdclef evaluate ... | head`: the reader left; the rest of the output has no one to read it
+    except BrokenPipeError:  # `birdclef evaluate ... | head`: the reader left before the output ended
         _silence_stdout()
         return 141
 

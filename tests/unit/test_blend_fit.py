@@ -43,6 +43,8 @@ def test_weight_grid_covers_the_simplex_first_member_first():
         weight_grid(2, 0.3)
     with pytest.raises(BirdclefError, match="2 to 4"):
         weight_grid(5, 0.25)
+    with pytest.raises(BirdclefError, match="coarser step"):
+        weight_grid(4, 0.01)
 
 
 def test_files_are_dealt_evenly_and_reproducibly():
@@ -102,6 +104,10 @@ def test_refusals_name_the_problem():
     one_file = [f"S00_{5 * (w + 1)}" for w in range(len(row_ids))]
     with pytest.raises(BirdclefError, match="at least 2 soundscape files"):
         fit_blend([target, target], target, one_file, CLASSES)
+    silent = np.zeros_like(target)
+    silent[:WINDOWS] = 1  # every call in the first file: the files outside its fold hold no positive
+    with pytest.raises(BirdclefError, match="no class has both a positive and a negative window in the files outside"):
+        fit_blend([target, target], silent, row_ids, CLASSES, folds=3)
 
 
 def _csv(path, row_ids, values):

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ DEFAULT_STEP = 0.05
 DEFAULT_FOLDS = 5
 MAX_MEMBERS = 4
 """A 4-member grid at step 0.05 holds 1771 weightings; more members would need a search, not a grid."""
+MAX_WEIGHTINGS = 5000
+"""A finer grid than this is refused: each weighting is scored on every fold (seconds per thousand)."""
 _TIE = 1e-12
 
 
@@ -48,6 +51,10 @@ def weight_grid(members: int, step: float = DEFAULT_STEP) -> np.ndarray:
     parts = round(1.0 / step) if step > 0 else 0
     if parts < 1 or abs(parts * step - 1.0) > 1e-9:
         raise BirdclefError(f"--fit-step must divide 1 into whole parts (0.05, 0.1, 0.25), got {step}")
+    size = math.comb(parts + members - 1, members - 1)
+    if size > MAX_WEIGHTINGS:
+        raise BirdclefError(f"--fit-step {step} gives {size} weightings of {members} tables, more than "
+                            f"{MAX_WEIGHTINGS}: take a coarser step")
 
     def compositions(total: int, n: int):
         if n == 1:
@@ -75,8 +82,14 @@ def _scores(target: np.ndarray, blended: np.ndarray, weights: np.ndarray) -> np.
     return nan_macro(per_class)
 
 
-def _pick(scores: np.ndarray) -> int:
-    """Index of the best score; a tie (within rounding) goes to the first."""
+def _pick(scores: np.ndarray, rows: str) -> int:
+    """Index of the best score; a tie (within rounding) goes to the first.
+
+    Raises:
+        BirdclefError: no weighting scores (no class has a positive and a negative among `rows`).
+    """
+    if np.isnan(scores).all():
+        raise BirdclefError(f"no class has both a positive and a negative window in {rows}: nothing to fit on")
     return int(np.flatnonzero(scores >= np.nanmax(scores) - _TIE)[0])
 
 
@@ -164,8 +177,8 @@ def fit_blend(members: Sequence[np.ndarray], target: np.ndarray, row_ids: Sequen
     masks = np.vstack([np.ones(len(codes))] + [(row_fold != f).astype(np.float64) for f in range(folds)])
     transformed = np.stack(transform_members([np.asarray(m, dtype=np.float64) for m in members], how))  # (M, N, K)
     table = np.stack([_scores(target, np.tensordot(w, transformed, axes=1), masks) for w in grid])  # (C, 1 + folds)
-    best = _pick(table[:, 0])
-    fold_picks = [_pick(table[:, 1 + f]) for f in range(folds)]
+    best = _pick(table[:, 0], "the solution")
+    fold_picks = [_pick(table[:, 1 + f], f"the files outside cross-validation fold {f}") for f in range(folds)]
     out_of_fold = np.empty(transformed.shape[1:])
     for f, pick in enumerate(fold_picks):
         rows = row_fold == f
