@@ -95,8 +95,20 @@ def bootstrap_class_auc(target: np.ndarray, probs: np.ndarray, codes: np.ndarray
         codes: (N,) file index of each row (:func:`file_codes`).
         draws: (B, n_draws) file indices per resample (:func:`resample_files`, or fixed by hand).
     """
-    target, probs, codes = np.asarray(target), np.asarray(probs, dtype=np.float64), np.asarray(codes)
+    codes = np.asarray(codes)
     weights = draw_counts(draws, int(codes.max()) + 1)[:, codes]  # (B, N): each row weighs its file's count
+    return weighted_class_aucs(target, probs, weights)
+
+
+def weighted_class_aucs(target: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(B, K) ROC-AUC of every class under B row weightings (:func:`weighted_class_auc` per column).
+
+    Args:
+        target: (N, K) 0/1 labels.
+        probs: (N, K) scores.
+        weights: (B, N) non-negative row weights (a resample's counts, or a 0/1 mask of the rows to score).
+    """
+    target, probs = np.asarray(target), np.asarray(probs, dtype=np.float64)
     return np.stack([weighted_class_auc(target[:, k], probs[:, k], weights) for k in range(target.shape[1])], axis=1)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from birdclef.errors import BirdclefError
 from birdclef.eval.intervals import (DEFAULT_RESAMPLES, BootstrapReport, bootstrap_report, file_codes, nan_macro,
-                                     weighted_class_auc)
+                                     weighted_class_aucs)
 from birdclef.infer.rank import MEAN, transform_members
 from birdclef.utils.io import write_json_atomic
 
@@ -77,9 +77,7 @@ def deal_files(n_files: int, folds: int, seed: int = 0) -> np.ndarray:
 
 def _scores(target: np.ndarray, blended: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(B,) macro ROC-AUC of `blended` (N, K) under B row weightings (0/1 masks), each over its scorable classes."""
-    per_class = np.stack([weighted_class_auc(target[:, k], blended[:, k], weights) for k in range(target.shape[1])],
-                         axis=1)
-    return nan_macro(per_class)
+    return nan_macro(weighted_class_aucs(target, blended, weights))
 
 
 def _pick(scores: np.ndarray, rows: str) -> int:
